@@ -1,0 +1,61 @@
+"""The determinant part shared by every ansatz: HF/CASSCF orbitals at electron positions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..orbitals import build_orbitals
+from ..scf import SCFResult
+
+
+@dataclass(frozen=True)
+class SlaterPart:
+    """Orbital functions per spin and, per determinant, which of their columns are occupied."""
+
+    orbitals_up: Callable[[jax.Array], jax.Array]
+    orbitals_down: Callable[[jax.Array], jax.Array]
+    occ_up: np.ndarray  # (n_det, n_up) columns of orbitals_up
+    occ_down: np.ndarray  # (n_det, n_down)
+    ci: np.ndarray
+    n_up: int
+    n_down: int
+
+    def matrices(self, r: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(n_det, n_up, n_up) and (n_det, n_down, n_down) matrices phi_mu(r_i), i = row."""
+        up = self.orbitals_up(r[: self.n_up])[:, self.occ_up]  # (n_up, n_det, n_up)
+        down = self.orbitals_down(r[self.n_up :])[:, self.occ_down]
+        return jnp.moveaxis(up, 1, 0), jnp.moveaxis(down, 1, 0)
+
+
+def _used_columns(occ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    used = np.unique(occ)
+    remap = np.searchsorted(used, occ)
+    return used, remap
+
+
+def slater_part(
+    scf: SCFResult, charges: np.ndarray, cusp: bool = True, dtype=jnp.float64
+) -> SlaterPart:
+    used_up, occ_up = _used_columns(scf.occ_up)
+    used_down, occ_down = _used_columns(scf.occ_down)
+    orb_up = build_orbitals(scf.basis, scf.mo_up[:, used_up], charges, cusp=cusp, dtype=dtype)
+    if used_down.size:
+        orb_down = build_orbitals(
+            scf.basis, scf.mo_down[:, used_down], charges, cusp=cusp, dtype=dtype
+        )
+    else:
+        orb_down = lambda r: jnp.zeros((r.shape[0], 0), r.dtype)
+    return SlaterPart(
+        orb_up,
+        orb_down,
+        occ_up,
+        occ_down,
+        np.asarray(scf.ci),
+        scf.occ_up.shape[1],
+        scf.occ_down.shape[1],
+    )

@@ -1,0 +1,147 @@
+"""Atoms, nuclear charges, coordinates (bohr), charge and spin of a molecule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ANGSTROM = 1.0 / 0.529177210903  # bohr per angstrom
+
+ELEMENTS = (
+    "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn "
+    "Ga Ge As Se Br Kr"
+).split()
+ATOMIC_NUMBER = {symbol: z for z, symbol in enumerate(ELEMENTS, start=1)}
+
+MIN_NUCLEAR_DISTANCE = 0.1  # bohr; closer nuclei are an input error
+
+
+class MoleculeError(ValueError):
+    """An impossible molecule: unknown element, bad charge/spin, overlapping atoms."""
+
+
+@dataclass(frozen=True)
+class Molecule:
+    """Nuclei (bohr) and electron counts. The first ``n_up`` electrons are spin-up."""
+
+    symbols: tuple[str, ...]
+    coords: np.ndarray = field(repr=False)
+    charge: int = 0
+    spin: int = 0
+
+    def __post_init__(self) -> None:
+        coords = np.asarray(self.coords, dtype=np.float64).reshape(-1, 3)
+        object.__setattr__(self, "coords", coords)
+        _validate(self.symbols, coords, self.charge, self.spin)
+
+    @property
+    def charges(self) -> np.ndarray:
+        return np.array([ATOMIC_NUMBER[s] for s in self.symbols], dtype=np.float64)
+
+    @property
+    def n_elec(self) -> int:
+        return int(sum(ATOMIC_NUMBER[s] for s in self.symbols)) - self.charge
+
+    @property
+    def n_up(self) -> int:
+        return (self.n_elec + self.spin) // 2
+
+    @property
+    def n_down(self) -> int:
+        return (self.n_elec - self.spin) // 2
+
+    def nuclear_repulsion(self) -> float:
+        z, r = self.charges, self.coords
+        energy = 0.0
+        for i in range(len(z)):
+            for j in range(i):
+                energy += z[i] * z[j] / float(np.linalg.norm(r[i] - r[j]))
+        return energy
+
+    def with_coords(self, coords: np.ndarray) -> Molecule:
+        return Molecule(self.symbols, np.asarray(coords), self.charge, self.spin)
+
+    @classmethod
+    def from_atoms_text(cls, text: str, unit: str, charge: int = 0, spin: int = 0) -> Molecule:
+        """Parse lines ``SYMBOL x y z`` (blank lines and ``#`` comments allowed)."""
+        symbols, coords = _parse_atom_lines(text.splitlines())
+        return cls(tuple(symbols), _to_bohr(coords, unit), charge, spin)
+
+    @classmethod
+    def from_xyz(cls, path: str | Path, charge: int = 0, spin: int = 0) -> Molecule:
+        """Read a standard xyz file (count line, comment line, atoms in angstrom)."""
+        lines = Path(path).read_text().splitlines()
+        try:
+            n_atoms = int(lines[0].split()[0])
+        except (IndexError, ValueError):
+            raise MoleculeError(f"{path}: first line must be the number of atoms") from None
+        body = lines[2 : 2 + n_atoms]
+        if len(body) != n_atoms:
+            raise MoleculeError(f"{path}: expected {n_atoms} atom lines, found {len(body)}")
+        symbols, coords = _parse_atom_lines(body)
+        return cls(tuple(symbols), _to_bohr(coords, "angstrom"), charge, spin)
+
+
+def _parse_atom_lines(lines: list[str]) -> tuple[list[str], np.ndarray]:
+    symbols, coords = [], []
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 4:
+            raise MoleculeError(f"atom line {line!r} must be 'SYMBOL x y z'")
+        symbol = parts[0].capitalize()
+        if symbol not in ATOMIC_NUMBER:
+            raise MoleculeError(f"unknown element {parts[0]!r}")
+        try:
+            xyz = [float(x) for x in parts[1:]]
+        except ValueError:
+            raise MoleculeError(f"atom line {line!r} has a non-numeric coordinate") from None
+        symbols.append(symbol)
+        coords.append(xyz)
+    if not symbols:
+        raise MoleculeError("no atoms given")
+    return symbols, np.array(coords, dtype=np.float64)
+
+
+def _to_bohr(coords: np.ndarray, unit: str) -> np.ndarray:
+    if unit == "bohr":
+        return coords
+    if unit == "angstrom":
+        return coords * ANGSTROM
+    raise MoleculeError(f"unit must be 'bohr' or 'angstrom', not {unit!r}")
+
+
+def _validate(symbols: tuple[str, ...], coords: np.ndarray, charge: int, spin: int) -> None:
+    for s in symbols:
+        if s not in ATOMIC_NUMBER:
+            raise MoleculeError(f"unknown element {s!r}")
+    if len(symbols) == 0 or coords.shape != (len(symbols), 3):
+        raise MoleculeError("need one (x, y, z) per atom")
+    if not np.all(np.isfinite(coords)):
+        raise MoleculeError("atom coordinates must be finite numbers")
+    for i in range(len(symbols)):
+        for j in range(i):
+            d = float(np.linalg.norm(coords[i] - coords[j]))
+            if d < MIN_NUCLEAR_DISTANCE:
+                raise MoleculeError(
+                    f"atoms {j + 1} ({symbols[j]}) and {i + 1} ({symbols[i]}) overlap "
+                    f"(distance {d:.3g} bohr)"
+                )
+    n_elec = sum(ATOMIC_NUMBER[s] for s in symbols) - charge
+    if n_elec <= 0:
+        raise MoleculeError(f"charge {charge} leaves {n_elec} electrons")
+    if abs(spin) > n_elec or (n_elec - spin) % 2 != 0:
+        parity = "even" if n_elec % 2 == 0 else "odd"
+        raise MoleculeError(
+            f"spin {spin} is impossible for {n_elec} electrons (spin must be {parity} "
+            f"and at most {n_elec} in magnitude)"
+        )
+    if spin < 0:
+        raise MoleculeError("spin = n_up - n_down must be >= 0 (spin-up is the majority)")
+    if not math.isfinite(float(charge)):
+        raise MoleculeError("charge must be finite")

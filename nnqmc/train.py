@@ -1,0 +1,160 @@
+"""The jitted, pmapped steps: sample -> local energies -> clipped gradient -> update.
+
+``TrainState`` arrays carry a leading device axis; walkers are split over devices, the
+rest is replicated. Each step function is compiled once per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .ansatz import Ansatz
+from .hamiltonian import Hamiltonian, local_energy
+from .optimize import AXIS, Optimizer, clip_local_energies
+from .sampler import adapt_width, sample
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    walkers: jax.Array
+    width: jax.Array
+
+
+def _tree_all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves] or [True]))
+
+
+def _select(ok: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+def batch_log_psi(ansatz: Ansatz) -> Callable[[Any, jax.Array], jax.Array]:
+    return jax.vmap(ansatz.log_psi, in_axes=(None, 0))
+
+
+def batch_local_energy(
+    ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str
+) -> Callable[[Any, jax.Array], jax.Array]:
+    def one(params, r):
+        return local_energy(lambda x: ansatz.log_psi(params, x), hamiltonian, r, engine)
+
+    return jax.vmap(one, in_axes=(None, 0))
+
+
+def _energy_stats(e: jax.Array) -> tuple[jax.Array, jax.Array]:
+    mean = jax.lax.pmean(jnp.mean(e), AXIS)
+    variance = jax.lax.pmean(jnp.mean((e - mean) ** 2), AXIS)
+    return mean, variance
+
+
+def make_train_step(
+    ansatz: Ansatz,
+    hamiltonian: Hamiltonian,
+    optimizer: Optimizer,
+    *,
+    sweeps: int,
+    clip_width: float,
+    target_acceptance: float,
+    engine: str = "exact",
+) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """A pmapped ``step(state, keys) -> (state, stats)``.
+
+    A step whose local energies, gradient or new parameters are not finite is rejected:
+    parameters, optimizer state and walkers stay as they were (``stats['finite'] == 0``).
+    """
+    log_psi = batch_log_psi(ansatz)
+    energies = batch_local_energy(ansatz, hamiltonian, engine)
+
+    def step(state: TrainState, key: jax.Array):
+        params = state.params
+        walkers, _, acceptance = sample(
+            lambda r: log_psi(params, r),
+            state.walkers,
+            log_psi(params, state.walkers),
+            key,
+            state.width,
+            sweeps,
+        )
+        acceptance = jax.lax.pmean(acceptance, AXIS)
+        e = energies(params, walkers)
+        e_clipped = clip_local_energies(e, clip_width)
+        new_params, new_opt_state, grad_norm = optimizer.update(
+            params, state.opt_state, walkers, e_clipped
+        )
+        finite = jnp.all(jnp.isfinite(e)) & _tree_all_finite(new_params) & jnp.isfinite(grad_norm)
+        finite = jax.lax.pmin(finite.astype(jnp.int32), AXIS) > 0
+        mean, variance = _energy_stats(e)
+        new_state = TrainState(
+            _select(finite, new_params, params),
+            _select(finite, new_opt_state, state.opt_state),
+            jnp.where(finite, walkers, state.walkers),
+            adapt_width(state.width, acceptance, target_acceptance),
+        )
+        stats = {
+            "energy": mean,
+            "variance": variance,
+            "acceptance": acceptance,
+            "width": state.width,
+            "grad_norm": grad_norm,
+            "finite": finite.astype(jnp.float32),
+        }
+        return new_state, stats
+
+    return jax.pmap(step, axis_name=AXIS)
+
+
+def make_sample_step(
+    ansatz: Ansatz, *, sweeps: int, target_acceptance: float
+) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
+    """A pmapped burn-in step ``(params, walkers, width, keys) -> (walkers, width, acc)``."""
+    log_psi = batch_log_psi(ansatz)
+
+    def step(params, walkers, width, key):
+        walkers, _, acceptance = sample(
+            lambda r: log_psi(params, r), walkers, log_psi(params, walkers), key, width, sweeps
+        )
+        acceptance = jax.lax.pmean(acceptance, AXIS)
+        return walkers, adapt_width(width, acceptance, target_acceptance), acceptance
+
+    return jax.pmap(step, axis_name=AXIS)
+
+
+def make_eval_step(
+    ansatz: Ansatz,
+    hamiltonian: Hamiltonian,
+    *,
+    sweeps: int,
+    engine: str = "exact",
+    observables: dict[str, Callable[[jax.Array], jax.Array]] | None = None,
+) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
+    """A pmapped ``(params, walkers, width, keys) -> (walkers, stats)`` with frozen params.
+
+    ``stats`` holds walker averages over all devices of the local energy, its square, and of
+    each observable (a function of one walker's positions).
+    """
+    log_psi = batch_log_psi(ansatz)
+    energies = batch_local_energy(ansatz, hamiltonian, engine)
+    observables = observables or {}
+
+    def step(params, walkers, width, key):
+        walkers, _, acceptance = sample(
+            lambda r: log_psi(params, r), walkers, log_psi(params, walkers), key, width, sweeps
+        )
+        e = energies(params, walkers)
+        stats = {
+            "energy": jax.lax.pmean(jnp.mean(e), AXIS),
+            "energy_sq": jax.lax.pmean(jnp.mean(e**2), AXIS),
+            "acceptance": jax.lax.pmean(acceptance, AXIS),
+            "n_nonfinite": jax.lax.psum(jnp.sum(~jnp.isfinite(e)), AXIS),
+        }
+        for name, fn in observables.items():
+            stats[name] = jax.lax.pmean(jnp.mean(jax.vmap(fn)(walkers), axis=0), AXIS)
+        return walkers, stats
+
+    return jax.pmap(step, axis_name=AXIS)
