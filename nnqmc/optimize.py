@@ -1,4 +1,4 @@
-"""Clipped VMC gradient and the optimizers (optax Adam; natural gradient lives here too).
+"""Clipped VMC gradient and the optimizers (optax Adam and the SPRING natural gradient).
 
 Every function here is written for one device's share of the walkers and reduces over the
 named pmap axis, so one device is just the case n = 1 of the same code.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 
 AXIS = "devices"
 
@@ -75,12 +76,123 @@ def adam(
     return Optimizer(tx.init, update)
 
 
+class SpringState(NamedTuple):
+    """Replicated SPRING state: the previous direction delta_{k-1} (flat) and the step k."""
+
+    direction: jax.Array  # (P,) unconstrained delta_{k-1}, before lr and norm constraint
+    count: jax.Array  # () int32, number of updates taken
+
+
+def per_walker_log_psi_grads(log_psi: BatchLogPsi, params: Params, walkers: jax.Array) -> jax.Array:
+    """O[i, :] = d log|psi(walker_i)| / d theta for the local walkers, (n_local, P) flat."""
+    flat, unravel = ravel_pytree(params)
+
+    def one(theta, walker):
+        return log_psi(unravel(theta), walker[None])[0]
+
+    return jax.vmap(jax.grad(one), in_axes=(None, 0))(flat, walkers)
+
+
+def spring_direction(
+    o: jax.Array, e: jax.Array, previous: jax.Array, damping: float, momentum: float
+) -> tuple[jax.Array, jax.Array]:
+    """The SPRING direction from ALL walkers' O (N, P) and clipped local energies e (N,).
+
+    With O_bar = (O - mean_i O) / sqrt(N) and eps = -2 (e - mean e) / sqrt(N) (so that
+    O_bar^T eps = -grad E, the clipped VMC energy gradient):
+
+        delta = O_bar^T (O_bar O_bar^T + damping I)^{-1} (eps - mu O_bar previous)
+                + mu previous
+
+    The N x N matrix gets ``11^T / N`` added as in the SPRING paper's implementation: 1 is
+    an eigenvector of O_bar O_bar^T with eigenvalue 0 and both eps and O_bar @ previous are
+    orthogonal to it (they are centred), so this changes nothing in exact arithmetic but lifts
+    the smallest eigenvalue from ``damping`` to ``1 + damping`` for a better-conditioned
+    Cholesky. Returns ``(delta, -grad E)``.
+    """
+    n = o.shape[0]
+    dtype = o.dtype
+    scale = jnp.sqrt(jnp.asarray(n, dtype))
+    o_bar = (o - jnp.mean(o, axis=0, keepdims=True)) / scale
+    e = e.astype(dtype)
+    eps = -2.0 * (e - jnp.mean(e)) / scale
+    residual = eps - momentum * (o_bar @ previous)
+    t = o_bar @ o_bar.T
+    t = 0.5 * (t + t.T) + damping * jnp.eye(n, dtype=dtype) + 1.0 / n
+    zeta = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(t, lower=True), residual)
+    delta = o_bar.T @ zeta + momentum * previous
+    return delta, o_bar.T @ eps
+
+
+def spring(
+    log_psi: BatchLogPsi,
+    learning_rate: float,
+    decay_steps: float,
+    damping: float,
+    momentum: float,
+    max_norm: float,
+) -> Optimizer:
+    """SPRING (Goldshlager, Abrahamsen & Lin 2024): MinSR with damping and momentum.
+
+    Each device computes the per-walker gradients O of log|psi| for its walkers; O and the
+    clipped local energies are all-gathered, so every device solves the same N x N system
+    (N = walkers on all devices) and takes the same step (the state stays replicated).
+    See :func:`spring_direction` for the direction delta_k. The step is
+
+        theta_{k+1} = theta_k + c_k eta_k delta_k,   eta_k = lr / (1 + k / decay_steps),
+        c_k = min(1, max_norm / ||eta_k delta_k||)   (Euclidean norm over all parameters),
+
+    i.e. ``||theta_{k+1} - theta_k|| <= max_norm``. (The paper's constraint
+    ``||eta delta||^2 <= C`` is ``max_norm = sqrt(C)``.) The momentum state keeps the
+    unconstrained delta_k.
+
+    ``update`` returns as ``grad_norm`` the norm of the clipped VMC energy gradient
+    ``||grad E|| = ||O_bar^T eps||`` (the same quantity Adam reports), not of the step.
+
+    Memory: every device holds the N x P matrix O of all walkers; cost O(N^2 P + N^3).
+    """
+    if momentum < 0.0 or momentum >= 1.0:
+        raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+    if damping < 0.0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+
+    def init(params):
+        flat, _ = ravel_pytree(params)
+        return SpringState(jnp.zeros_like(flat), jnp.zeros((), jnp.int32))
+
+    def update(params, state, walkers, e_clipped):
+        flat, unravel = ravel_pytree(params)
+        o = per_walker_log_psi_grads(log_psi, params, walkers)
+        o = jax.lax.all_gather(o, AXIS, tiled=True)
+        e = jax.lax.all_gather(e_clipped, AXIS, tiled=True)
+        previous = state.direction.astype(o.dtype)
+        delta, minus_grad = spring_direction(o, e, previous, damping, momentum)
+        eta = learning_rate / (1.0 + state.count.astype(o.dtype) / decay_steps)
+        step = eta * delta
+        norm = jnp.linalg.norm(step)
+        factor = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(o.dtype).tiny))
+        new_params = unravel(flat + (factor * step).astype(flat.dtype))
+        new_state = SpringState(delta.astype(state.direction.dtype), state.count + 1)
+        return new_params, new_state, jnp.linalg.norm(minus_grad)
+
+    return Optimizer(init, update)
+
+
 def make_optimizer(name: str, log_psi: BatchLogPsi, train_config) -> Optimizer:
     if name == "adam":
         return adam(
             log_psi,
             train_config.learning_rate,
             train_config.lr_decay_steps,
+            train_config.max_grad_norm,
+        )
+    if name == "spring":
+        return spring(
+            log_psi,
+            train_config.learning_rate,
+            train_config.lr_decay_steps,
+            train_config.damping,
+            train_config.momentum,
             train_config.max_grad_norm,
         )
     raise ValueError(f"unknown optimizer {name!r}")

@@ -61,7 +61,10 @@ class SCFResult:
 def _pyscf_mol(molecule: Molecule, basis: str):
     from pyscf import gto
 
-    atoms = [(s, tuple(float(x) for x in c)) for s, c in zip(molecule.symbols, molecule.coords)]
+    atoms = [
+        (s, tuple(float(x) for x in c))
+        for s, c in zip(molecule.symbols, molecule.coords, strict=True)
+    ]
     return gto.M(
         atom=atoms,
         unit="Bohr",
@@ -131,3 +134,134 @@ def run_hf(molecule: Molecule, basis: str) -> SCFResult:
         energy=float(mf.e_tot),
         method=method,
     )
+
+
+def _active_space(molecule: Molecule, n_mo: int, n_orbitals: int, n_electrons: int):
+    """Validate a CAS(n_electrons, n_orbitals) and return (n_core, n_alpha, n_beta) active."""
+    if n_orbitals < 1 or n_electrons < 1:
+        raise ValueError(
+            f"active space needs at least one orbital and one electron, "
+            f"got {n_electrons} electrons in {n_orbitals} orbitals"
+        )
+    if n_electrons > molecule.n_elec:
+        raise ValueError(
+            f"active space has {n_electrons} electrons but the molecule only has {molecule.n_elec}"
+        )
+    if (molecule.n_elec - n_electrons) % 2:
+        raise ValueError(
+            f"{molecule.n_elec - n_electrons} inactive electrons cannot fill doubly occupied "
+            f"core orbitals: the number of active electrons ({n_electrons}) must have the "
+            f"parity of the total ({molecule.n_elec})"
+        )
+    n_core = (molecule.n_elec - n_electrons) // 2
+    n_alpha, n_beta = molecule.n_up - n_core, molecule.n_down - n_core
+    if n_beta < 0:
+        raise ValueError(
+            f"active space with {n_electrons} electrons cannot hold the {molecule.spin} "
+            f"unpaired electrons of spin {molecule.spin}"
+        )
+    if n_alpha > n_orbitals:
+        raise ValueError(
+            f"{n_alpha} active spin-up electrons do not fit into {n_orbitals} active orbitals"
+        )
+    if n_core + n_orbitals > n_mo:
+        raise ValueError(
+            f"{n_core} core + {n_orbitals} active orbitals exceed the {n_mo} orbitals of this basis"
+        )
+    return n_core, n_alpha, n_beta
+
+
+def _string_occupations(n_orbitals: int, n_elec: int) -> np.ndarray:
+    """Occupied orbitals (ascending) of each PySCF string, in PySCF's string address order."""
+    from pyscf.fci import cistring
+
+    strings = cistring.make_strings(range(n_orbitals), n_elec)
+    occ = np.zeros((len(strings), n_elec), dtype=np.int64)
+    for a, s in enumerate(strings):
+        occ[a] = [k for k in range(n_orbitals) if (int(s) >> k) & 1]
+    return occ
+
+
+def ci_to_determinants(
+    ci: np.ndarray, n_core: int, n_orbitals: int, n_alpha: int, n_beta: int, n_determinants: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``n_determinants`` largest-|c| terms of a PySCF CAS-CI vector, in our convention.
+
+    PySCF's vector ``ci[Ia, Ib]`` multiplies ``|Ia>|Ib>`` where each string is a product of
+    creation operators; reordering the operators of a fixed string to ascending orbital order,
+    and moving all alpha operators before all beta operators, gives a phase that depends only
+    on (n_alpha, n_beta) and not on the string, so up to a global sign the coefficients of
+    ``det[phi_up(r_i)] det[phi_down(r_j)]`` (columns in ascending MO order) are PySCF's own.
+    ``tests/test_scf.py`` checks this through the first-quantised energy.
+
+    Returns ``occ_up (n_det, n_core + n_alpha)``, ``occ_down (n_det, n_core + n_beta)``
+    (MO indices: core orbitals then active ones) and ``ci (n_det,)``, sorted by
+    decreasing |c|; exactly (numerically) zero coefficients are dropped.
+    """
+    occ_a = _string_occupations(n_orbitals, n_alpha)
+    occ_b = _string_occupations(n_orbitals, n_beta)
+    ci = np.asarray(ci, dtype=np.float64).reshape(len(occ_a), len(occ_b))
+    flat = ci.ravel()
+    order = np.argsort(-np.abs(flat), kind="stable")
+    keep = order[np.abs(flat[order]) > 1e-12 * np.abs(flat).max()][: max(1, n_determinants)]
+    ia, ib = np.unravel_index(keep, ci.shape)
+    core = np.arange(n_core, dtype=np.int64)
+    occ_up = np.concatenate([np.broadcast_to(core, (len(keep), n_core)), occ_a[ia] + n_core], 1)
+    occ_down = np.concatenate([np.broadcast_to(core, (len(keep), n_core)), occ_b[ib] + n_core], 1)
+    return occ_up.astype(np.int64), occ_down.astype(np.int64), flat[keep].copy()
+
+
+def run_casscf(
+    molecule: Molecule, basis: str, n_orbitals: int, n_electrons: int, n_determinants: int
+) -> SCFResult:
+    """RHF/ROHF then CASSCF(n_electrons, n_orbitals); keep the largest-|c| determinants.
+
+    ``energy`` stays the HF reference energy, ``cas_energy`` is the CASSCF energy and both
+    spin channels use the CASSCF natural-ish orbitals ``mc.mo_coeff``.
+    """
+    from pyscf import mcscf, scf
+
+    if n_determinants < 1:
+        raise ValueError(f"need at least one determinant, got {n_determinants}")
+    mol = _pyscf_mol(molecule, basis)
+    n_mo = int(mol.nao)
+    n_core, n_alpha, n_beta = _active_space(molecule, n_mo, n_orbitals, n_electrons)
+    mf = scf.RHF(mol) if molecule.spin == 0 else scf.ROHF(mol)
+    mf.kernel()
+    if not mf.converged:
+        kind = "RHF" if molecule.spin == 0 else "ROHF"
+        raise RuntimeError(f"{kind} did not converge for this molecule and basis")
+    n_mo = np.asarray(mf.mo_coeff).shape[1]
+    if n_core + n_orbitals > n_mo:
+        raise ValueError(
+            f"{n_core} core + {n_orbitals} active orbitals exceed the {n_mo} orbitals of this basis"
+        )
+    mc = mcscf.CASSCF(mf, n_orbitals, (n_alpha, n_beta))
+    mc.kernel()
+    if not mc.converged:
+        raise RuntimeError("CASSCF did not converge for this molecule and active space")
+    occ_up, occ_down, ci = ci_to_determinants(
+        mc.ci, n_core, n_orbitals, n_alpha, n_beta, n_determinants
+    )
+    mo = np.asarray(mc.mo_coeff)
+    return SCFResult(
+        basis=gaussian_basis(mol),
+        mo_up=mo,
+        mo_down=mo,
+        occ_up=occ_up,
+        occ_down=occ_down,
+        ci=ci,
+        energy=float(mf.e_tot),
+        method="CASSCF",
+        cas_energy=float(mc.e_tot),
+    )
+
+
+def run_scf(
+    molecule: Molecule, basis: str, cas: tuple[int, int] | None = None, determinants: int = 1
+) -> SCFResult:
+    """``run_hf`` without an active space, else ``run_casscf`` with ``cas = (n_orb, n_elec)``."""
+    if cas is None:
+        return run_hf(molecule, basis)
+    n_orbitals, n_electrons = cas
+    return run_casscf(molecule, basis, n_orbitals, n_electrons, determinants)

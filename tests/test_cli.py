@@ -1,0 +1,122 @@
+"""The command line: a short run end to end, resume, and bad input handling."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+
+from nnqmc.cli import main
+
+H2 = Path(__file__).parent.parent / "systems" / "h2.toml"
+SMALL = ["train.walkers=64", "eval.steps=20", "sampler.burn_in=20", "system.basis=cc-pvdz"]
+
+
+def test_run_writes_results_and_resumes(tmp_path, capsys):
+    out = tmp_path / "h2"
+    assert main(["run", str(H2), "--out", str(out), "--set", "train.steps=30", *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert "E = " in printed and "correlation energy recovered" in printed
+    result = json.loads((out / "result.json").read_text())
+    for key in (
+        "energy",
+        "energy_err",
+        "variance",
+        "hf_energy",
+        "reference_energy",
+        "steps",
+        "walkers",
+        "wall_seconds",
+    ):
+        assert key in result
+    assert result["steps"] == 30 and result["walkers"] == 64
+    assert result["reference_energy"] == pytest.approx(-1.174475)
+    assert result["energy_err"] > 0
+    with h5py.File(out / "train.h5") as f:
+        assert len(f["energy"]) == 30
+        for column in ("variance", "acceptance", "width", "grad_norm", "wall_time"):
+            assert len(f[column]) == 30
+    with h5py.File(out / "checkpoint.h5") as f:
+        assert f.attrs["step"] == 30 and f["walkers"].shape == (64, 2, 3)
+    assert (out / "config.toml").exists() and (out / "input.toml").exists()
+
+    # a finished run is not started again over its results
+    assert main(["run", str(H2), "--out", str(out), "--set", "train.steps=30", *SMALL]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    # resume continues the same training from its checkpoint
+    args = ["run", str(H2), "--out", str(out), "--resume", "--set", "train.steps=40", *SMALL]
+    assert main(args) == 0
+    with h5py.File(out / "train.h5") as f:
+        assert list(f["step"][:]) == list(range(40))
+    assert json.loads((out / "result.json").read_text())["steps"] == 40
+
+
+BAD_INPUTS = {
+    "malformed": ("name = 'x'\n[system\n", "line"),
+    "unknown key": ('name = "x"\ncolour = 1\n', "colour"),
+    "unknown element": (
+        'name = "x"\n[system]\natoms = "Xx 0 0 0"\nunit = "bohr"\n',
+        "system.atoms",
+    ),
+    "impossible spin": (
+        'name = "x"\n[system]\natoms = "H 0 0 0"\nunit = "bohr"\nspin = 0\n',
+        "system.spin",
+    ),
+    "overlap": (
+        'name = "x"\n[system]\natoms = "H 0 0 0\\nH 0 0 0.01"\nunit = "bohr"\n',
+        "system.atoms",
+    ),
+    "wrong type": (
+        'name = "x"\n[system]\natoms = "H 0 0 0\\nH 0 0 1.4"\nunit = "bohr"\n'
+        '[train]\nsteps = "many"\n',
+        "train.steps",
+    ),
+    "bad basis": (
+        'name = "x"\n[system]\natoms = "H 0 0 0\\nH 0 0 1.4"\nunit = "bohr"\n'
+        'basis = "no-such-basis"\n',
+        "system.basis",
+    ),
+    "non-finite": (
+        'name = "x"\n[system]\natoms = "H 0 0 nan\\nH 0 0 1.4"\nunit = "bohr"\n',
+        "system.atoms",
+    ),
+    "no unit": ('name = "x"\n[system]\natoms = "H 0 0 0\\nH 0 0 1.4"\n', "system.unit"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys):
+    text, key = BAD_INPUTS[case]
+    path = tmp_path / "input.toml"
+    path.write_text(text)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "input.toml" in err and key in err
+    assert not out.exists()
+
+
+def test_missing_file_and_bad_override(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "missing.toml")]) == 2
+    assert "missing.toml" in capsys.readouterr().err
+    assert main(["run", str(H2), "--out", str(tmp_path / "o"), "--set", "train.walkerz=3"]) == 2
+    assert "train.walkerz" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_console_error_has_no_traceback(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "x"\n[system]\natoms = "Q 0 0 0"\nunit = "bohr"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnqmc.cli", "run", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
