@@ -76,7 +76,56 @@ def _parser() -> argparse.ArgumentParser:
         help="override config values, e.g. train.steps=400",
     )
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    multi = run.add_argument_group(
+        "several hosts",
+        "join processes with jax.distributed (also from NNQMC_COORDINATOR, "
+        "NNQMC_NUM_PROCESSES, NNQMC_PROCESS_ID, or a multi-task SLURM srun step)",
+    )
+    multi.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    multi.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    multi.add_argument("--process-id", type=int, metavar="I", help="this process, 0 .. N-1")
+    bench = sub.add_parser("bench", help="time training steps and local energies")
+    bench.add_argument("file", help="input TOML file")
+    bench.add_argument("--walkers", type=int, help="walkers (default: train.walkers)")
+    bench.add_argument("--steps", type=int, default=10, help="timed steps after warm-up")
+    bench.add_argument(
+        "--devices",
+        type=_int_list,
+        metavar="N[,N...]",
+        help="device counts to time (default 1, 2, 4, ..., all local devices)",
+    )
+    bench.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    bench.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     return parser
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+
+
+def _bench(args) -> int:
+    import json
+
+    from .api import prepare
+    from .bench import benchmark, format_table
+    from .config import load_config
+
+    config = load_config(args.file, args.set)
+    walkers = args.walkers or config.train.walkers
+    if walkers <= 0 or args.steps <= 0:
+        return _fail("--walkers and --steps must be positive")
+    result = benchmark(prepare(config), walkers, args.steps, args.devices)
+    print(format_table(result))
+    if args.json:
+        from .io import write_json_atomic
+
+        write_json_atomic(args.json, result)
+    else:
+        print(json.dumps(result))
+    return 0
 
 
 def _fail(message: str) -> int:
@@ -89,15 +138,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .api import RunError, run
     from .config import ConfigError, load_config
 
+    if args.command == "bench":
+        try:
+            return _bench(args)
+        except (ConfigError, RunError, ValueError) as err:
+            return _fail(str(err))
+    from .parallel import initialize_distributed, is_main_process
+
+    try:
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    except (ValueError, RuntimeError) as err:
+        return _fail(f"distributed: {err}")
     try:
         config = load_config(args.file, args.set)
     except ConfigError as err:
         return _fail(str(err))
+    main_process = is_main_process()
     try:
-        result = run(config, args.out, resume=args.resume, progress=ProgressPrinter())
+        progress = ProgressPrinter() if main_process else None
+        result = run(config, args.out, resume=args.resume, progress=progress)
     except RunError as err:
         return _fail(str(err))
-    print(format_result(result))
+    if main_process:
+        print(format_result(result))
     return 0
 
 

@@ -51,6 +51,8 @@ __all__ = [
 
 ANSATZ_KINDS = ("hf", "jastrow", "paulinet")
 OPTIMIZERS = ("adam", "spring")
+LAPLACIANS = ("forward", "exact")
+BACKFLOW_FORMS = ("exp", "linear", "none")
 PRECISIONS = ("float32", "float64")
 UNITS = ("bohr", "angstrom")
 DEFAULT_BASIS = "cc-pvdz"
@@ -129,14 +131,16 @@ class SystemConfig:
 
 @dataclass(frozen=True)
 class AnsatzConfig:
-    kind: str = _f("jastrow", choices=ANSATZ_KINDS)  # "hf" = no Jastrow factor
-    cusp_correction: bool = True
+    kind: str = _f("paulinet", choices=ANSATZ_KINDS)  # "hf" = bare determinants
+    cusp_correction: bool = True  # nuclear cusp of the HF orbitals
+    ee_cusp: bool = True  # the fixed electron-electron cusp factor gamma
     embedding_dim: int = _f(64, check=_positive)
     layers: int = _f(3, check=_non_negative)
     n_rbf: int = _f(16, check=_positive)
     cutoff: float = _f(10.0, check=_positive)
     jastrow_layers: int = _f(3, check=_non_negative)
     backflow_layers: int = _f(3, check=_non_negative)
+    backflow: str = _f("exp", choices=BACKFLOW_FORMS)  # f = exp(g) | 1 + g | off
     cas: tuple[int, int] | None = _f(None, check=_cas)  # [n_orbitals, n_electrons]
     determinants: int = _f(1, check=_positive)
 
@@ -154,11 +158,12 @@ class TrainConfig:
     steps: int = _f(2000, check=_positive)
     walkers: int = _f(1024, check=_positive)
     seed: int = _f(0, check=_non_negative)
-    optimizer: str = _f("adam", choices=OPTIMIZERS)
-    learning_rate: float = _f(0.01, check=_positive)
+    optimizer: str = _f("spring", choices=OPTIMIZERS)
+    learning_rate: float | None = _f(None, check=_positive)  # None: the optimizer's default
     lr_decay_steps: float = _f(1000.0, check=_positive)
     clip_width: float = _f(5.0, check=_positive)
-    max_grad_norm: float = _f(1.0, check=_positive)
+    max_grad_norm: float | None = _f(None, check=_positive)  # None: the optimizer's default
+    laplacian: str = _f("forward", choices=LAPLACIANS)
     checkpoint_every: int = _f(100, check=_positive)
     max_bad_steps: int = _f(10, check=_positive)
     damping: float = _f(1e-3, check=_non_negative)

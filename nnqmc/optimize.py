@@ -178,21 +178,24 @@ def spring(
     return Optimizer(init, update)
 
 
+# Per optimizer: (learning rate, max norm) used when the config leaves them unset.
+DEFAULTS = {"adam": (0.01, 1.0), "spring": (0.02, 0.1)}
+
+
 def make_optimizer(name: str, log_psi: BatchLogPsi, train_config) -> Optimizer:
+    """The optimizer named in the config; unset learning rate / norm take ``DEFAULTS``."""
+    if name not in DEFAULTS:
+        raise ValueError(f"unknown optimizer {name!r}")
+    lr, max_norm = DEFAULTS[name]
+    lr = train_config.learning_rate or lr
+    max_norm = train_config.max_grad_norm or max_norm
     if name == "adam":
-        return adam(
-            log_psi,
-            train_config.learning_rate,
-            train_config.lr_decay_steps,
-            train_config.max_grad_norm,
-        )
-    if name == "spring":
-        return spring(
-            log_psi,
-            train_config.learning_rate,
-            train_config.lr_decay_steps,
-            train_config.damping,
-            train_config.momentum,
-            train_config.max_grad_norm,
-        )
-    raise ValueError(f"unknown optimizer {name!r}")
+        return adam(log_psi, lr, train_config.lr_decay_steps, max_norm)
+    return spring(
+        log_psi,
+        lr,
+        train_config.lr_decay_steps,
+        train_config.damping,
+        train_config.momentum,
+        max_norm,
+    )

@@ -1,0 +1,152 @@
+"""``nnqmc bench``: compile time, seconds per training step and per local-energy batch,
+peak memory and parameter count for one system, as numbers (not a timed test).
+
+Seconds per step are reported against the number of devices (the same total walkers split
+over the first 1, 2, 4, ... local devices: strong scaling)."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .api import Run, initial_walkers
+from .optimize import make_optimizer
+from .parallel import device_count, device_keys, replicate, split_walkers
+from .train import TrainState, batch_local_energy, batch_log_psi, make_train_step
+
+
+def _peak_memory_bytes() -> int:
+    """Peak device memory where the backend reports it, else the process's peak RSS."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def default_device_counts(n_devices: int, walkers: int) -> list[int]:
+    """1, 2, 4, ... up to and including ``n_devices``, those that divide ``walkers``."""
+    counts = [2**k for k in range(n_devices.bit_length()) if 2**k < n_devices] + [n_devices]
+    return [k for k in counts if walkers % k == 0]
+
+
+def _time_steps(run: Run, optimizer, params, r, n_devices: int, steps: int, key):
+    """(first step seconds, median seconds per step) on the first ``n_devices`` devices."""
+    cfg = run.config
+    state = TrainState(
+        replicate(params, n_devices),
+        replicate(optimizer.init(params), n_devices),
+        split_walkers(r, n_devices),
+        replicate(jnp.asarray(cfg.sampler.initial_width, run.dtype), n_devices),
+    )
+    step = make_train_step(
+        run.ansatz,
+        run.hamiltonian,
+        optimizer,
+        sweeps=cfg.sampler.decorrelation,
+        clip_width=cfg.train.clip_width,
+        target_acceptance=cfg.sampler.target_acceptance,
+        engine=cfg.train.laplacian,
+    )
+    t0 = time.perf_counter()
+    state, stats = step(state, device_keys(key, 0, n_devices))
+    jax.block_until_ready(stats)
+    first = time.perf_counter() - t0
+    times = []
+    for k in range(1, steps + 1):
+        t0 = time.perf_counter()
+        state, stats = step(state, device_keys(key, k, n_devices))
+        jax.block_until_ready(stats)
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def benchmark(
+    run: Run, walkers: int, steps: int = 10, devices: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Time ``steps`` training steps after one warm-up (compile) step, for each device count.
+
+    ``devices``: the numbers of local devices to time (default 1, 2, 4, ..., all); the
+    top-level numbers are those of the largest, ``scaling`` has one row per count.
+    """
+    cfg = run.config
+    available = device_count()
+    counts = default_device_counts(available, walkers) if devices is None else list(devices)
+    for n in counts:
+        if not 1 <= n <= available:
+            raise ValueError(f"--devices {n}: this process has {available} devices")
+        if walkers % n:
+            raise ValueError(f"{walkers} walkers cannot be split over {n} devices")
+    if not counts:
+        raise ValueError(f"{walkers} walkers cannot be split over {available} devices")
+    key = jax.random.PRNGKey(cfg.train.seed)
+    params = run.ansatz.init(key)
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    optimizer = make_optimizer(cfg.train.optimizer, batch_log_psi(run.ansatz), cfg.train)
+    r = initial_walkers(run, key, walkers)
+    scaling = []
+    for n in sorted(set(counts)):
+        first, per_step = _time_steps(run, optimizer, params, r, n, steps, key)
+        scaling.append(
+            {
+                "devices": n,
+                "walkers_per_device": walkers // n,
+                "seconds_per_step": per_step,
+                "compile_seconds": first - per_step,
+            }
+        )
+    for row in scaling:
+        row["speedup"] = scaling[0]["seconds_per_step"] / row["seconds_per_step"]
+    n_devices = scaling[-1]["devices"]
+    first = scaling[-1]["compile_seconds"] + scaling[-1]["seconds_per_step"]
+    per_step = scaling[-1]["seconds_per_step"]
+
+    energies = jax.jit(batch_local_energy(run.ansatz, run.hamiltonian, cfg.train.laplacian))
+    one_device = r[: walkers // n_devices]
+    jax.block_until_ready(energies(params, one_device))
+    t0 = time.perf_counter()
+    for _ in range(3):
+        jax.block_until_ready(energies(params, one_device))
+    per_energy = (time.perf_counter() - t0) / 3
+    return {
+        "system": cfg.name,
+        "ansatz": cfg.ansatz.kind,
+        "optimizer": cfg.train.optimizer,
+        "laplacian": cfg.train.laplacian,
+        "precision": cfg.precision,
+        "electrons": run.molecule.n_elec,
+        "walkers": walkers,
+        "devices": n_devices,
+        "backend": jax.default_backend(),
+        "parameters": int(n_params),
+        "compile_seconds": first - per_step,
+        "seconds_per_step": per_step,
+        "seconds_per_local_energy_batch": per_energy,
+        "peak_memory_mb": _peak_memory_bytes() / 2**20,
+        "timed_steps": steps,
+        "scaling": scaling,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    scalars = {k: v for k, v in result.items() if k != "scaling"}
+    width = max(len(k) for k in scalars)
+    lines = []
+    for k, v in scalars.items():
+        text = f"{v:.4g}" if isinstance(v, float) else str(v)
+        lines.append(f"{k:<{width}}  {text}")
+    if result.get("scaling"):
+        lines.append("")
+        lines.append("devices  walkers/device  s/step    speedup  compile s")
+        for row in result["scaling"]:
+            lines.append(
+                f"{row['devices']:>7}  {row['walkers_per_device']:>14}  "
+                f"{row['seconds_per_step']:<8.4g}  {row['speedup']:<7.3g}  "
+                f"{row['compile_seconds']:.3g}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+import dataclasses
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from nnqmc.ansatz import slater_jastrow  # noqa: E402
+from nnqmc.ansatz.jastrow import electron_cusp  # noqa: E402
+from nnqmc.ansatz.paulinet import make_network, paulinet  # noqa: E402
+from nnqmc.laplacian import kinetic_energy_exact, kinetic_energy_forward  # noqa: E402
+from nnqmc.molecule import Molecule  # noqa: E402
+from nnqmc.scf import run_hf  # noqa: E402
+
+# a small network keeps compilation (and the tests) fast; the architecture is the same
+SMALL = dict(embedding_dim=16, layers=2, n_rbf=8, jastrow_layers=2, backflow_layers=2)
+
+
+@pytest.fixture(scope="module")
+def lih():
+    mol = Molecule(("Li", "H"), [[0.0, 0.0, 0.0], [0.0, 0.0, 3.015]])
+    return mol, run_hf(mol, "cc-pvdz")
+
+
+@pytest.fixture(scope="module")
+def be_triplet():
+    """Four electrons, open shell: n_up = 3, n_down = 1 (UHF)."""
+    mol = Molecule(("Be",), [[0.0, 0.0, 0.0]], spin=2)
+    return mol, run_hf(mol, "6-31g")
+
+
+@pytest.fixture(scope="module")
+def h_atom():
+    mol = Molecule(("H",), [[0.0, 0.0, 0.0]], spin=1)
+    return mol, run_hf(mol, "6-31g")
+
+
+def _walkers(mol, n, seed=0):
+    rng = np.random.default_rng(seed)
+    centre = np.repeat(mol.coords, -(-mol.n_elec // len(mol.coords)), axis=0)[: mol.n_elec]
+    return jnp.asarray(centre + rng.normal(scale=1.0, size=(n, mol.n_elec, 3)))
+
+
+def _perturb(params, scale=0.1, seed=1):
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    noisy = [
+        x + scale * jax.random.normal(k, x.shape, x.dtype)
+        for x, k in zip(leaves, keys, strict=True)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, noisy)
+
+
+@pytest.mark.parametrize("system", ["lih", "be_triplet"])
+def test_init_is_hartree_fock(system, request):
+    mol, scf = request.getfixturevalue(system)
+    size = {} if system == "lih" else SMALL  # LiH with the default architecture
+    hf = slater_jastrow(scf, mol.charges, mol.coords, jastrow=False)
+    bare = paulinet(scf, mol.charges, mol.coords, ee_cusp=False, **size)
+    with_cusp = paulinet(scf, mol.charges, mol.coords, ee_cusp=True, **size)
+    params = bare.init(jax.random.PRNGKey(0))
+
+    @jax.jit
+    @jax.vmap
+    def evaluate(r):
+        gamma = electron_cusp(r, mol.n_up, mol.n_down)
+        return hf.apply({}, r), bare.apply(params, r), with_cusp.apply(params, r), gamma
+
+    (s_hf, l_hf), (s, l), (s_c, l_c), gamma = evaluate(_walkers(mol, 5))
+    np.testing.assert_array_equal(s, s_hf)
+    np.testing.assert_allclose(l, l_hf, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(s_c, s_hf)
+    np.testing.assert_allclose(l_c, l_hf + gamma, rtol=0, atol=1e-10)
+
+
+def test_multideterminant_ci_is_trainable(lih):
+    mol, scf = lih
+    two = dataclasses.replace(
+        scf, occ_up=np.array([[0, 1], [0, 2]]), occ_down=np.array([[0, 1], [0, 2]]),
+        ci=np.array([0.95, -0.3]),
+    )  # fmt: skip
+    ansatz = paulinet(two, mol.charges, mol.coords, ee_cusp=False, **SMALL)
+    ref = slater_jastrow(two, mol.charges, mol.coords, jastrow=False)
+    params = ansatz.init(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(params["ci"], [0.95, -0.3])
+    r = _walkers(mol, 1)[0]
+    ref_params = ref.init(jax.random.PRNGKey(0))
+    value_and_grad = jax.value_and_grad(lambda p: ansatz.apply(p, r)[::-1], has_aux=True)
+    ((l, s), grad), (s_ref, l_ref) = jax.jit(
+        lambda p: (value_and_grad(p), ref.apply(ref_params, r))
+    )(params)
+    assert s == s_ref
+    np.testing.assert_allclose(l, l_ref, atol=1e-10)
+    assert np.all(np.abs(np.asarray(grad["ci"])) > 0)
+
+
+@pytest.mark.parametrize("system", ["lih", "be_triplet"])
+def test_antisymmetry(system, request):
+    mol, scf = request.getfixturevalue(system)
+    ansatz = paulinet(scf, mol.charges, mol.coords, **SMALL)
+    params = _perturb(ansatz.init(jax.random.PRNGKey(0)))
+    r = _walkers(mol, 3)
+    apply = jax.jit(jax.vmap(ansatz.apply, (None, 0)))
+    s0, l0 = apply(params, r)
+    swaps = [(0, 1)]  # two up electrons
+    if mol.n_down >= 2:
+        swaps.append((mol.n_up, mol.n_up + 1))
+    for i, j in swaps:
+        perm = np.arange(mol.n_elec)
+        perm[[i, j]] = perm[[j, i]]
+        s1, l1 = apply(params, r[:, perm])
+        np.testing.assert_array_equal(s1, -s0)
+        np.testing.assert_allclose(l1, l0, rtol=1e-12, atol=1e-12)
+
+
+def test_network_invariance_and_equivariance(be_triplet):
+    mol, _ = be_triplet
+    coords = jnp.asarray([[0.0, 0.0, 0.0], [0.3, -0.5, 2.8]])  # two nuclei: not trivially symmetric
+    n_up, n_down = 3, 2
+    init, apply = make_network(n_up, n_down, len(coords), 2, **SMALL)
+    params = _perturb(init(jax.random.PRNGKey(0)), scale=0.3)
+    rng = np.random.default_rng(3)
+    r = jnp.asarray(rng.normal(scale=1.5, size=(n_up + n_down, 3)))
+    rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    shift = rng.normal(size=3)
+    j0, fu0, fd0 = apply(params, r, coords)
+    assert np.abs(np.asarray(fu0) - 1).max() > 1e-3 and abs(float(j0)) > 1e-3  # non-trivial
+    j1, fu1, fd1 = apply(params, r @ rot.T + shift, coords @ rot.T + shift)
+    np.testing.assert_allclose(j1, j0, rtol=1e-10)
+    np.testing.assert_allclose(fu1, fu0, rtol=1e-10)
+    np.testing.assert_allclose(fd1, fd0, rtol=1e-10)
+    # permuting same-spin electrons permutes the rows of f and leaves J unchanged
+    perm = np.array([2, 0, 1, 4, 3])
+    j2, fu2, fd2 = apply(params, r[perm], coords)
+    np.testing.assert_allclose(j2, j0, rtol=1e-10)
+    np.testing.assert_allclose(fu2, fu0[:, perm[:n_up]], rtol=1e-10)
+    np.testing.assert_allclose(fd2, fd0[:, perm[n_up:] - n_up], rtol=1e-10)
+
+
+def _fd_kinetic(log_psi, r, h=1e-4):
+    x0 = np.asarray(r, dtype=np.float64).reshape(-1)
+    f = jax.jit(lambda x: log_psi(x.reshape(r.shape)))
+    f0 = float(f(x0))
+    lap, grad2 = 0.0, 0.0
+    for k in range(x0.size):
+        e = np.zeros_like(x0)
+        e[k] = h
+        fp, fm = float(f(x0 + e)), float(f(x0 - e))
+        lap += (fp - 2 * f0 + fm) / h**2
+        grad2 += ((fp - fm) / (2 * h)) ** 2
+    return -0.5 * (lap + grad2)
+
+
+def test_forward_laplacian_matches_exact(lih):
+    mol, scf = lih
+    ansatz = paulinet(scf, mol.charges, mol.coords, **SMALL)
+    params = _perturb(ansatz.init(jax.random.PRNGKey(0)))
+    r = _walkers(mol, 4, seed=2)
+
+    def kinetic(engine):
+        return jax.jit(jax.vmap(lambda p, x: engine(lambda y: ansatz.log_psi(p, y), x), (None, 0)))
+
+    t_fwd = np.asarray(kinetic(kinetic_energy_forward)(params, r))
+    t_exact = np.asarray(kinetic(kinetic_energy_exact)(params, r))
+    assert np.all(np.isfinite(t_fwd))
+    np.testing.assert_allclose(t_fwd, t_exact, rtol=1e-5)
+    t_fd = _fd_kinetic(lambda y: ansatz.log_psi(params, y), r[0])
+    np.testing.assert_allclose(t_fd, t_fwd[0], rtol=1e-2, atol=1e-3)
+
+
+def test_jit_vmap_grad(lih):
+    mol, scf = lih
+    ansatz = paulinet(scf, mol.charges, mol.coords, **SMALL)
+    params = _perturb(ansatz.init(jax.random.PRNGKey(0)))
+    r = _walkers(mol, 8)
+
+    @jax.jit
+    def loss_grad(p, r):
+        return jax.grad(lambda p: jnp.mean(jax.vmap(ansatz.log_psi, (None, 0))(p, r)))(p)
+
+    grads = loss_grad(params, r)
+    leaves = jax.tree_util.tree_leaves(grads)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+    # at initialisation the zero last layers get a gradient, so training can start
+    g0 = loss_grad(ansatz.init(jax.random.PRNGKey(0)), r)
+    assert float(jnp.abs(g0["net"]["jastrow"][-1]["w"]).max()) > 0
+    assert float(jnp.abs(g0["net"]["backflow"]["up"][-1]["w"]).max()) > 0
+
+
+def test_one_electron(h_atom):
+    mol, scf = h_atom
+    assert (mol.n_up, mol.n_down) == (1, 0)
+    ansatz = paulinet(scf, mol.charges, mol.coords, **SMALL)
+    params = ansatz.init(jax.random.PRNGKey(0))
+    hf = slater_jastrow(scf, mol.charges, mol.coords, jastrow=False)
+    r = _walkers(mol, 3)
+    s, l = jax.jit(jax.vmap(ansatz.apply, (None, 0)))(params, r)
+    s_hf, l_hf = jax.jit(jax.vmap(lambda x: hf.apply({}, x)))(r)
+    np.testing.assert_allclose(l, l_hf, atol=1e-10)
+    params = _perturb(params)
+
+    def kinetic(engine):
+        return jax.jit(jax.vmap(lambda p, x: engine(lambda y: ansatz.log_psi(p, y), x), (None, 0)))
+
+    t_fwd = kinetic(kinetic_energy_forward)(params, r)
+    t_ex = kinetic(kinetic_energy_exact)(params, r)
+    np.testing.assert_allclose(t_fwd, t_ex, rtol=1e-6)
+    g = jax.jit(jax.grad(lambda p: ansatz.log_psi(p, r[0])))(params)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(g))
+
+
+def test_default_size_parameter_count(lih):
+    mol, scf = lih
+    params = paulinet(scf, mol.charges, mol.coords).init(jax.random.PRNGKey(0))
+    n = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    assert 50_000 < n < 200_000
