@@ -134,7 +134,7 @@ class AnsatzConfig:
     kind: str = _f("paulinet", choices=ANSATZ_KINDS)  # "hf" = bare determinants
     cusp_correction: bool = True  # nuclear cusp of the HF orbitals
     ee_cusp: bool = True  # the fixed electron-electron cusp factor gamma
-    embedding_dim: int = _f(64, check=_positive)
+    embedding_dim: int = _f(32, check=_positive)
     layers: int = _f(3, check=_non_negative)
     n_rbf: int = _f(16, check=_positive)
     cutoff: float = _f(10.0, check=_positive)
