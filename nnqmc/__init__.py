@@ -1,28 +1,61 @@
-"""nnqmc: neural-network variational quantum Monte Carlo in JAX."""
+"""nnqmc: neural-network variational quantum Monte Carlo in JAX.
+
+The public Python API (see README, "Python API"):
+
+* systems: :class:`Molecule`, :class:`Hamiltonian` (protocol), :class:`MolecularHamiltonian`,
+  external terms :class:`UniformField`, :class:`PointCharges`, :class:`HarmonicTrap`,
+  :func:`with_external`;
+* wavefunctions: :func:`prepare` (HF of a molecule -> PauliNet/Jastrow/HF, as the CLI),
+  :func:`ansatz_from_orbitals` (PauliNet etc. on user orbitals);
+* runs: :func:`settings`, :func:`custom_run`, :func:`train`, :func:`evaluate`, :func:`run`,
+  with results :class:`TrainResult`, :class:`EvalResult`;
+* observables: :func:`dipole_moment`, :func:`default_observables`.
+"""
 
 import jax as _jax
 
 _jax.config.update("jax_enable_x64", True)
 
+from .ansatz import Ansatz  # noqa: E402
+from .ansatz.custom import ansatz_from_orbitals  # noqa: E402
 from .api import EvalResult, Run, TrainResult, evaluate, prepare, run, train  # noqa: E402
 from .config import Config, ConfigError, load_config  # noqa: E402
-from .hamiltonian import Hamiltonian, MolecularHamiltonian  # noqa: E402
+from .custom import custom_run, default_observables, gaussian_walkers, settings  # noqa: E402
+from .external import HarmonicTrap, PointCharges, UniformField, dipole_moment  # noqa: E402
+from .hamiltonian import (  # noqa: E402
+    ExternalPotential,
+    Hamiltonian,
+    MolecularHamiltonian,
+    with_external,
+)
 from .molecule import Molecule  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Ansatz",
     "Config",
     "ConfigError",
     "EvalResult",
+    "ExternalPotential",
     "Hamiltonian",
+    "HarmonicTrap",
     "MolecularHamiltonian",
     "Molecule",
+    "PointCharges",
     "Run",
     "TrainResult",
+    "UniformField",
+    "ansatz_from_orbitals",
+    "custom_run",
+    "default_observables",
+    "dipole_moment",
     "evaluate",
+    "gaussian_walkers",
     "load_config",
     "prepare",
     "run",
+    "settings",
     "train",
+    "with_external",
 ]

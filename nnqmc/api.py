@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import shutil
+import signal
+import socket
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +22,9 @@ import numpy as np
 
 from . import io
 from .ansatz import Ansatz, slater_jastrow
-from .config import Config, to_toml
+from .config import Config, load_config, to_toml
 from .estimate import estimate
-from .hamiltonian import MolecularHamiltonian
+from .hamiltonian import Hamiltonian, MolecularHamiltonian
 from .molecule import Molecule
 from .optimize import make_optimizer
 from .parallel import (
@@ -43,6 +49,8 @@ __version__ = "0.1.0"
 Progress = Callable[[str, int, int, dict[str, float]], None]
 # Called after every training step with the number of steps done and the parameters.
 StepHook = Callable[[int, Any], None]
+# Called between steps: 0 to go on, or the number of the signal that asks the run to stop.
+StopCheck = Callable[[], int]
 
 # Keys for the independent random streams of one run, all derived from the seed.
 _INIT, _WALKERS, _BURN_IN, _TRAIN, _EVAL = range(5)
@@ -52,15 +60,29 @@ class RunError(RuntimeError):
     """A run that cannot start or continue for a reason the user can fix."""
 
 
+class Interrupted(RuntimeError):
+    """A run stopped by SIGINT or SIGTERM between two steps, after writing a checkpoint."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 @dataclass
 class Run:
     """Everything a run needs, built once from a config: molecule, HF, ansatz, Hamiltonian."""
 
     config: Config
-    molecule: Molecule
-    scf: SCFResult
-    hamiltonian: MolecularHamiltonian
+    molecule: Molecule | None  # None: a Python-API run without a molecule (custom_run)
+    scf: SCFResult | None
+    hamiltonian: Hamiltonian
     ansatz: Ansatz
+    # (key, n_walkers) -> initial walkers; None: around the molecule's nuclei
+    walker_init: Callable[[jax.Array, int], jax.Array] | None = None
 
     @property
     def dtype(self):
@@ -87,6 +109,7 @@ class EvalResult:
     energies: np.ndarray
     wall_seconds: float
     observables: dict[str, Any] = field(default_factory=dict)
+    records: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def build_ansatz(config: Config, molecule: Molecule, scf: SCFResult) -> Ansatz:
@@ -123,20 +146,28 @@ def build_ansatz(config: Config, molecule: Molecule, scf: SCFResult) -> Ansatz:
 
 def prepare(config: Config) -> Run:
     """Run Hartree–Fock and build the ansatz and Hamiltonian for a config."""
+    from .external import external_terms, scf_external
+
+    if config.system is None:
+        raise RunError("prepare() needs a [system]; without a molecule use nnqmc.custom_run")
     molecule = config.system.molecule
     a = config.ansatz
+    external = external_terms(config.hamiltonian)  # in the SCF as well as in H
+    ext = scf_external(external, molecule.charges, molecule.coords)
     try:
-        scf = run_scf(molecule, config.system.basis, a.cas, a.determinants)
+        scf = run_scf(molecule, config.system.basis, a.cas, a.determinants, **ext)
     except ValueError as err:
         raise RunError(f"ansatz.cas: {err}") from None
     hamiltonian = MolecularHamiltonian(
-        molecule.charges, molecule.coords, molecule.n_up, molecule.n_down
+        molecule.charges, molecule.coords, molecule.n_up, molecule.n_down, external
     )
     return Run(config, molecule, scf, hamiltonian, build_ansatz(config, molecule, scf))
 
 
 def initial_walkers(run: Run, key: jax.Array, n_walkers: int) -> jax.Array:
     """Walkers placed around the nuclei, consistent with the charge and spin state."""
+    if run.walker_init is not None:
+        return jnp.asarray(run.walker_init(key, n_walkers), run.dtype)
     mol = run.molecule
     return init_walkers(
         key, mol.coords, mol.charges, mol.charge, mol.n_up, mol.n_down, n_walkers, run.dtype
@@ -152,16 +183,100 @@ def check_devices(walkers: int) -> int:
     return device_count()
 
 
-def _load_checkpoint(
-    path: Path, params: Any, opt_state: Any, walker_shape: tuple[int, ...]
-) -> dict[str, Any] | None:
-    """Process 0 reads the checkpoint, every process gets its contents; None if there is none."""
-    saved, error = None, ""
-    if is_main_process() and path.exists():
+# --------------------------------------------------------------------------- helpers
+def _warn(message: str) -> None:
+    """A one-line warning on stderr, from process 0 only."""
+    if is_main_process():
+        print(f"nnqmc: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def _on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on process 0 only; a RunError there is raised on every process (a collective
+    with several processes). Returns fn's value on process 0, None elsewhere."""
+    value, error = None, None
+    if is_main_process():
         try:
-            saved = io.load_checkpoint(path, params, opt_state)
-        except (OSError, KeyError, ValueError) as err:
-            error = f"{path}: {err}"
+            value = fn()
+        except RunError as err:
+            error = err
+    failed = error is not None
+    if process_count() > 1:
+        failed = bool(int(broadcast_from_main(np.array(failed, dtype=np.int32))))
+    if failed:
+        raise error or RunError("process 0 stopped the run (see its output)")
+    return value
+
+
+def _cannot_write(path: Path, err: OSError) -> str:
+    return f"cannot write {err.filename or path}: {err.strerror or err}"
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _any_process(signum: int) -> int:
+    """The first nonzero signal number over all processes (a collective), else 0."""
+    if process_count() == 1:
+        return signum
+    from jax.experimental import multihost_utils
+
+    every = np.asarray(multihost_utils.process_allgather(np.array([signum], np.int32)))
+    nonzero = every[every > 0]
+    return int(nonzero[0]) if nonzero.size else 0
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopCheck]:
+    """While inside, SIGINT and SIGTERM only ask the run to stop at the next step boundary.
+
+    Yields the check to call between steps; a second signal acts as usual (the handlers are
+    restored after the first). Outside the main thread nothing is installed.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: _any_process(0)
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        signal.signal(signum, previous[signum] or signal.SIG_DFL)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield lambda: _any_process(received[0] if received else 0)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h or signal.SIG_DFL)
+
+
+def _never_stop() -> int:
+    return 0
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _load_checkpoint(
+    run_dir: Path, params: Any, opt_state: Any, walker_shape: tuple[int, ...]
+) -> dict[str, Any] | None:
+    """Process 0 reads the newest valid checkpoint (falling back to the previous one), every
+    process gets its contents; None if there is none."""
+    saved, error = None, ""
+    if is_main_process():
+        try:
+            saved, warnings = io.read_newest(
+                run_dir / io.CHECKPOINT,
+                run_dir / io.PREVIOUS_CHECKPOINT,
+                lambda p: io.load_checkpoint(p, params, opt_state),
+            )
+            for message in warnings:
+                _warn(message)
+        except (OSError, io.CheckpointError) as err:
+            error = f"no usable checkpoint: {err}"
     n_rows = len(saved["history"].get("step", [])) if saved else 0
     header = np.array(
         [
@@ -170,22 +285,27 @@ def _load_checkpoint(
             saved["step"] if saved else 0,
             n_rows,
             saved["walkers"].shape[0] if saved else 0,
+            saved["bad_in_row"] if saved else 0,
         ],
         dtype=np.int64,
     )
-    present, failed, step, n_rows, n_walkers = (int(v) for v in broadcast_from_main(header))
+    present, failed, step, n_rows, n_walkers, bad_in_row = (
+        int(v) for v in broadcast_from_main(header)
+    )
     if failed:
-        raise RunError(error or f"{path}: process 0 could not read the checkpoint")
+        raise RunError(error or f"{run_dir}: process 0 could not read the checkpoint")
     if not present:
         return None
     if n_walkers != walker_shape[0]:
         raise RunError(
-            f"{path} holds {n_walkers} walkers; the config asks for "
+            f"{run_dir / io.CHECKPOINT} holds {n_walkers} walkers; the config asks for "
             f"train.walkers = {walker_shape[0]}"
         )
 
     def column(name: str, values: Any) -> np.ndarray:
         values = np.asarray(values, np.int64 if name == "step" else np.float64)
+        if name == "lr_scale" and values.shape != (n_rows,):
+            return np.ones(n_rows)  # a checkpoint from before the column existed
         return values if values.shape == (n_rows,) else np.zeros(n_rows, values.dtype)
 
     if saved is None:  # another process: templates of the right shapes for the broadcast
@@ -194,6 +314,7 @@ def _load_checkpoint(
             "opt_state": opt_state,
             "walkers": np.zeros(walker_shape),
             "width": 0.0,
+            "lr_scale": 1.0,
             "history": {},
         }
     payload = {
@@ -201,12 +322,33 @@ def _load_checkpoint(
         "opt_state": jax.tree_util.tree_map(np.asarray, saved["opt_state"]),
         "walkers": np.asarray(saved["walkers"], np.float64),
         "width": np.asarray(saved["width"], np.float64),
+        "lr_scale": np.asarray(saved["lr_scale"], np.float64),
         "history": {c: column(c, saved["history"].get(c, [])) for c in io.TRAIN_COLUMNS},
     }
     payload = broadcast_from_main(payload)
     payload["step"] = step
+    payload["bad_in_row"] = bad_in_row
     payload["width"] = float(payload["width"])
+    payload["lr_scale"] = float(payload["lr_scale"])
     return payload
+
+
+def _train_log_attrs(history: dict[str, Any]) -> dict[str, Any]:
+    return {"rejected_steps": int(np.sum(np.asarray(history["finite"]) == 0))}
+
+
+def _write_checkpoint(run_dir: Path, step: int, last: int | None, **state: Any) -> None:
+    """checkpoint.h5 (the previous one kept) and train.h5; RunError if they cannot be written."""
+    path = run_dir / io.CHECKPOINT
+    columns = state["history"]
+    try:
+        io.save_checkpoint(path, step=step, previous=run_dir / io.PREVIOUS_CHECKPOINT, **state)
+        io.write_table(run_dir / io.TRAIN_LOG, columns, _train_log_attrs(columns))
+    except OSError as err:
+        kept = "no earlier checkpoint" if last is None else f"{path.name} still holds step {last}"
+        raise RunError(f"{_cannot_write(path, err)} at step {step}; {kept}") from None
+    except ValueError as err:
+        raise RunError(str(err)) from None
 
 
 def _float_stats(stats: dict[str, jax.Array]) -> dict[str, float]:
@@ -229,36 +371,52 @@ def _burn_in(run: Run, params, walkers, width, key, n_devices, progress):
     return walkers, width
 
 
+def _initial_parameters(run: Run) -> tuple[jax.Array, Any, Any, Any]:
+    """(seed key, parameters, optimizer, optimizer state) of a fresh run."""
+    cfg = run.config
+    key = jax.random.PRNGKey(cfg.train.seed)
+    params = run.ansatz.init(jax.random.fold_in(key, _INIT))
+    optimizer = make_optimizer(cfg.train.optimizer, batch_log_psi(run.ansatz), cfg.train)
+    return key, params, optimizer, optimizer.init(params)
+
+
+# --------------------------------------------------------------------------- training
 def train(
     run: Run,
     out_dir: str | Path | None = None,
     resume: bool = False,
     progress: Progress | None = None,
     on_step: StepHook | None = None,
+    stop: StopCheck | None = None,
 ) -> TrainResult:
     """Optimise the ansatz; with ``out_dir``, log and checkpoint there (resumable).
+
+    Checkpoints are written before the first step, every ``train.checkpoint_every`` steps,
+    at the end, and when ``stop()`` asks to stop (then :class:`Interrupted` is raised). A
+    rejected (non-finite) step halves the learning-rate scale; ``train.max_bad_steps`` of them
+    in a row end the run with a RunError, the last good state checkpointed.
 
     With several processes every process calls this; only process 0 reads or writes files,
     and a checkpoint holds the walkers of all devices of all processes.
     """
     cfg = run.config
     t_start = time.perf_counter()
+    stop = stop or _never_stop
     n_devices = check_devices(cfg.train.walkers)
-    key = jax.random.PRNGKey(cfg.train.seed)
+    key, params, optimizer, opt_state = _initial_parameters(run)
     dtype = run.dtype
-    params = run.ansatz.init(jax.random.fold_in(key, _INIT))
-    optimizer = make_optimizer(cfg.train.optimizer, batch_log_psi(run.ansatz), cfg.train)
-    opt_state = optimizer.init(params)
     history: dict[str, list[float]] = {c: [] for c in io.TRAIN_COLUMNS}
-    checkpoint = Path(out_dir) / io.CHECKPOINT if out_dir is not None else None
-    start = 0
+    run_dir = Path(out_dir) if out_dir is not None else None
+    checkpoint = run_dir / io.CHECKPOINT if run_dir is not None else None
+    start, lr_scale, bad_in_row = 0, 1.0, 0
 
     saved = None
-    if resume and checkpoint is not None:
-        shape = (cfg.train.walkers, run.molecule.n_elec, 3)
-        saved = _load_checkpoint(checkpoint, params, opt_state, shape)
+    if resume and run_dir is not None:
+        shape = (cfg.train.walkers, run.ansatz.n_up + run.ansatz.n_down, 3)
+        saved = _load_checkpoint(run_dir, params, opt_state, shape)
     if saved is not None:
         params, opt_state, start = saved["params"], saved["opt_state"], saved["step"]
+        lr_scale, bad_in_row = saved["lr_scale"], saved["bad_in_row"]
         walkers = scatter_walkers(jnp.asarray(saved["walkers"], dtype), n_devices)
         width = replicate(jnp.asarray(saved["width"], dtype), n_devices)
         history = {c: list(saved["history"][c]) for c in io.TRAIN_COLUMNS}
@@ -286,51 +444,150 @@ def train(
     train_key = jax.random.fold_in(key, _TRAIN)
     wall_offset = history["wall_time"][-1] if history["wall_time"] else 0.0
     t_loop = time.perf_counter()
+    last_saved = start if saved is not None else None
 
     def save(step: int) -> None:
-        if checkpoint is None:
+        nonlocal last_saved
+        if run_dir is None:
             return
         all_walkers = gather_walkers(state.walkers)  # collective: every process
-        if not is_main_process():
-            return
-        columns = {c: np.asarray(v) for c, v in history.items()}
-        io.save_checkpoint(
-            checkpoint,
-            step=step,
-            params=first_replica(state.params),
-            opt_state=first_replica(state.opt_state),
-            walkers=all_walkers,
-            width=float(state.width[0]),
-            key=np.asarray(key),
-            history=columns,
+        _on_main(
+            lambda: _write_checkpoint(
+                run_dir,
+                step,
+                last_saved,
+                params=first_replica(state.params),
+                opt_state=first_replica(state.opt_state),
+                walkers=all_walkers,
+                width=float(state.width[0]),
+                key=np.asarray(key),
+                history={c: np.asarray(v) for c, v in history.items()},
+                lr_scale=lr_scale,
+                bad_in_row=bad_in_row,
+            )
         )
-        io.write_table(Path(out_dir) / io.TRAIN_LOG, columns)
+        last_saved = step
 
+    if saved is None:
+        save(0)  # so that --resume works from any moment on
     for step in range(start, cfg.train.steps):
-        state, stats = step_fn(state, device_keys(train_key, step, n_devices))
+        signum = stop()
+        if signum:
+            save(step)
+            where = f"; checkpoint: {checkpoint}" if checkpoint else ""
+            raise Interrupted(
+                signum,
+                f"stopped by {_signal_name(signum)} after step {step} of {cfg.train.steps}{where}",
+            )
+        state, stats = step_fn(state, device_keys(train_key, step, n_devices), lr_scale)
         row = _float_stats(stats)
         row["step"] = step
+        row["lr_scale"] = lr_scale
         row["wall_time"] = wall_offset + time.perf_counter() - t_loop
         for c in io.TRAIN_COLUMNS:
             history[c].append(row[c])
         done = step + 1
+        if row["finite"] > 0:
+            bad_in_row = 0
+        else:
+            bad_in_row += 1
+            lr_scale *= 0.5
+            _warn(
+                f"step {done}: non-finite local energies, gradient or update; step rejected, "
+                f"learning rate scaled to {lr_scale:g}"
+            )
+        if bad_in_row >= cfg.train.max_bad_steps:
+            save(done)
+            where = (
+                f"the last good state is in {checkpoint} (continue with --resume after "
+                "lowering train.learning_rate)"
+                if checkpoint
+                else "parameters left at the last good step"
+            )
+            raise RunError(
+                f"training stopped at step {done}: {bad_in_row} non-finite steps in a row "
+                f"(train.max_bad_steps = {cfg.train.max_bad_steps}); {where}"
+            )
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
             save(done)
         if progress:
             progress("train", done, cfg.train.steps, row)
         if on_step:
             on_step(done, first_replica(state.params))
-    if start >= cfg.train.steps:
-        save(cfg.train.steps)
 
     return TrainResult(
         params=first_replica(state.params),
         walkers=gather_walkers(state.walkers),
         width=float(state.width[0]),
         history={c: np.asarray(v) for c, v in history.items()},
-        steps=cfg.train.steps,
+        steps=max(start, cfg.train.steps),
         wall_seconds=time.perf_counter() - t_start,
     )
+
+
+# --------------------------------------------------------------------------- evaluation
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _load_eval_checkpoint(
+    run_dir: Path,
+    tag: dict[str, Any],
+    walker_shape: tuple[int, ...],
+    record_shapes: Callable[[], dict[str, Any]],
+) -> dict[str, Any] | None:
+    """Process 0 reads the evaluation checkpoint that belongs to ``tag``; every process gets
+    its walkers and records. None if there is none (or it belongs to another state)."""
+    saved = None
+    if is_main_process():
+        try:
+            saved, warnings = io.read_newest(
+                run_dir / io.EVAL_CHECKPOINT,
+                run_dir / io.PREVIOUS_EVAL_CHECKPOINT,
+                io.load_eval_checkpoint,
+            )
+            for message in warnings:
+                _warn(message)
+        except (OSError, io.CheckpointError) as err:
+            _warn(f"{err}; evaluating from the first step")
+        if saved is not None:
+            same = {k: _plain(v) for k, v in saved["tag"].items()} == tag
+            if not same or saved["walkers"].shape != walker_shape:
+                saved = None  # another trained state or other settings: start over
+    step = int(broadcast_from_main(np.array(saved["step"] if saved else -1, np.int64)))
+    if step < 0:
+        return None
+    if saved is None:
+        records = {n: np.zeros((step, *s.shape), s.dtype) for n, s in record_shapes().items()}
+        saved = {"walkers": np.zeros(walker_shape), "records": records}
+    payload = {"walkers": np.asarray(saved["walkers"], np.float64), "records": saved["records"]}
+    payload = broadcast_from_main(payload)
+    payload["step"] = step
+    return payload
+
+
+def _write_eval_checkpoint(
+    run_dir: Path, step: int, tag: dict[str, Any], walkers: np.ndarray, records: dict
+) -> None:
+    path = run_dir / io.EVAL_CHECKPOINT
+    try:
+        io.save_eval_checkpoint(
+            path,
+            step=step,
+            tag=tag,
+            walkers=walkers,
+            records={n: np.asarray(v) for n, v in records.items()},
+            previous=run_dir / io.PREVIOUS_EVAL_CHECKPOINT,
+        )
+    except OSError as err:
+        raise RunError(f"{_cannot_write(path, err)} at evaluation step {step}") from None
+
+
+def _open_eval_log(run_dir: Path, records: dict[str, list]) -> io.AppendLog:
+    try:
+        return io.AppendLog(run_dir / io.EVAL_LOG, {n: np.asarray(v) for n, v in records.items()})
+    except OSError as err:
+        raise RunError(_cannot_write(run_dir / io.EVAL_LOG, err)) from None
 
 
 def evaluate(
@@ -341,13 +598,23 @@ def evaluate(
     steps: int | None = None,
     progress: Progress | None = None,
     observables: dict[str, Callable[[jax.Array], jax.Array]] | None = None,
+    out_dir: str | Path | None = None,
+    tag: dict[str, Any] | None = None,
+    stop: StopCheck | None = None,
 ) -> EvalResult:
     """Sample with frozen parameters; energy ± standard error from a blocking analysis.
 
-    ``walkers`` are all walkers (of all processes); each process evaluates its share.
+    ``walkers`` are all walkers (of all processes); each process evaluates its share. With
+    ``out_dir``, every step's averages are appended to eval.h5 (flushed) and the walkers are
+    checkpointed every ``train.checkpoint_every`` steps, so an evaluation of the same state
+    (``tag``: e.g. the training step) continues where an earlier one stopped.
     """
     cfg = run.config
     steps = cfg.eval.steps if steps is None else steps
+    stop = stop or _never_stop
+    from .custom import default_observables  # the dipole moment, unless eval.dipole = false
+
+    observables = {**default_observables(run), **(observables or {})}
     t_start = time.perf_counter()
     n_devices = check_devices(walkers.shape[0])
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), _EVAL)
@@ -361,14 +628,67 @@ def evaluate(
         engine=cfg.train.laplacian,
         observables=observables,
     )
+    run_dir = Path(out_dir) if out_dir is not None else None
+    tag = {
+        **(tag or {}),
+        "seed": cfg.train.seed,
+        "decorrelation": cfg.eval.decorrelation,
+        "precision": cfg.precision,
+        "observables": ",".join(sorted(observables or {})),
+    }
     records: dict[str, list] = {}
-    for k in range(steps):
-        walkers_d, stats = step_fn(params_d, walkers_d, width_d, device_keys(key, k, n_devices))
-        stats = first_replica(stats)
-        for name, value in stats.items():
-            records.setdefault(name, []).append(np.asarray(value))
-        if progress:
-            progress("eval", k + 1, steps, {n: float(np.mean(v)) for n, v in stats.items()})
+    start = 0
+
+    def record_shapes() -> dict[str, Any]:
+        keys = device_keys(key, 0, n_devices)
+        _, stats = jax.eval_shape(step_fn, params_d, walkers_d, width_d, keys)
+        return {n: jax.ShapeDtypeStruct(s.shape[1:], s.dtype) for n, s in stats.items()}
+
+    if run_dir is not None:
+        saved = _load_eval_checkpoint(run_dir, tag, walkers.shape, record_shapes)
+        if saved is not None:
+            start = saved["step"]
+            walkers_d = scatter_walkers(jnp.asarray(saved["walkers"], run.dtype), n_devices)
+            records = {n: list(v) for n, v in saved["records"].items()}
+
+    def save(k: int) -> None:
+        if run_dir is None:
+            return
+        all_walkers = gather_walkers(walkers_d)  # collective: every process
+        _on_main(lambda: _write_eval_checkpoint(run_dir, k, tag, all_walkers, records))
+
+    log = _on_main(lambda: _open_eval_log(run_dir, records)) if run_dir is not None else None
+    try:
+        for k in range(start, steps):
+            signum = stop()
+            if signum:
+                save(k)
+                where = f"; checkpoint: {run_dir / io.EVAL_CHECKPOINT}" if run_dir else ""
+                raise Interrupted(
+                    signum,
+                    f"stopped by {_signal_name(signum)} after evaluation step {k} of "
+                    f"{steps}{where}",
+                )
+            walkers_d, stats = step_fn(params_d, walkers_d, width_d, device_keys(key, k, n_devices))
+            stats = first_replica(stats)
+            for name, value in stats.items():
+                records.setdefault(name, []).append(np.asarray(value))
+            if log is not None:
+                try:
+                    log.append(stats)
+                except OSError as err:
+                    _warn(f"{_cannot_write(run_dir / io.EVAL_LOG, err)}; no longer appending")
+                    log.close()
+                    log = None
+            done = k + 1
+            if done % cfg.train.checkpoint_every == 0 or done == steps:
+                save(done)
+            if progress:
+                progress("eval", done, steps, {n: float(np.mean(v)) for n, v in stats.items()})
+    finally:
+        if log is not None:
+            log.close()
+    records = {n: np.asarray(v[:steps]) for n, v in records.items()}
     energies = np.asarray(records["energy"], dtype=np.float64)
     est = estimate(energies)
     variance = float(np.mean(records["energy_sq"]) - np.mean(energies) ** 2)
@@ -386,6 +706,7 @@ def evaluate(
         energies=energies,
         wall_seconds=time.perf_counter() - t_start,
         observables=extra,
+        records=records,
     )
 
 
@@ -399,6 +720,7 @@ def correlation_fraction(energy: float, hf_energy: float, exact: float | None) -
 def summarize(run: Run, trained: TrainResult, evaluated: EvalResult) -> dict[str, Any]:
     cfg = run.config
     ref = cfg.reference_energy
+    finite = np.asarray(trained.history.get("finite", []))
     return {
         "name": cfg.name,
         "energy": evaluated.energy,
@@ -414,6 +736,7 @@ def summarize(run: Run, trained: TrainResult, evaluated: EvalResult) -> dict[str
         "ansatz": cfg.ansatz.kind,
         "optimizer": cfg.train.optimizer,
         "steps": trained.steps,
+        "rejected_steps": int(np.sum(finite == 0)),
         "eval_steps": evaluated.steps,
         "walkers": cfg.train.walkers,
         "devices": global_device_count(),
@@ -427,29 +750,77 @@ def summarize(run: Run, trained: TrainResult, evaluated: EvalResult) -> dict[str
     }
 
 
+# --------------------------------------------------------------------------- run directory
 def run_directory(config: Config, out_dir: str | Path | None) -> Path:
     return Path(out_dir) if out_dir is not None else Path("runs") / config.name
 
 
-def check_run_directory(path: Path, resume: bool) -> None:
-    """Refuse to start a fresh run over existing results, or to resume with nothing there."""
-    has_results = (path / io.CHECKPOINT).exists() or (path / io.RESULT).exists()
-    if has_results and not resume:
-        raise RunError(f"{path} already holds a run; use --resume to continue it or --out DIR")
-    if resume and not (path / io.CHECKPOINT).exists():
-        raise RunError(f"{path} holds no checkpoint to resume from")
+def _has_checkpoint(path: Path) -> bool:
+    return any((path / n).exists() for n in (io.CHECKPOINT, io.PREVIOUS_CHECKPOINT))
 
 
-def _check_run_directory_on_main(path: Path, resume: bool) -> None:
-    """:func:`check_run_directory` on process 0, its verdict shared with every process."""
-    error = None
+def check_run_directory(path: Path, resume: bool, force: bool = False) -> None:
+    """Refuse a directory in use by a live process, and a fresh start over existing results
+    (unless ``force``). ``resume`` with no checkpoint yet starts from the beginning."""
+    owner = io.live_lock_owner(path)
+    if owner is not None and owner != (os.getpid(), socket.gethostname()):
+        raise RunError(io.locked_message(path, owner))
+    if path.exists() and not path.is_dir():
+        raise RunError(f"{path} exists and is not a directory")
+    finished = (path / io.RESULT).exists()
+    if (finished or _has_checkpoint(path)) and not (resume or force):
+        raise RunError(
+            f"{path} already holds a run; use --resume to continue it, --force to start it "
+            "over, or --out DIR"
+        )
+    if resume and finished and not _has_checkpoint(path) and not force:
+        raise RunError(f"{path} holds a result but no checkpoint; use --force to start over")
+
+
+def _lock_directory(path: Path) -> None:
+    """Create ``path`` if needed and take its lock; RunError if in use or unwritable."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        for message in io.acquire_lock(path):
+            _warn(message)
+    except io.LockedError as err:
+        raise RunError(str(err)) from None
+    except OSError as err:
+        raise RunError(_cannot_write(path, err)) from None
+
+
+def _open_run_directory(path: Path, config: Config, resume: bool, force: bool) -> None:
+    """Create and lock the run directory (process 0), clear it for --force, copy the input."""
+    _lock_directory(path)
+    check_run_directory(path, resume, force)  # again: another process may have finished
+    if resume and not force and not _has_checkpoint(path):
+        _warn(f"{path} holds no checkpoint yet; starting from the first step")
+    try:
+        if force:
+            for name in io.RUN_FILES:
+                (path / name).unlink(missing_ok=True)
+        if config.source is not None and not (path / io.INPUT_COPY).exists():
+            shutil.copyfile(config.source, path / io.INPUT_COPY)
+        io.write_text_atomic(path / io.CONFIG_COPY, to_toml(config.data))
+    except OSError as err:
+        raise RunError(_cannot_write(path, err)) from None
+
+
+def _write_results(path: Path, evaluated: EvalResult, result: dict, history: dict) -> None:
+    try:
+        io.write_table(path / io.TRAIN_LOG, history, _train_log_attrs(history))
+        attrs = {"energy": evaluated.energy, "energy_err": evaluated.energy_err}
+        io.write_table(path / io.EVAL_LOG, evaluated.records, attrs)
+        io.write_json_atomic(path / io.RESULT, result)
+        plot_training(path / io.PLOT, history, result)
+    except OSError as err:
+        raise RunError(_cannot_write(path, err)) from None
+
+
+def _release(path: Path) -> None:
     if is_main_process():
-        try:
-            check_run_directory(path, resume)
-        except RunError as err:
-            error = err
-    if int(broadcast_from_main(np.array(error is not None, dtype=np.int32))):
-        raise error or RunError(f"{path}: process 0 could not start the run")
+        with contextlib.suppress(OSError):
+            io.release_lock(path)
 
 
 def run(
@@ -458,30 +829,87 @@ def run(
     resume: bool = False,
     progress: Progress | None = None,
     on_step: StepHook | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train, evaluate and write the run directory; returns the contents of result.json.
 
+    The directory is locked while the run lives; SIGINT/SIGTERM stop it at the next step
+    with a checkpoint (:class:`Interrupted`). ``force`` starts a finished run over.
     With several processes (see ``parallel.initialize_distributed``) every process calls this
     and gets the same result; only process 0 creates the directory and writes files.
     """
     path = run_directory(config, out_dir)
     check_devices(config.train.walkers)
-    _check_run_directory_on_main(path, resume)
+    _on_main(lambda: check_run_directory(path, resume, force))
     prepared = prepare(config)
-    main = is_main_process()
-    if main:
-        path.mkdir(parents=True, exist_ok=True)
-        if config.source is not None and not resume:
-            shutil.copyfile(config.source, path / "input.toml")
-        io.write_text_atomic(path / io.CONFIG_COPY, to_toml(config.data))
-    trained = train(prepared, path, resume=resume, progress=progress, on_step=on_step)
-    evaluated = evaluate(
-        prepared, trained.params, trained.walkers, trained.width, progress=progress
-    )
-    result = summarize(prepared, trained, evaluated)
-    if main:
-        energies = {"energy": evaluated.energies}
-        io.write_table(path / io.EVAL_LOG, energies, {"energy": evaluated.energy})
-        io.write_json_atomic(path / io.RESULT, result)
-        plot_training(path / "energy.png", trained.history, result)
+    try:
+        _on_main(lambda: _open_run_directory(path, config, resume, force))
+        with stop_on_signals() as stop:
+            trained = train(prepared, path, resume, progress, on_step, stop)
+            evaluated = evaluate(
+                prepared,
+                trained.params,
+                trained.walkers,
+                trained.width,
+                progress=progress,
+                out_dir=path,
+                tag={"train_step": trained.steps},
+                stop=stop,
+            )
+            result = summarize(prepared, trained, evaluated)
+            _on_main(lambda: _write_results(path, evaluated, result, trained.history))
+    finally:
+        _release(path)
+    return result
+
+
+def evaluate_run(
+    run_dir: str | Path, steps: int | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Continue (or extend to ``steps``) the evaluation of a trained run directory and
+    rewrite its result.json; returns its contents."""
+    path = Path(run_dir)
+    if not (path / io.CONFIG_COPY).is_file():
+        raise RunError(f"{path} holds no run ({io.CONFIG_COPY} is missing)")
+    config = load_config(path / io.CONFIG_COPY, [] if steps is None else [f"eval.steps={steps}"])
+    check_devices(config.train.walkers)
+    _on_main(lambda: check_run_directory(path, resume=True))
+    prepared = prepare(config)
+    try:
+        _on_main(lambda: _lock_directory(path))
+        _, params, _, opt_state = _initial_parameters(prepared)
+        shape = (config.train.walkers, prepared.molecule.n_elec, 3)
+        saved = _load_checkpoint(path, params, opt_state, shape)
+        if saved is None:
+            raise RunError(f"{path} holds no checkpoint to evaluate")
+        if saved["step"] < config.train.steps:
+            raise RunError(
+                f"{path}: training stopped at step {saved['step']} of {config.train.steps}; "
+                "finish it first with nnqmc run FILE --out DIR --resume"
+            )
+        history = saved["history"]
+        wall = history["wall_time"]
+        trained = TrainResult(
+            params=saved["params"],
+            walkers=saved["walkers"],
+            width=saved["width"],
+            history=history,
+            steps=saved["step"],
+            wall_seconds=float(wall[-1]) if len(wall) else 0.0,
+        )
+        with stop_on_signals() as stop:
+            evaluated = evaluate(
+                prepared,
+                trained.params,
+                trained.walkers,
+                trained.width,
+                progress=progress,
+                out_dir=path,
+                tag={"train_step": trained.steps},
+                stop=stop,
+            )
+            result = summarize(prepared, trained, evaluated)
+            _on_main(lambda: _write_results(path, evaluated, result, trained.history))
+    finally:
+        _release(path)
     return result

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_USAGE = 2
 
@@ -61,9 +61,27 @@ def format_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line ``nnqmc: error: ...`` and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"nnqmc: error: {' '.join(message.split())}\n")
+
+
+def _add_distributed(parser: argparse.ArgumentParser) -> None:
+    multi = parser.add_argument_group(
+        "several hosts",
+        "join processes with jax.distributed (also from NNQMC_COORDINATOR, "
+        "NNQMC_NUM_PROCESSES, NNQMC_PROCESS_ID, or a multi-task SLURM srun step)",
+    )
+    multi.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    multi.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    multi.add_argument("--process-id", type=int, metavar="I", help="this process, 0 .. N-1")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnqmc", description="Neural-network VMC")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="nnqmc", description="Neural-network VMC")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="train and evaluate the system of a TOML file")
     run.add_argument("file", help="input TOML file")
     run.add_argument("--out", help="run directory (default runs/<name>)")
@@ -75,15 +93,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override config values, e.g. train.steps=400",
     )
-    run.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    multi = run.add_argument_group(
-        "several hosts",
-        "join processes with jax.distributed (also from NNQMC_COORDINATOR, "
-        "NNQMC_NUM_PROCESSES, NNQMC_PROCESS_ID, or a multi-task SLURM srun step)",
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    again.add_argument(
+        "--force", action="store_true", help="start over, deleting the run already in --out"
     )
-    multi.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
-    multi.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
-    multi.add_argument("--process-id", type=int, metavar="I", help="this process, 0 .. N-1")
+    _add_distributed(run)
+    evaluate = sub.add_parser(
+        "eval", help="continue or extend the evaluation of a trained run directory"
+    )
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
+    evaluate.add_argument(
+        "--steps", type=int, metavar="N", help="evaluation steps in all (default: eval.steps)"
+    )
+    _add_distributed(evaluate)
     bench = sub.add_parser("bench", help="time training steps and local energies")
     bench.add_argument("file", help="input TOML file")
     bench.add_argument("--walkers", type=int, help="walkers (default: train.walkers)")
@@ -133,35 +156,70 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
+def _interrupted(err, how: str) -> int:
+    """Where a stopped run is and how to continue it; exit code 128 + signal number."""
+    from .parallel import is_main_process
+
+    if is_main_process():
+        print(f"nnqmc: {err}", file=sys.stderr)
+        print(f"nnqmc: continue with: {how}", file=sys.stderr, flush=True)
+    return err.exit_code
+
+
+def _execute(args) -> int:
+    """``run`` or ``eval`` after joining the processes of a distributed run."""
+    import shlex
+
+    from .api import Interrupted, RunError, evaluate_run, run, run_directory
+    from .config import ConfigError, load_config
+    from .parallel import is_main_process
+
+    progress = ProgressPrinter() if is_main_process() else None
+    try:
+        if args.command == "eval":
+            if args.steps is not None and args.steps <= 0:
+                return _fail(f"--steps must be positive, got {args.steps}")
+            how = f"nnqmc eval {shlex.quote(args.run_dir)}"
+            if args.steps is not None:
+                how += f" --steps {args.steps}"
+            result = evaluate_run(args.run_dir, args.steps, progress=progress)
+        else:
+            config = load_config(args.file, args.set)
+            out = run_directory(config, args.out)
+            sets = " ".join(shlex.quote(s) for s in args.set)
+            how = f"nnqmc run {shlex.quote(args.file)} --out {shlex.quote(str(out))} --resume"
+            how += f" --set {sets}" if sets else ""
+            result = run(config, args.out, args.resume, progress, force=args.force)
+    except (ConfigError, RunError) as err:
+        return _fail(str(err))
+    except Interrupted as err:
+        return _interrupted(err, how)
+    if is_main_process():
+        print(format_result(result))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .api import RunError, run
-    from .config import ConfigError, load_config
+    from .api import RunError
+    from .config import ConfigError
 
     if args.command == "bench":
         try:
             return _bench(args)
         except (ConfigError, RunError, ValueError) as err:
             return _fail(str(err))
-    from .parallel import initialize_distributed, is_main_process
+    from .parallel import initialize_distributed
 
     try:
         initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     except (ValueError, RuntimeError) as err:
         return _fail(f"distributed: {err}")
     try:
-        config = load_config(args.file, args.set)
-    except ConfigError as err:
-        return _fail(str(err))
-    main_process = is_main_process()
-    try:
-        progress = ProgressPrinter() if main_process else None
-        result = run(config, args.out, resume=args.resume, progress=progress)
-    except RunError as err:
-        return _fail(str(err))
-    if main_process:
-        print(format_result(result))
-    return 0
+        return _execute(args)
+    except KeyboardInterrupt:  # a second Ctrl-C, during a step
+        print("nnqmc: interrupted", file=sys.stderr)
+        return 128 + 2
 
 
 if __name__ == "__main__":

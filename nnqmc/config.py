@@ -40,6 +40,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "EvalConfig",
+    "HamiltonianConfig",
     "SamplerConfig",
     "SystemConfig",
     "TrainConfig",
@@ -174,6 +175,22 @@ class TrainConfig:
 class EvalConfig:
     steps: int = _f(2000, check=_positive)
     decorrelation: int = _f(10, check=_positive)
+    dipole: bool = True  # report the dipole moment (with error bars) in result.json
+
+
+@dataclass(frozen=True)
+class HamiltonianConfig:
+    """External potentials added to the molecular Hamiltonian (and to its SCF), a.u./bohr.
+
+    ``field``: uniform electric field F, V = F . (sum_i r_i - sum_I Z_I R_I);
+    ``point_charges``: rows [q, x, y, z]; ``harmonic``: omega of 1/2 omega^2 sum_i |r_i - c|^2
+    with c = ``harmonic_center``. See :mod:`nnqmc.external`.
+    """
+
+    field: tuple[float, float, float] | None = None
+    point_charges: tuple[tuple[float, float, float, float], ...] = ()
+    harmonic: float | None = _f(None, check=_positive)
+    harmonic_center: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,7 +198,8 @@ class Config:
     name: str = _f(check=_safe_name)
     reference_energy: float | None = None
     precision: str = _f("float64", choices=PRECISIONS)
-    system: SystemConfig
+    system: SystemConfig | None = None  # None only for Python-API runs without a molecule
+    hamiltonian: HamiltonianConfig = field(default_factory=HamiltonianConfig)
     ansatz: AnsatzConfig = field(default_factory=AnsatzConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -212,13 +230,22 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _section_class(tp: Any) -> type | None:
+    """The dataclass of a section field's type (``X`` or ``X | None``), else None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0] if len(args) == 1 else None
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
 def _sections() -> dict[str, type]:
     """Section name -> dataclass of its TOML keys, derived from ``Config``'s fields."""
     hints = _hints(Config)
     out = {}
     for f in dataclasses.fields(Config):
-        if dataclasses.is_dataclass(hints[f.name]):
-            out[f.name] = _SECTION_INPUT.get(f.name, hints[f.name])
+        cls = _section_class(hints[f.name])
+        if cls is not None:
+            out[f.name] = _SECTION_INPUT.get(f.name, cls)
     return out
 
 
@@ -227,7 +254,7 @@ def _top_level_fields() -> list[dataclasses.Field]:
     return [
         f
         for f in dataclasses.fields(Config)
-        if f.name not in _NOT_IN_DOCUMENT and not dataclasses.is_dataclass(hints[f.name])
+        if f.name not in _NOT_IN_DOCUMENT and _section_class(hints[f.name]) is None
     ]
 
 
@@ -280,6 +307,11 @@ def _convert(value: Any, tp: Any) -> Any:
         if isinstance(value, str):
             return value
         raise TypeError(f"expected a string, got {_describe(value)}")
+    if origin is tuple and len(typing.get_args(tp)) == 2 and typing.get_args(tp)[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list, got {_describe(value)}")
+        item = typing.get_args(tp)[0]
+        return tuple(_convert(v, item) for v in value)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -346,9 +378,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     return _build(data, source, path.resolve().parent, path, overridden)
 
 
-def config_from_dict(data: dict, source: str = "<dict>") -> Config:
-    """Validate an already-parsed TOML document (relative xyz paths: from the cwd)."""
-    return _build(data, str(source), Path.cwd(), None, set())
+def config_from_dict(data: dict, source: str = "<dict>", require_system: bool = True) -> Config:
+    """Validate an already-parsed TOML document (relative xyz paths: from the cwd).
+
+    With ``require_system=False`` the ``[system]`` section may be left out (``system`` is
+    then None): the settings of a Python-API run whose Hamiltonian has no molecule.
+    """
+    return _build(data, str(source), Path.cwd(), None, set(), require_system)
 
 
 def apply_overrides(data: dict, overrides: Sequence[str], source: str = OVERRIDE_SOURCE) -> dict:
@@ -467,7 +503,12 @@ def _toml_value(value: Any) -> str:
 
 
 def _build(
-    data: dict, source: str, base_dir: Path, path: Path | None, overridden: set[str]
+    data: dict,
+    source: str,
+    base_dir: Path,
+    path: Path | None,
+    overridden: set[str],
+    require_system: bool = True,
 ) -> Config:
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(OVERRIDE_SOURCE if key in overridden else source, key, message)
@@ -490,9 +531,9 @@ def _build(
             raise fail(key, f"unknown {kind}{_suggest(key, allowed[None] + list(sections))}")
 
     top = _read_fields(Config, data, "", fail, names=allowed[None])
-    if "system" not in data:
+    if "system" not in data and require_system:
         raise fail("system", "missing required section [system]")
-    system = _build_system(data["system"], base_dir, fail)
+    system = _build_system(data["system"], base_dir, fail) if "system" in data else None
     values: dict[str, Any] = dict(top, system=system)
     for name, cls in sections.items():
         if name != "system":
@@ -565,6 +606,8 @@ def _build_system(table: dict, base_dir: Path, fail) -> SystemConfig:
 def _cross_check(values: dict[str, Any], fail) -> None:
     """Constraints that involve more than one field."""
     ansatz: AnsatzConfig = values["ansatz"]
+    if values["system"] is None:
+        return
     molecule: Molecule = values["system"].molecule
     if ansatz.cas is not None:
         n_orb, n_elec = ansatz.cas

@@ -1,15 +1,22 @@
 """Hamiltonians: the potential energy of one walker and the local energy ``H psi / psi``.
 
 A Hamiltonian is anything with ``n_up``, ``n_down`` and a JAX-traceable
-``potential(r) -> scalar`` for one walker ``r`` of shape ``(n_elec, 3)``; the kinetic energy
-``-1/2 sum_i nabla_i^2`` is generic.
+``potential(r) -> scalar`` for one walker ``r`` of shape ``(n_elec, 3)`` (bohr, the first
+``n_up`` rows spin-up); the kinetic energy ``-1/2 sum_i nabla_i^2`` is generic. A
+Hamiltonian with nuclei also has ``charges`` (n_atoms,) and ``coords`` (n_atoms, 3); one
+without (Hooke's atom, quantum dots) may leave them out.
+
+External one-body potentials (:mod:`nnqmc.external`: a uniform field, point charges, a
+harmonic trap) are added with ``MolecularHamiltonian(..., external=terms)`` or, for any
+Hamiltonian, :func:`with_external`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -17,12 +24,45 @@ import numpy as np
 
 from .laplacian import KINETIC_ENGINES
 
+__all__ = [
+    "ExtendedHamiltonian",
+    "ExternalPotential",
+    "Hamiltonian",
+    "MolecularHamiltonian",
+    "electron_nuclear_distances",
+    "local_energy",
+    "nuclei",
+    "pair_distances",
+    "with_external",
+]
 
+
+@runtime_checkable
 class Hamiltonian(Protocol):
+    """Electron counts and the potential energy of one walker (atomic units).
+
+    ``potential(r)`` must be JAX-traceable; ``r`` has shape ``(n_up + n_down, 3)``.
+    """
+
     n_up: int
     n_down: int
 
     def potential(self, r: jax.Array) -> jax.Array: ...
+
+
+@runtime_checkable
+class ExternalPotential(Protocol):
+    """A one-body external potential ``sum_i v(r_i)`` plus its energy with the nuclei.
+
+    ``hcore(mol)`` is the same potential as an AO matrix of a PySCF ``Mole``, so that the
+    Hartree–Fock orbitals (and hence the ansatz) feel it too.
+    """
+
+    def electron_potential(self, r: jax.Array) -> jax.Array: ...
+
+    def nuclear_energy(self, charges: np.ndarray, coords: np.ndarray) -> float: ...
+
+    def hcore(self, mol: Any) -> np.ndarray: ...
 
 
 def pair_distances(r: jax.Array) -> jax.Array:
@@ -33,31 +73,107 @@ def pair_distances(r: jax.Array) -> jax.Array:
 
 
 def electron_nuclear_distances(r: jax.Array, coords: jax.Array) -> jax.Array:
+    """Distances ``|r_i - R_I|``, shape (n_elec, n_atoms)."""
     d = r[:, None, :] - coords[None, :, :]
     return jnp.sqrt(jnp.sum(d * d, axis=-1))
 
 
+def nuclei(hamiltonian: Hamiltonian) -> tuple[np.ndarray, np.ndarray]:
+    """``(charges, coords)`` of a Hamiltonian's nuclei; empty arrays if it has none."""
+    charges = np.asarray(getattr(hamiltonian, "charges", np.zeros(0)), np.float64).reshape(-1)
+    coords = np.asarray(getattr(hamiltonian, "coords", np.zeros((0, 3))), np.float64)
+    return charges, coords.reshape(-1, 3)
+
+
+def _external_energy(
+    external: Sequence[ExternalPotential], r: jax.Array, charges: np.ndarray, coords: np.ndarray
+) -> jax.Array:
+    total = jnp.zeros((), r.dtype)
+    for term in external:
+        total = total + term.electron_potential(r) + term.nuclear_energy(charges, coords)
+    return total
+
+
 @dataclass(frozen=True)
 class MolecularHamiltonian:
-    """Electrons and fixed point nuclei interacting by Coulomb's law."""
+    """Electrons and fixed point nuclei interacting by Coulomb's law, plus external terms.
+
+    ``charges``/``coords`` may be empty (no nuclei): then the potential is the electron–
+    electron repulsion plus the ``external`` terms (e.g. a harmonic trap: Hooke's atom).
+    """
 
     charges: np.ndarray
     coords: np.ndarray
     n_up: int
     n_down: int
+    external: tuple[ExternalPotential, ...] = ()
+
+    @classmethod
+    def without_nuclei(
+        cls, n_up: int, n_down: int, external: Sequence[ExternalPotential] = ()
+    ) -> MolecularHamiltonian:
+        """Interacting electrons in the ``external`` potentials only."""
+        return cls(np.zeros(0), np.zeros((0, 3)), n_up, n_down, tuple(external))
 
     @property
     def nuclear_repulsion(self) -> float:
-        z, c = np.asarray(self.charges), np.asarray(self.coords)
+        """Coulomb energy of the nuclei among themselves (external terms not included)."""
+        z, c = np.asarray(self.charges), np.asarray(self.coords).reshape(-1, 3)
         i, j = np.triu_indices(len(z), k=1)
         return float(np.sum(z[i] * z[j] / np.linalg.norm(c[i] - c[j], axis=-1)))
 
     def potential(self, r: jax.Array) -> jax.Array:
-        coords = jnp.asarray(self.coords, r.dtype)
-        charges = jnp.asarray(self.charges, r.dtype)
+        """Electron–nucleus + electron–electron + nuclear repulsion + external terms."""
+        charges_np, coords_np = nuclei(self)
+        coords = jnp.asarray(coords_np, r.dtype)
+        charges = jnp.asarray(charges_np, r.dtype)
         v_en = -jnp.sum(charges / electron_nuclear_distances(r, coords))
         v_ee = jnp.sum(1.0 / pair_distances(r)) if r.shape[0] > 1 else 0.0
-        return v_en + v_ee + self.nuclear_repulsion
+        v_ext = _external_energy(self.external, r, charges_np, coords_np)
+        return v_en + v_ee + self.nuclear_repulsion + v_ext
+
+
+@dataclass(frozen=True)
+class ExtendedHamiltonian:
+    """Any Hamiltonian ``base`` plus external one-body terms (see :func:`with_external`)."""
+
+    base: Hamiltonian
+    external: tuple[ExternalPotential, ...]
+
+    @property
+    def n_up(self) -> int:
+        """Spin-up electrons of ``base``."""
+        return self.base.n_up
+
+    @property
+    def n_down(self) -> int:
+        """Spin-down electrons of ``base``."""
+        return self.base.n_down
+
+    @property
+    def charges(self) -> np.ndarray:
+        """Nuclear charges of ``base`` (empty if it has none)."""
+        return nuclei(self.base)[0]
+
+    @property
+    def coords(self) -> np.ndarray:
+        """Nuclear positions of ``base`` in bohr (empty if it has none)."""
+        return nuclei(self.base)[1]
+
+    def potential(self, r: jax.Array) -> jax.Array:
+        """``base.potential(r)`` plus the external terms."""
+        charges, coords = nuclei(self.base)
+        return self.base.potential(r) + _external_energy(self.external, r, charges, coords)
+
+
+def with_external(hamiltonian: Hamiltonian, external: Sequence[ExternalPotential]) -> Hamiltonian:
+    """``hamiltonian`` with the ``external`` one-body terms added (itself if there are none)."""
+    external = tuple(external)
+    if not external:
+        return hamiltonian
+    if isinstance(hamiltonian, MolecularHamiltonian):
+        return dataclasses.replace(hamiltonian, external=hamiltonian.external + external)
+    return ExtendedHamiltonian(hamiltonian, external)
 
 
 def local_energy(

@@ -1,14 +1,22 @@
-"""Run directory layout, HDF5 logs and checkpoints, atomic writes (temp, fsync, rename)."""
+"""Run directory layout, HDF5 logs and checkpoints, atomic writes, the run-directory lock.
+
+Checkpoints are written atomically (temporary file, fsync, rename) with a SHA-256 of their
+contents inside; the previous one is kept beside the newest, and a reader that finds the
+newest unreadable or corrupt falls back to the previous one.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import jax
@@ -17,8 +25,29 @@ import numpy as np
 TRAIN_LOG = "train.h5"
 EVAL_LOG = "eval.h5"
 CHECKPOINT = "checkpoint.h5"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.h5"
+EVAL_CHECKPOINT = "eval-checkpoint.h5"
+PREVIOUS_EVAL_CHECKPOINT = "eval-checkpoint.prev.h5"
 RESULT = "result.json"
 CONFIG_COPY = "config.toml"
+INPUT_COPY = "input.toml"
+PLOT = "energy.png"
+LOCK = "nnqmc.lock"
+DIGEST = "sha256"
+
+# Files a run writes: what --force removes before starting over.
+RUN_FILES = (
+    CHECKPOINT,
+    PREVIOUS_CHECKPOINT,
+    EVAL_CHECKPOINT,
+    PREVIOUS_EVAL_CHECKPOINT,
+    TRAIN_LOG,
+    EVAL_LOG,
+    RESULT,
+    PLOT,
+    INPUT_COPY,
+    CONFIG_COPY,
+)
 
 TRAIN_COLUMNS = (
     "step",
@@ -28,13 +57,48 @@ TRAIN_COLUMNS = (
     "width",
     "grad_norm",
     "finite",
+    "lr_scale",
     "wall_time",
 )
 
+T = TypeVar("T")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that exists but cannot be used (truncated, corrupt, non-finite)."""
+
+
+class LockedError(RuntimeError):
+    """The run directory is in use by another live process."""
+
+
+# --------------------------------------------------------------------------- atomic writes
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _link_over(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src`` (a hard link where possible), atomically."""
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and rename over ``path``."""
+def atomic_path(path: str | Path, previous: str | Path | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it and rename over ``path``.
+
+    With ``previous``, the file being replaced is kept there first, so that at every moment
+    ``path`` exists (old or new) and ``previous`` holds the one before.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -43,12 +107,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            _link_over(path, Path(previous))
         os.replace(tmp_path, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -63,12 +125,97 @@ def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def write_h5_atomic(path: str | Path, fill: Callable[[h5py.File], None]) -> None:
-    with atomic_path(path) as tmp:
+def write_h5_atomic(
+    path: str | Path, fill: Callable[[h5py.File], None], previous: str | Path | None = None
+) -> None:
+    with atomic_path(path, previous) as tmp:
         with h5py.File(tmp, "w") as f:
             fill(f)
 
 
+# --------------------------------------------------------------------------- checksums
+def _hash_attrs(h: Any, obj: h5py.HLObject) -> None:
+    for name in sorted(obj.attrs):
+        if name != DIGEST:
+            value = np.asarray(obj.attrs[name])
+            h.update(f"@{name}:{value.dtype.str}:{value.shape}".encode())
+            h.update(np.ascontiguousarray(value).tobytes())
+
+
+def digest(f: h5py.File) -> str:
+    """SHA-256 of every dataset and attribute of an HDF5 file (its own digest excluded)."""
+    h = hashlib.sha256()
+    _hash_attrs(h, f)
+
+    def visit(name: str, obj: h5py.HLObject) -> None:
+        h.update(f"/{name}".encode())
+        if isinstance(obj, h5py.Dataset):
+            value = np.asarray(obj[()])
+            h.update(f":{value.dtype.str}:{value.shape}".encode())
+            h.update(np.ascontiguousarray(value).tobytes())
+        _hash_attrs(h, obj)
+
+    f.visititems(visit)
+    return h.hexdigest()
+
+
+def write_checked(
+    path: str | Path, fill: Callable[[h5py.File], None], previous: str | Path | None = None
+) -> None:
+    """:func:`write_h5_atomic` with the SHA-256 of the contents stored in the file."""
+
+    def fill_and_sign(f: h5py.File) -> None:
+        fill(f)
+        f.flush()
+        f.attrs[DIGEST] = digest(f)
+
+    write_h5_atomic(path, fill_and_sign, previous)
+
+
+def read_checked(path: str | Path, read: Callable[[h5py.File], T]) -> T:
+    """``read(file)`` after verifying the file's SHA-256; CheckpointError if anything is off."""
+    try:
+        with h5py.File(path, "r") as f:
+            stored = f.attrs.get(DIGEST)
+            if stored is not None and str(stored) != digest(f):
+                raise CheckpointError(f"{path}: checksum mismatch (corrupt file)")
+            return read(f)
+    except CheckpointError:
+        raise
+    except Exception as err:  # h5py raises OSError, KeyError, ValueError, RuntimeError, ...
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise CheckpointError(f"{path}: unreadable ({detail})") from None
+
+
+def read_newest(
+    path: Path, previous: Path, read: Callable[[Path], T]
+) -> tuple[T | None, list[str]]:
+    """The newest readable of ``path`` and ``previous``, and warnings about the ones skipped.
+
+    A corrupt ``path`` is moved aside to ``<path>.corrupt`` so the next checkpoint does not
+    keep it as the previous one. None if neither exists; CheckpointError if none is usable.
+    """
+    warnings: list[str] = []
+    errors: list[str] = []
+    for candidate in (path, previous):
+        if not candidate.exists():
+            continue
+        try:
+            value = read(candidate)
+        except CheckpointError as err:
+            errors.append(str(err))
+            continue
+        if errors:
+            if path.exists():
+                path.replace(path.with_name(path.name + ".corrupt"))
+            warnings.append(f"{errors[0]}; moved aside, using {candidate.name} instead")
+        return value, warnings
+    if errors:
+        raise CheckpointError("; ".join(errors))
+    return None, warnings
+
+
+# --------------------------------------------------------------------------- checkpoints
 def _write_tree(group: h5py.Group, tree: Any) -> None:
     for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
         group.create_dataset(str(i), data=np.asarray(leaf))
@@ -92,6 +239,15 @@ def _read_tree(group: h5py.Group, template: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, read)
 
 
+def all_finite(*trees: Any) -> bool:
+    """Whether every inexact array of the trees is finite."""
+    for leaf in jax.tree_util.tree_leaves(trees):
+        value = np.asarray(leaf)
+        if np.issubdtype(value.dtype, np.inexact) and not np.all(np.isfinite(value)):
+            return False
+    return True
+
+
 def save_checkpoint(
     path: str | Path,
     *,
@@ -102,12 +258,23 @@ def save_checkpoint(
     width: float,
     key: np.ndarray,
     history: dict[str, np.ndarray],
+    lr_scale: float = 1.0,
+    bad_in_row: int = 0,
+    previous: str | Path | None = None,
 ) -> None:
-    """All walkers of all devices, parameters, optimizer state, step, width, RNG key, log."""
+    """All walkers of all devices, parameters, optimizer state, step, width, RNG key, log.
+
+    Refuses (ValueError) a state that is not finite, so a NaN never reaches a checkpoint's
+    parameters, optimizer state or walkers. ``previous`` keeps the replaced checkpoint.
+    """
+    if not all_finite(params, opt_state, walkers, width, lr_scale):
+        raise ValueError(f"{path}: refusing to checkpoint a non-finite state")
 
     def fill(f: h5py.File) -> None:
         f.attrs["step"] = step
         f.attrs["width"] = float(width)
+        f.attrs["lr_scale"] = float(lr_scale)
+        f.attrs["bad_in_row"] = int(bad_in_row)
         f.create_dataset("key", data=np.asarray(key))
         f.create_dataset("walkers", data=np.asarray(walkers))
         _write_tree(f.create_group("params"), params)
@@ -116,14 +283,18 @@ def save_checkpoint(
         for name, column in history.items():
             hist.create_dataset(name, data=np.asarray(column))
 
-    write_h5_atomic(path, fill)
+    write_checked(path, fill, previous)
 
 
 def load_checkpoint(path: str | Path, params_like: Any, opt_state_like: Any) -> dict[str, Any]:
-    with h5py.File(path, "r") as f:
+    """A verified checkpoint; CheckpointError if it is truncated, corrupt or not finite."""
+
+    def read(f: h5py.File) -> dict[str, Any]:
         return {
             "step": int(f.attrs["step"]),
             "width": float(f.attrs["width"]),
+            "lr_scale": float(f.attrs.get("lr_scale", 1.0)),
+            "bad_in_row": int(f.attrs.get("bad_in_row", 0)),
             "key": np.asarray(f["key"]),
             "walkers": np.asarray(f["walkers"]),
             "params": _read_tree(f["params"], params_like),
@@ -131,7 +302,55 @@ def load_checkpoint(path: str | Path, params_like: Any, opt_state_like: Any) -> 
             "history": {k: np.asarray(v) for k, v in f["history"].items()},
         }
 
+    saved = read_checked(path, read)
+    state = (saved["params"], saved["opt_state"], saved["walkers"], saved["width"])
+    if not all_finite(*state):
+        raise CheckpointError(f"{path}: holds non-finite values")
+    return saved
 
+
+def save_eval_checkpoint(
+    path: str | Path,
+    *,
+    step: int,
+    tag: dict[str, Any],
+    walkers: np.ndarray,
+    records: dict[str, np.ndarray],
+    previous: str | Path | None = None,
+) -> None:
+    """An evaluation's walkers after ``step`` steps and its records so far; ``tag`` says
+    which trained state and settings it belongs to."""
+
+    def fill(f: h5py.File) -> None:
+        f.attrs["step"] = step
+        for name, value in tag.items():
+            f.attrs[f"tag_{name}"] = value
+        f.create_dataset("walkers", data=np.asarray(walkers))
+        group = f.create_group("records")
+        for name, rows in records.items():
+            group.create_dataset(name, data=np.asarray(rows))
+
+    write_checked(path, fill, previous)
+
+
+def load_eval_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A verified evaluation checkpoint: step, tag, walkers and records."""
+
+    def read(f: h5py.File) -> dict[str, Any]:
+        return {
+            "step": int(f.attrs["step"]),
+            "tag": {k[4:]: f.attrs[k].item() for k in f.attrs if k.startswith("tag_")},
+            "walkers": np.asarray(f["walkers"]),
+            "records": {k: np.asarray(v) for k, v in f["records"].items()},
+        }
+
+    saved = read_checked(path, read)
+    if not all_finite(saved["walkers"]):
+        raise CheckpointError(f"{path}: holds non-finite walkers")
+    return saved
+
+
+# --------------------------------------------------------------------------- tables
 def write_table(
     path: str | Path, columns: dict[str, np.ndarray], attrs: dict[str, Any] | None = None
 ) -> None:
@@ -149,3 +368,103 @@ def write_table(
 def read_table(path: str | Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as f:
         return {k: np.asarray(v) for k, v in f.items()}
+
+
+class AppendLog:
+    """An HDF5 table grown a row at a time and flushed after each, so a kill keeps the rows."""
+
+    def __init__(self, path: str | Path, rows: dict[str, np.ndarray]) -> None:
+        def fill(f: h5py.File) -> None:
+            for name, column in rows.items():
+                _growable(f, name, np.asarray(column))
+
+        write_h5_atomic(path, fill)
+        self.file = h5py.File(path, "a")
+
+    def append(self, row: dict[str, Any]) -> None:
+        for name, value in row.items():
+            value = np.asarray(value)
+            if name not in self.file:
+                _growable(self.file, name, value[None][:0])
+            data = self.file[name]
+            data.resize(data.shape[0] + 1, axis=0)
+            data[-1] = value
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _growable(f: h5py.File, name: str, rows: np.ndarray) -> None:
+    f.create_dataset(
+        name, data=rows, maxshape=(None, *rows.shape[1:]), chunks=(64, *rows.shape[1:])
+    )
+
+
+# --------------------------------------------------------------------------- lock
+def _lock_owner(path: Path) -> tuple[int, str] | None:
+    """(pid, host) from a lock file; None if it is missing or garbled."""
+    try:
+        pid, host = path.read_text().split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int, host: str) -> bool:
+    if host != socket.gethostname():
+        return True  # cannot tell from here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_lock_owner(run_dir: Path) -> tuple[int, str] | None:
+    """The (pid, host) of a live process holding ``run_dir``'s lock, else None."""
+    owner = _lock_owner(run_dir / LOCK)
+    return owner if owner is not None and _alive(*owner) else None
+
+
+def locked_message(run_dir: Path, owner: tuple[int, str]) -> str:
+    pid, host = owner
+    return (
+        f"{run_dir} is in use by process {pid} on {host}; wait for it to finish, or delete "
+        f"{run_dir / LOCK} if that process is gone"
+    )
+
+
+def acquire_lock(run_dir: Path) -> list[str]:
+    """Create ``run_dir``'s lock with this process's PID; take over a dead owner's lock.
+
+    Returns warnings; raises LockedError if a live process holds it, OSError if unwritable.
+    """
+    path = run_dir / LOCK
+    warnings = []
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is not None and _alive(*owner):
+                raise LockedError(locked_message(run_dir, owner)) from None
+            who = f"process {owner[0]}" if owner else "an unknown process"
+            warnings.append(f"taking over the stale lock {path} of {who}, no longer running")
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return warnings
+    raise LockedError(f"{run_dir}: could not take the lock {path}")
+
+
+def release_lock(run_dir: Path) -> None:
+    """Remove ``run_dir``'s lock if this process holds it."""
+    path = run_dir / LOCK
+    if _lock_owner(path) == (os.getpid(), socket.gethostname()):
+        path.unlink(missing_ok=True)

@@ -84,6 +84,19 @@ class Molecule:
         symbols, coords = _parse_atom_lines(body)
         return cls(tuple(symbols), _to_bohr(coords, "angstrom"), charge, spin)
 
+    @classmethod
+    def from_pyscf(cls, mol) -> Molecule:
+        """Atoms, charge and spin of a built PySCF ``gto.Mole`` (ghost atoms not allowed)."""
+        symbols = tuple(mol.atom_pure_symbol(i) for i in range(mol.natm))
+        return cls(symbols, np.asarray(mol.atom_coords(unit="Bohr")), mol.charge, mol.spin)
+
+    def atoms_text(self) -> str:
+        """Lines ``SYMBOL x y z`` in bohr (exact round trip through ``from_atoms_text``)."""
+        return "\n".join(
+            f"{s} {x!r} {y!r} {z!r}"
+            for s, (x, y, z) in zip(self.symbols, self.coords.tolist(), strict=True)
+        )
+
 
 def _parse_atom_lines(lines: list[str]) -> tuple[list[str], np.ndarray]:
     symbols, coords = [], []

@@ -5,7 +5,9 @@ This is the only module that imports PySCF.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -103,18 +105,39 @@ def gaussian_basis(mol) -> GaussianBasis:
     return GaussianBasis(tuple(shells), np.array(mol.atom_coords(), dtype=np.float64), mol.nao)
 
 
-def run_hf(molecule: Molecule, basis: str) -> SCFResult:
-    """RHF for closed shells, UHF for open shells (stability-checked)."""
+HcoreExtra = Callable[[Any], np.ndarray]  # PySCF Mole -> (n_ao, n_ao) added to h_core
+
+
+def _add_hcore(mf, hcore_extra: HcoreExtra | None):
+    """Let a mean-field object feel an extra one-electron operator (external potentials)."""
+    if hcore_extra is not None:
+        extra = np.asarray(hcore_extra(mf.mol))
+        base = mf.get_hcore
+        mf.get_hcore = lambda *args, **kwargs: base(*args, **kwargs) + extra
+    return mf
+
+
+def run_hf(
+    molecule: Molecule,
+    basis: str,
+    hcore_extra: HcoreExtra | None = None,
+    energy_shift: float = 0.0,
+) -> SCFResult:
+    """RHF for closed shells, UHF for open shells (stability-checked).
+
+    ``hcore_extra(mol)`` is added to the core Hamiltonian (e.g. a field's dipole integrals)
+    and ``energy_shift`` (the external terms' energy with the nuclei) to the energy.
+    """
     from pyscf import scf
 
     mol = _pyscf_mol(molecule, basis)
     if molecule.spin == 0:
-        mf = scf.RHF(mol)
+        mf = _add_hcore(scf.RHF(mol), hcore_extra)
         mf.kernel()
         mo_up = mo_down = np.asarray(mf.mo_coeff)
         method = "RHF"
     else:
-        mf = scf.UHF(mol)
+        mf = _add_hcore(scf.UHF(mol), hcore_extra)
         mf.kernel()
         mo_internal = mf.stability()[0]
         if mo_internal is not mf.mo_coeff:
@@ -131,7 +154,7 @@ def run_hf(molecule: Molecule, basis: str) -> SCFResult:
         occ_up=np.arange(molecule.n_up)[None],
         occ_down=np.arange(molecule.n_down)[None],
         ci=np.ones(1),
-        energy=float(mf.e_tot),
+        energy=float(mf.e_tot) + energy_shift,
         method=method,
     )
 
@@ -212,7 +235,13 @@ def ci_to_determinants(
 
 
 def run_casscf(
-    molecule: Molecule, basis: str, n_orbitals: int, n_electrons: int, n_determinants: int
+    molecule: Molecule,
+    basis: str,
+    n_orbitals: int,
+    n_electrons: int,
+    n_determinants: int,
+    hcore_extra: HcoreExtra | None = None,
+    energy_shift: float = 0.0,
 ) -> SCFResult:
     """RHF/ROHF then CASSCF(n_electrons, n_orbitals); keep the largest-|c| determinants.
 
@@ -226,7 +255,7 @@ def run_casscf(
     mol = _pyscf_mol(molecule, basis)
     n_mo = int(mol.nao)
     n_core, n_alpha, n_beta = _active_space(molecule, n_mo, n_orbitals, n_electrons)
-    mf = scf.RHF(mol) if molecule.spin == 0 else scf.ROHF(mol)
+    mf = _add_hcore(scf.RHF(mol) if molecule.spin == 0 else scf.ROHF(mol), hcore_extra)
     mf.kernel()
     if not mf.converged:
         kind = "RHF" if molecule.spin == 0 else "ROHF"
@@ -251,17 +280,27 @@ def run_casscf(
         occ_up=occ_up,
         occ_down=occ_down,
         ci=ci,
-        energy=float(mf.e_tot),
+        energy=float(mf.e_tot) + energy_shift,
         method="CASSCF",
-        cas_energy=float(mc.e_tot),
+        cas_energy=float(mc.e_tot) + energy_shift,
     )
 
 
 def run_scf(
-    molecule: Molecule, basis: str, cas: tuple[int, int] | None = None, determinants: int = 1
+    molecule: Molecule,
+    basis: str,
+    cas: tuple[int, int] | None = None,
+    determinants: int = 1,
+    hcore_extra: HcoreExtra | None = None,
+    energy_shift: float = 0.0,
 ) -> SCFResult:
-    """``run_hf`` without an active space, else ``run_casscf`` with ``cas = (n_orb, n_elec)``."""
+    """``run_hf`` without an active space, else ``run_casscf`` with ``cas = (n_orb, n_elec)``.
+
+    ``hcore_extra``/``energy_shift``: an external one-electron potential, see ``run_hf``.
+    """
     if cas is None:
-        return run_hf(molecule, basis)
+        return run_hf(molecule, basis, hcore_extra, energy_shift)
     n_orbitals, n_electrons = cas
-    return run_casscf(molecule, basis, n_orbitals, n_electrons, determinants)
+    return run_casscf(
+        molecule, basis, n_orbitals, n_electrons, determinants, hcore_extra, energy_shift
+    )

@@ -34,6 +34,18 @@ def _select(ok: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
+def _scale_update(new: Any, old: Any, lr_scale: jax.Array) -> Any:
+    """``old + lr_scale * (new - old)`` for every float leaf; exactly ``new`` at scale 1."""
+
+    def one(n: jax.Array, o: jax.Array) -> jax.Array:
+        if not jnp.issubdtype(n.dtype, jnp.inexact):
+            return n
+        scale = lr_scale.astype(n.dtype)
+        return jnp.where(lr_scale == 1, n, o + scale * (n - o))
+
+    return jax.tree_util.tree_map(one, new, old)
+
+
 def batch_log_psi(ansatz: Ansatz) -> Callable[[Any, jax.Array], jax.Array]:
     return jax.vmap(ansatz.log_psi, in_axes=(None, 0))
 
@@ -62,16 +74,19 @@ def make_train_step(
     clip_width: float,
     target_acceptance: float,
     engine: str = "exact",
-) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """A pmapped ``step(state, keys) -> (state, stats)``.
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """A pmapped ``step(state, keys, lr_scale=1.0) -> (state, stats)``.
 
-    A step whose local energies, gradient or new parameters are not finite is rejected:
-    parameters, optimizer state and walkers stay as they were (``stats['finite'] == 0``).
+    The optimizer's parameter update is multiplied by ``lr_scale`` (the caller lowers it
+    after rejected steps). A step whose local energies, gradient, new parameters, optimizer
+    state or walkers are not finite is rejected: parameters, optimizer state, walkers and
+    step width stay as they were (``stats['finite'] == 0``). A non-finite new step width
+    (no Metropolis moves) keeps the old one.
     """
     log_psi = batch_log_psi(ansatz)
     energies = batch_local_energy(ansatz, hamiltonian, engine)
 
-    def step(state: TrainState, key: jax.Array):
+    def step(state: TrainState, key: jax.Array, lr_scale: jax.Array):
         params = state.params
         walkers, _, acceptance = sample(
             lambda r: log_psi(params, r),
@@ -87,14 +102,21 @@ def make_train_step(
         new_params, new_opt_state, grad_norm = optimizer.update(
             params, state.opt_state, walkers, e_clipped
         )
-        finite = jnp.all(jnp.isfinite(e)) & _tree_all_finite(new_params) & jnp.isfinite(grad_norm)
+        new_params = _scale_update(new_params, params, lr_scale)
+        new_width = adapt_width(state.width, acceptance, target_acceptance)
+        new_width = jnp.where(jnp.isfinite(new_width), new_width, state.width)  # no moves: NaN
+        finite = (
+            jnp.all(jnp.isfinite(e))
+            & jnp.isfinite(grad_norm)
+            & _tree_all_finite((new_params, new_opt_state, walkers))
+        )
         finite = jax.lax.pmin(finite.astype(jnp.int32), AXIS) > 0
         mean, variance = _energy_stats(e)
         new_state = TrainState(
             _select(finite, new_params, params),
             _select(finite, new_opt_state, state.opt_state),
             jnp.where(finite, walkers, state.walkers),
-            adapt_width(state.width, acceptance, target_acceptance),
+            jnp.where(finite, new_width, state.width),
         )
         stats = {
             "energy": mean,
@@ -106,7 +128,12 @@ def make_train_step(
         }
         return new_state, stats
 
-    return jax.pmap(step, axis_name=AXIS)
+    pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None))
+
+    def run_step(state: TrainState, keys: jax.Array, lr_scale: float = 1.0):
+        return pmapped(state, keys, jnp.asarray(lr_scale, jnp.float64))
+
+    return run_step
 
 
 def make_sample_step(

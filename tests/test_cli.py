@@ -54,6 +54,7 @@ def test_run_writes_results_and_resumes(tmp_path, capsys):
     assert json.loads((out / "result.json").read_text())["steps"] == 40
 
 
+H2_TEXT = 'name = "x"\n[system]\natoms = "H 0 0 0\\nH 0 0 1.4"\nunit = "bohr"\n'
 BAD_INPUTS = {
     "malformed": ("name = 'x'\n[system\n", "line"),
     "unknown key": ('name = "x"\ncolour = 1\n', "colour"),
@@ -84,7 +85,24 @@ BAD_INPUTS = {
         "system.atoms",
     ),
     "no unit": ('name = "x"\n[system]\natoms = "H 0 0 0\\nH 0 0 1.4"\n', "system.unit"),
+    "negative walkers": (H2_TEXT + "[train]\nwalkers = -4\n", "train.walkers"),
+    "zero steps": (H2_TEXT + "[train]\nsteps = 0\n", "train.steps"),
+    "unknown ansatz": (H2_TEXT + '[ansatz]\nkind = "magic"\n', "ansatz.kind"),
+    "unknown optimizer": (H2_TEXT + '[train]\noptimizer = "sgd"\n', "train.optimizer"),
+    "bad precision": ('precision = "float16"\n' + H2_TEXT, "precision"),
+    "acceptance above 1": (H2_TEXT + "[sampler]\ntarget_acceptance = 1.5\n", "sampler"),
+    "unsafe name": (H2_TEXT.replace('"x"', '"../x"'), "name"),
+    "no name": (H2_TEXT.replace('name = "x"\n', ""), "name"),
+    "no system": ('name = "x"\n', "system"),
+    "missing xyz": ('name = "x"\n[system]\nxyz = "missing.xyz"\n', "system.xyz"),
+    "bad unit": (H2_TEXT.replace('"bohr"', '"furlong"'), "system.unit"),
+    "cas too small": (H2_TEXT + "[ansatz]\ncas = [1, 4]\n", "ansatz.cas"),
+    "unknown section": (H2_TEXT + "[trian]\nsteps = 3\n", "trian"),
+    "nan learning rate": (H2_TEXT + "[train]\nlearning_rate = nan\n", "train.learning_rate"),
+    "zero checkpoint_every": (H2_TEXT + "[train]\ncheckpoint_every = 0\n", "checkpoint_every"),
+    "zero max_bad_steps": (H2_TEXT + "[train]\nmax_bad_steps = 0\n", "train.max_bad_steps"),
 }
+assert len(BAD_INPUTS) >= 20
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))

@@ -1,5 +1,6 @@
 """Without the Jastrow factor the VMC energy is the PySCF Hartree–Fock energy."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -36,6 +37,30 @@ def test_hf_ansatz_reproduces_hf_energy(name):
     trained = api.train(run)
     result = api.evaluate(run, trained.params, trained.walkers, trained.width)
     assert np.isfinite(result.energy) and result.energy_err > 0
+    assert abs(result.energy - run.scf.energy) < 3 * result.energy_err, (
+        result.energy,
+        result.energy_err,
+        run.scf.energy,
+    )
+
+
+def test_untrained_paulinet_gives_hf_energy():
+    """J = 0 and f = 1 at initialisation: without gamma the energy is the HF one."""
+    config = config_from_dict(
+        {
+            "name": "lih",
+            "system": {"atoms": SYSTEMS["lih"][0], "unit": "bohr", "basis": "cc-pvdz"},
+            "ansatz": {"kind": "paulinet", "ee_cusp": False, "embedding_dim": 16, "layers": 2},
+            "sampler": {"burn_in": 200},
+            "train": {"walkers": 512, "steps": 1},
+            "eval": {"steps": 80},
+        }
+    )
+    run = api.prepare(config)
+    # one step: the walkers are burnt in and sampled with the initial parameters
+    trained = api.train(run)
+    params = run.ansatz.init(jax.random.PRNGKey(7))  # any key: J = 0, f = 1
+    result = api.evaluate(run, params, trained.walkers, trained.width)
     assert abs(result.energy - run.scf.energy) < 3 * result.energy_err, (
         result.energy,
         result.energy_err,

@@ -88,10 +88,13 @@ def test_cusp_condition(hf_systems):
     for mol, _, _, params, corrected, plain in hf_systems:
         for a, (center, z) in enumerate(zip(mol.coords, mol.charges, strict=True)):
             phi0 = np.asarray(corrected(jnp.asarray(center[None])))[0]
-            # the value at the nucleus is unchanged
-            np.testing.assert_allclose(
-                phi0, np.asarray(plain(jnp.asarray(center[None])))[0], atol=1e-12
-            )
+            # the value at the nucleus is re-chosen (alpha0 scan) but stays close: same sign
+            # and within a factor of two wherever it is significant
+            phi0_plain = np.asarray(plain(jnp.asarray(center[None])))[0]
+            big = np.abs(phi0_plain) > 1e-2 * np.abs(phi0_plain).max()
+            assert np.all(np.sign(phi0[big]) == np.sign(phi0_plain[big]))
+            ratio = phi0[big] / phi0_plain[big]
+            assert np.all((ratio > 0.5) & (ratio < 2.0))
             slope = _mean_slope(corrected, center, h)
             slope_plain = _mean_slope(plain, center, h)
             target = -z * phi0

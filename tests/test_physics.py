@@ -17,7 +17,7 @@ def perturbed(params, key, scale=0.1):
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, len(leaves))
     return jax.tree_util.tree_unflatten(
-        tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+        tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
     )
 
 
@@ -36,14 +36,14 @@ def test_hydrogen_exact_orbital_local_energy_is_minus_half():
     log_psi = lambda r: -jnp.linalg.norm(r[0])
     points = jax.random.normal(jax.random.PRNGKey(0), (20, 1, 3)) * 2.0
     for engine in ("exact", "forward"):
-        e = jax.vmap(lambda r: local_energy(log_psi, ham, r, engine))(points)
+        e = jax.vmap(lambda r, engine=engine: local_energy(log_psi, ham, r, engine))(points)
         np.testing.assert_allclose(e, -0.5, atol=1e-10)
 
 
 def test_kinetic_engines_agree_with_each_other_and_finite_differences(lih):
     mol, ansatz, params, ham = lih
     r = init_walkers(jax.random.PRNGKey(2), mol.coords, mol.charges, 0, 2, 2, 3)
-    f = lambda x: ansatz.log_psi(params, x)
+    f = jax.jit(lambda x: ansatz.log_psi(params, x))
     for walker in r:
         exact = kinetic_energy_exact(f, walker)
         forward = kinetic_energy_forward(f, walker)

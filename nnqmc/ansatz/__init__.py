@@ -13,7 +13,7 @@ import numpy as np
 from ..scf import SCFResult
 from .determinants import log_sum_determinants
 from .jastrow import electron_cusp, init_simple_jastrow, simple_jastrow
-from .slater import slater_part
+from .slater import SlaterPart, slater_part
 
 Params = Any
 
@@ -42,7 +42,16 @@ def slater_jastrow(
     With ``jastrow=False`` this is the bare determinant expansion: its energy is the HF one.
     """
     slater = slater_part(scf, charges, cusp=cusp, dtype=dtype)
+    return slater_jastrow_from_part(slater, coords, jastrow=jastrow, dtype=dtype)
+
+
+def slater_jastrow_from_part(
+    slater: SlaterPart, coords: np.ndarray, jastrow: bool = True, dtype=jnp.float64
+) -> Ansatz:
+    """:func:`slater_jastrow` for any determinant part (HF orbitals or user orbitals);
+    ``coords`` (n_atoms, 3), possibly empty, are the centres of the e–n Jastrow terms."""
     n_up, n_down = slater.n_up, slater.n_down
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
     coords_j = jnp.asarray(coords, dtype)
     multi = slater.ci.shape[0] > 1
 
@@ -50,7 +59,7 @@ def slater_jastrow(
         del key
         params: dict[str, Any] = {}
         if jastrow:
-            params["jastrow"] = init_simple_jastrow(len(charges))
+            params["jastrow"] = init_simple_jastrow(len(coords))
         if multi:
             params["ci"] = jnp.asarray(slater.ci)
         return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
@@ -67,4 +76,4 @@ def slater_jastrow(
     return Ansatz(init, apply, n_up, n_down)
 
 
-__all__ = ["Ansatz", "slater_jastrow"]
+__all__ = ["Ansatz", "slater_jastrow", "slater_jastrow_from_part"]

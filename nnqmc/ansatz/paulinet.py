@@ -27,11 +27,11 @@ from . import Ansatz
 from .determinants import log_sum_determinants
 from .embedding import activation, init_mlp, make_embedding, mlp
 from .jastrow import electron_cusp
-from .slater import slater_part
+from .slater import SlaterPart, slater_part
 
 Params = Any
 
-__all__ = ["paulinet", "make_network", "BACKFLOW_FORMS"]
+__all__ = ["paulinet", "paulinet_from_slater", "make_network", "BACKFLOW_FORMS"]
 
 # f as a function of the network output g (g = 0 at initialisation gives f = 1).
 # "exp" keeps every factor positive, so the backflow cannot open spurious nodes by a
@@ -124,6 +124,40 @@ def paulinet(
     The CI coefficients are trainable when there is more than one determinant.
     """
     slater = slater_part(scf, charges, cusp=cusp, dtype=dtype)
+    return paulinet_from_slater(
+        slater,
+        coords,
+        embedding_dim=embedding_dim,
+        layers=layers,
+        n_rbf=n_rbf,
+        cutoff=cutoff,
+        jastrow_layers=jastrow_layers,
+        backflow_layers=backflow_layers,
+        backflow=backflow,
+        ee_cusp=ee_cusp,
+        dtype=dtype,
+    )
+
+
+def paulinet_from_slater(
+    slater: SlaterPart,
+    coords: np.ndarray,
+    *,
+    embedding_dim: int = 64,
+    layers: int = 3,
+    n_rbf: int = 16,
+    cutoff: float = 10.0,
+    jastrow_layers: int = 3,
+    backflow_layers: int = 3,
+    backflow: str = "exp",
+    ee_cusp: bool = True,
+    dtype=jnp.float64,
+) -> Ansatz:
+    """:func:`paulinet` for any determinant part: HF/CASSCF orbitals or user orbitals.
+
+    ``coords`` (n_atoms, 3) are the nuclei the embedding sees; with none (n_atoms = 0, e.g.
+    Hooke's atom) the embedding has electron–electron messages only.
+    """
     n_up, n_down = slater.n_up, slater.n_down
     n_det = slater.ci.shape[0]
     multi = n_det > 1
