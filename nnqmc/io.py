@@ -333,13 +333,20 @@ def save_eval_checkpoint(
     write_checked(path, fill, previous)
 
 
+def _attr_value(value: Any) -> Any:
+    """An HDF5 attribute as a plain Python value (h5py gives strings as str, numbers as numpy)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if isinstance(value, np.generic | np.ndarray) else value
+
+
 def load_eval_checkpoint(path: str | Path) -> dict[str, Any]:
     """A verified evaluation checkpoint: step, tag, walkers and records."""
 
     def read(f: h5py.File) -> dict[str, Any]:
         return {
             "step": int(f.attrs["step"]),
-            "tag": {k[4:]: f.attrs[k].item() for k in f.attrs if k.startswith("tag_")},
+            "tag": {k[4:]: _attr_value(f.attrs[k]) for k in f.attrs if k.startswith("tag_")},
             "walkers": np.asarray(f["walkers"]),
             "records": {k: np.asarray(v) for k, v in f["records"].items()},
         }

@@ -202,7 +202,7 @@ def test_minimal_config_uses_defaults(tmp_path):
     assert config.ansatz == AnsatzConfig()
     assert config.sampler == SamplerConfig()
     assert config.train == TrainConfig()
-    assert config.train.optimizer == "adam" and config.ansatz.kind == "jastrow"
+    assert config.train.optimizer == "spring" and config.ansatz.kind == "paulinet"
     assert config.ansatz.cas is None
     assert config.system.basis == "sto-3g"
     mol = config.system.molecule

@@ -124,7 +124,12 @@ def test_norm_constraint_and_schedule():
 
 def test_make_optimizer_spring_reads_train_config():
     cfg = TrainConfig(
-        optimizer="spring", learning_rate=0.3, lr_decay_steps=1e9, damping=DAMPING, momentum=0.5
+        optimizer="spring",
+        learning_rate=0.3,
+        lr_decay_steps=1e9,
+        damping=DAMPING,
+        momentum=0.5,
+        max_grad_norm=1.0,
     )
     x, e = toy_batch(8, 5)
     by_name = run_pmapped(make_optimizer("spring", linear_log_psi, cfg), PARAMS, [(x, e)] * 2)
