@@ -42,7 +42,14 @@ from .parallel import (
 from .plot import plot_training
 from .sampler import init_walkers
 from .scf import SCFResult, run_scf
-from .train import TrainState, batch_log_psi, make_eval_step, make_sample_step, make_train_step
+from .train import (
+    TrainState,
+    WaveObservable,
+    batch_log_psi,
+    make_eval_step,
+    make_sample_step,
+    make_train_step,
+)
 
 __version__ = "0.1.0"
 
@@ -380,6 +387,35 @@ def _initial_parameters(run: Run) -> tuple[jax.Array, Any, Any, Any]:
     return key, params, optimizer, optimizer.init(params)
 
 
+def _check_initial(
+    run: Run, template: Any, params: Any, walkers: np.ndarray
+) -> tuple[Any, jax.Array]:
+    """Warm-start parameters and walkers cast to the run's dtype; RunError if their shapes
+    do not fit the ansatz and ``train.walkers``."""
+    shape = (run.config.train.walkers, run.ansatz.n_up + run.ansatz.n_down, 3)
+    if np.shape(walkers) != shape:
+        raise RunError(f"warm start: walkers of shape {np.shape(walkers)}, expected {shape}")
+    same_tree = jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(template)
+    shapes = [np.shape(x) for x in jax.tree_util.tree_leaves(params)]
+    if not same_tree or shapes != [np.shape(x) for x in jax.tree_util.tree_leaves(template)]:
+        raise RunError("warm start: the parameters do not fit this ansatz")
+    cast = lambda x, t: jnp.asarray(x, jnp.asarray(t).dtype)
+    params = jax.tree_util.tree_map(cast, params, template)
+    return params, jnp.asarray(walkers, run.dtype)
+
+
+def trained_state(run: Run, run_dir: str | Path) -> tuple[Any, np.ndarray]:
+    """(parameters, walkers) of the newest checkpoint in ``run_dir``, read with ``run``'s
+    ansatz as the template (another geometry of the same molecule fits); RunError if none."""
+    _, params, _, opt_state = _initial_parameters(run)
+    path = Path(run_dir)
+    shape = (run.config.train.walkers, run.ansatz.n_up + run.ansatz.n_down, 3)
+    saved = _load_checkpoint(path, params, opt_state, shape)
+    if saved is None:
+        raise RunError(f"{path} holds no checkpoint")
+    return saved["params"], np.asarray(saved["walkers"])
+
+
 # --------------------------------------------------------------------------- training
 def train(
     run: Run,
@@ -388,8 +424,13 @@ def train(
     progress: Progress | None = None,
     on_step: StepHook | None = None,
     stop: StopCheck | None = None,
+    initial: tuple[Any, np.ndarray] | None = None,
 ) -> TrainResult:
     """Optimise the ansatz; with ``out_dir``, log and checkpoint there (resumable).
+
+    ``initial = (params, walkers)`` starts a fresh run (not one resumed from a checkpoint)
+    from these parameters (the same pytree shapes as ``run.ansatz.init``'s) and walkers
+    (all walkers), which are then burnt in: a warm start, e.g. from a neighbouring geometry.
 
     Checkpoints are written before the first step, every ``train.checkpoint_every`` steps,
     at the end, and when ``stop()`` asks to stop (then :class:`Interrupted` is raised). A
@@ -421,9 +462,14 @@ def train(
         width = replicate(jnp.asarray(saved["width"], dtype), n_devices)
         history = {c: list(saved["history"][c]) for c in io.TRAIN_COLUMNS}
     else:
-        # every process draws all walkers from the same key and keeps its share
-        walkers = initial_walkers(run, jax.random.fold_in(key, _WALKERS), cfg.train.walkers)
-        walkers = scatter_walkers(walkers, n_devices)
+        if initial is not None:
+            params, start_walkers = _check_initial(run, params, *initial)
+            opt_state = optimizer.init(params)
+        else:  # every process draws all walkers from the same key and keeps its share
+            start_walkers = initial_walkers(
+                run, jax.random.fold_in(key, _WALKERS), cfg.train.walkers
+            )
+        walkers = scatter_walkers(start_walkers, n_devices)
         width = replicate(jnp.asarray(cfg.sampler.initial_width, dtype), n_devices)
         walkers, width = _burn_in(
             run, params, walkers, width, jax.random.fold_in(key, _BURN_IN), n_devices, progress
@@ -597,7 +643,7 @@ def evaluate(
     width: float,
     steps: int | None = None,
     progress: Progress | None = None,
-    observables: dict[str, Callable[[jax.Array], jax.Array]] | None = None,
+    observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable] | None = None,
     out_dir: str | Path | None = None,
     tag: dict[str, Any] | None = None,
     stop: StopCheck | None = None,
@@ -728,7 +774,8 @@ def summarize(run: Run, trained: TrainResult, evaluated: EvalResult) -> dict[str
         "variance": evaluated.variance,
         "autocorrelation_time": evaluated.tau,
         "hf_energy": run.scf.energy,
-        "hf_method": run.scf.method,
+        "hf_method": run.scf.hf_method or run.scf.method,
+        "cas_energy": run.scf.cas_energy,
         "basis": cfg.system.basis,
         "reference_energy": ref,
         "error_vs_reference": None if ref is None else evaluated.energy - ref,
@@ -830,8 +877,15 @@ def run(
     progress: Progress | None = None,
     on_step: StepHook | None = None,
     force: bool = False,
+    *,
+    initial: Callable[[Run], tuple[Any, np.ndarray]] | None = None,
+    observables: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and write the run directory; returns the contents of result.json.
+
+    ``initial(prepared_run) -> (params, walkers)``: a warm start for a fresh training (see
+    :func:`train`; ignored when resuming from a checkpoint). ``observables``: extra ones
+    for :func:`evaluate`.
 
     The directory is locked while the run lives; SIGINT/SIGTERM stop it at the next step
     with a checkpoint (:class:`Interrupted`). ``force`` starts a finished run over.
@@ -845,13 +899,17 @@ def run(
     try:
         _on_main(lambda: _open_run_directory(path, config, resume, force))
         with stop_on_signals() as stop:
-            trained = train(prepared, path, resume, progress, on_step, stop)
+            start = None
+            if initial is not None and not (resume and _has_checkpoint(path)):
+                start = initial(prepared)
+            trained = train(prepared, path, resume, progress, on_step, stop, start)
             evaluated = evaluate(
                 prepared,
                 trained.params,
                 trained.walkers,
                 trained.width,
                 progress=progress,
+                observables=observables,
                 out_dir=path,
                 tag={"train_step": trained.steps},
                 stop=stop,

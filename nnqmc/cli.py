@@ -1,4 +1,4 @@
-"""``nnqmc run | eval | bench``: argument parsing and printing only."""
+"""``nnqmc run | eval | bench | scan | merge | export``: argument parsing and printing only."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 EXIT_USAGE = 2
@@ -50,6 +51,8 @@ def format_result(result: dict[str, Any]) -> str:
         f"{result['steps']} steps, {result['walkers']} walkers, {result['wall_seconds']:.0f} s)",
         f"  {result['hf_method']}/{result['basis']}: {result['hf_energy']:.6f} Ha",
     ]
+    if result.get("cas_energy") is not None:
+        lines.append(f"  CASSCF/{result['basis']}: {result['cas_energy']:.6f} Ha")
     ref = result["reference_energy"]
     if ref is not None:
         diff = (e - ref) * 1000
@@ -119,7 +122,90 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     bench.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    _add_pes(sub)
     return parser
+
+
+def _add_pes(sub) -> None:
+    scan = sub.add_parser("scan", help="a PES dataset: run every geometry of [scan]")
+    scan.add_argument("file", help="input TOML file with a [scan] section")
+    scan.add_argument("--out", help="scan directory (default runs/<name>-scan)")
+    scan.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    scan.add_argument("--shard", default="0/1", metavar="I/N", help="run geometries k % N == I")
+    scan.add_argument(
+        "--cold", action="store_true", help="no warm start: every geometry from scratch"
+    )
+    merge = sub.add_parser("merge", help="join the shard datasets of one scan")
+    merge.add_argument("out", metavar="OUT.h5", help="merged dataset to write")
+    merge.add_argument("shards", nargs="+", metavar="SHARD.h5", help="shard datasets")
+    export = sub.add_parser("export", help="export a scan dataset for force-field training")
+    export.add_argument("dataset", metavar="DATASET.h5", help="scan dataset")
+    export.add_argument("--format", required=True, choices=("extxyz", "npz"))
+    export.add_argument("--out", metavar="PATH", help="output file (default DATASET.FORMAT)")
+
+
+def _scan(args) -> int:
+    import shlex
+
+    from .api import Interrupted
+    from .config import load_config
+    from .pes import Shard, run_scan
+    from .pes.scan import dataset_path, scan_directory
+
+    shard = Shard.parse(args.shard)
+    config = load_config(args.file, args.set)
+    text = Path(args.file).read_text()
+    scan_dir = scan_directory(config, args.out)
+    log = lambda message: print(f"nnqmc: {message}", file=sys.stderr, flush=True)
+    try:
+        data = run_scan(config, text, args.out, shard, args.cold, ProgressPrinter(), log)
+    except Interrupted as err:
+        how = f"nnqmc scan {shlex.quote(args.file)} --out {shlex.quote(str(scan_dir))}"
+        how += f" --shard {args.shard}" if not shard.whole else ""
+        how += " --cold" if args.cold else ""
+        sets = " ".join(shlex.quote(s) for s in args.set)
+        how += f" --set {sets}" if sets else ""
+        return _interrupted(err, how)
+    statuses = [data.status(k) for k in range(data.n) if shard.owns(k)]
+    failed = statuses.count("failed")
+    print(
+        f"{dataset_path(scan_dir, shard)}: {statuses.count('done')} of {len(statuses)} "
+        f"geometries done" + (f", {failed} failed (run again to retry)" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def _merge(args) -> int:
+    from .pes import merge, read_dataset, write_dataset
+
+    merged = merge([read_dataset(p) for p in args.shards])
+    write_dataset(args.out, merged)
+    done = sum(merged.status(k) == "done" for k in range(merged.n))
+    print(f"{args.out}: {done} of {merged.n} geometries done")
+    return 0
+
+
+def _export(args) -> int:
+    from .pes import export, read_dataset
+
+    out = args.out or str(Path(args.dataset).with_suffix(f".{args.format}"))
+    n = export(read_dataset(args.dataset), args.format, out)
+    print(f"{out}: {n} geometries")
+    return 0
+
+
+def _pes(args) -> int:
+    from .api import RunError
+    from .config import ConfigError
+    from .pes import DatasetError, GeometryError
+
+    command = {"scan": _scan, "merge": _merge, "export": _export}[args.command]
+    try:
+        return command(args)
+    except (ConfigError, RunError, DatasetError, GeometryError, ValueError) as err:
+        return _fail(str(err))
+    except OSError as err:
+        return _fail(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
 
 
 def _int_list(text: str) -> list[int]:
@@ -209,6 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         except (ConfigError, RunError, ValueError) as err:
             return _fail(str(err))
+    if args.command in ("scan", "merge", "export"):
+        try:
+            return _pes(args)
+        except KeyboardInterrupt:
+            print("nnqmc: interrupted", file=sys.stderr)
+            return 128 + 2
     from .parallel import initialize_distributed
 
     try:

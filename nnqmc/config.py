@@ -42,6 +42,7 @@ __all__ = [
     "EvalConfig",
     "HamiltonianConfig",
     "SamplerConfig",
+    "ScanConfig",
     "SystemConfig",
     "TrainConfig",
     "apply_overrides",
@@ -56,6 +57,7 @@ LAPLACIANS = ("forward", "exact")
 BACKFLOW_FORMS = ("exp", "linear", "none")
 PRECISIONS = ("float32", "float64")
 UNITS = ("bohr", "angstrom")
+SCAN_KINDS = ("bond", "angle", "grid", "normal_modes", "random", "xyz")
 DEFAULT_BASIS = "cc-pvdz"
 OVERRIDE_SOURCE = "--set"
 
@@ -193,6 +195,46 @@ class HamiltonianConfig:
     harmonic_center: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
+@dataclass(frozen=True)
+class ScanConfig:
+    """``[scan]`` of ``nnqmc scan``: how to generate geometries (see :mod:`nnqmc.pes`).
+
+    Atom indices count from 0; distances and displacements are in ``unit``, angles in
+    degrees. ``steps``: training steps of each warm-started geometry (the first geometry,
+    and every one with ``--cold``, trains ``train.steps``).
+    """
+
+    kind: str | None = _f(None, choices=SCAN_KINDS)
+    atoms: tuple[int, ...] | None = None  # bond: [i, j] (j moves); angle: [i, j, k] (k moves)
+    values: tuple[float, ...] | None = None  # bond lengths or angles
+    linspace: tuple[float, float, int] | None = None  # [start, stop, count] instead of values
+    grid_atoms: tuple[tuple[int, ...], ...] | None = None  # grid: one bond/angle per entry
+    grid_values: tuple[tuple[float, ...], ...] | None = None  # grid: the values of each
+    unit: str = _f("bohr", choices=UNITS)
+    modes: tuple[int, ...] | None = None  # normal_modes: which (0 = softest), default all
+    amplitudes: tuple[float, ...] | None = None  # normal_modes: displacements along each mode
+    count: int = _f(10, check=_positive)  # random: number of geometries
+    amplitude: float = _f(0.05, check=_positive)  # random: std of each coordinate's shift
+    seed: int = _f(0, check=_non_negative)  # random
+    xyz: str | None = _f(None, check=_non_empty)  # xyz: multi-frame file (angstrom)
+    steps: int | None = _f(None, check=_positive)
+    forces: bool = False  # Hellmann-Feynman forces (zero-variance estimator)
+    zero_bias: bool = True  # with the zero-bias (Pulay-like) correction
+    ccsd_t: bool = False  # CCSD(T) baseline in the same basis
+
+
+# Keys of [scan] that each kind reads (the others are always allowed).
+_SCAN_KIND_KEYS = {
+    "bond": ("atoms", "values", "linspace", "unit"),
+    "angle": ("atoms", "values", "linspace"),
+    "grid": ("grid_atoms", "grid_values", "unit"),
+    "normal_modes": ("modes", "amplitudes", "unit"),
+    "random": ("count", "amplitude", "seed", "unit"),
+    "xyz": ("xyz",),
+}
+_SCAN_COMMON = ("kind", "steps", "forces", "zero_bias", "ccsd_t")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     name: str = _f(check=_safe_name)
@@ -204,6 +246,7 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)  # kind None: no [scan]
     source: Path | None = None
     data: dict = field(default_factory=dict, repr=False)
 
@@ -539,6 +582,8 @@ def _build(
         if name != "system":
             values[name] = cls(**_read_fields(cls, data.get(name, {}), f"{name}.", fail))
     _cross_check(values, fail)
+    if "scan" in data:
+        values["scan"] = _check_scan(values["scan"], data["scan"], values["system"], base_dir, fail)
     return Config(**values, source=path, data=copy.deepcopy(data))
 
 
@@ -618,3 +663,74 @@ def _cross_check(values: dict[str, Any], fail) -> None:
             )
         if (n_elec - molecule.spin) % 2 or n_elec < molecule.spin:
             raise fail("ansatz.cas", f"{n_elec} active electrons cannot carry spin {molecule.spin}")
+
+
+def _check_scan(scan: ScanConfig, table: dict, system, base_dir: Path, fail) -> ScanConfig:
+    """Constraints of ``[scan]``: the keys its kind needs, atom indices, ranges; a relative
+    ``xyz`` is resolved against the TOML file's directory."""
+    if scan.kind is None:
+        raise fail("scan.kind", f"missing required key (one of {', '.join(SCAN_KINDS)})")
+    used = _SCAN_KIND_KEYS[scan.kind] + _SCAN_COMMON
+    for key in table:
+        if key not in used:
+            raise fail(f"scan.{key}", f"not used with kind = {scan.kind!r}")
+    n_atoms = len(system.molecule.symbols) if system is not None else 0
+
+    def check_atoms(key: str, atoms: Sequence[int], sizes: tuple[int, ...]) -> None:
+        if len(atoms) not in sizes:
+            want = " or ".join(str(n) for n in sizes)
+            raise fail(key, f"expected {want} atom indices, got {list(atoms)}")
+        if len(set(atoms)) != len(atoms):
+            raise fail(key, f"atom indices must differ, got {list(atoms)}")
+        for i in atoms:
+            if not 0 <= i < n_atoms:
+                raise fail(key, f"atom index {i} out of range 0..{n_atoms - 1}")
+
+    def check_values(key: str, values: Sequence[float], angle: bool) -> None:
+        if not values:
+            raise fail(key, "must not be empty")
+        for v in values:
+            if angle and not 0 < v <= 180:
+                raise fail(key, f"angles must lie in (0, 180] degrees, got {v!r}")
+            if not angle and v <= 0:
+                raise fail(key, f"distances must be > 0, got {v!r}")
+
+    if scan.kind in ("bond", "angle"):
+        if scan.atoms is None:
+            raise fail("scan.atoms", "missing required key")
+        check_atoms("scan.atoms", scan.atoms, (2,) if scan.kind == "bond" else (3,))
+        if (scan.values is None) == (scan.linspace is None):
+            raise fail("scan.values", "give either values or linspace = [start, stop, count]")
+        if scan.linspace is not None:
+            start, stop, count = scan.linspace
+            if count < 1:
+                raise fail("scan.linspace", f"count must be >= 1, got {count}")
+            check_values("scan.linspace", [start, stop], scan.kind == "angle")
+        else:
+            check_values("scan.values", scan.values, scan.kind == "angle")
+    elif scan.kind == "grid":
+        if scan.grid_atoms is None or scan.grid_values is None:
+            missing = "scan.grid_atoms" if scan.grid_atoms is None else "scan.grid_values"
+            raise fail(missing, "missing required key")
+        if not scan.grid_atoms or len(scan.grid_atoms) != len(scan.grid_values):
+            raise fail("scan.grid_values", "need one list of values per entry of grid_atoms")
+        for atoms, values in zip(scan.grid_atoms, scan.grid_values, strict=True):
+            check_atoms("scan.grid_atoms", atoms, (2, 3))
+            check_values("scan.grid_values", values, len(atoms) == 3)
+    elif scan.kind == "normal_modes":
+        if not scan.amplitudes:
+            raise fail("scan.amplitudes", "missing required key (displacements along each mode)")
+        if n_atoms < 2:
+            raise fail("scan.kind", "normal modes need at least two atoms")
+        for m in scan.modes or ():
+            if not 0 <= m < 3 * n_atoms - 5:
+                raise fail("scan.modes", f"mode {m} out of range")
+    elif scan.kind == "xyz":
+        if scan.xyz is None:
+            raise fail("scan.xyz", "missing required key")
+        path = Path(scan.xyz)
+        path = path if path.is_absolute() else base_dir / path
+        if not path.is_file():
+            raise fail("scan.xyz", f"no such file {str(path)!r}")
+        scan = dataclasses.replace(scan, xyz=str(path))
+    return scan

@@ -18,6 +18,14 @@ from .optimize import AXIS, Optimizer, clip_local_energies
 from .sampler import adapt_width, sample
 
 
+class WaveObservable(NamedTuple):
+    """An observable of one walker that also sees the wavefunction and the local energy:
+    ``fn(log_psi, r, e_local) -> array`` with ``log_psi: r -> log|psi|`` at the frozen
+    parameters (e.g. for estimators built on the gradient of log|psi|, such as forces)."""
+
+    fn: Callable[[Callable[[jax.Array], jax.Array], jax.Array, jax.Array], jax.Array]
+
+
 class TrainState(NamedTuple):
     params: Any
     opt_state: Any
@@ -158,12 +166,12 @@ def make_eval_step(
     *,
     sweeps: int,
     engine: str = "exact",
-    observables: dict[str, Callable[[jax.Array], jax.Array]] | None = None,
+    observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable] | None = None,
 ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
     """A pmapped ``(params, walkers, width, keys) -> (walkers, stats)`` with frozen params.
 
     ``stats`` holds walker averages over all devices of the local energy, its square, and of
-    each observable (a function of one walker's positions).
+    each observable (a function of one walker's positions, or a :class:`WaveObservable`).
     """
     log_psi = batch_log_psi(ansatz)
     energies = batch_local_energy(ansatz, hamiltonian, engine)
@@ -181,7 +189,12 @@ def make_eval_step(
             "n_nonfinite": jax.lax.psum(jnp.sum(~jnp.isfinite(e)), AXIS),
         }
         for name, fn in observables.items():
-            stats[name] = jax.lax.pmean(jnp.mean(jax.vmap(fn)(walkers), axis=0), AXIS)
+            if isinstance(fn, WaveObservable):
+                one = lambda x, e_x, fn=fn: fn.fn(lambda y: ansatz.log_psi(params, y), x, e_x)
+                values = jax.vmap(one)(walkers, e)
+            else:
+                values = jax.vmap(fn)(walkers)
+            stats[name] = jax.lax.pmean(jnp.mean(values, axis=0), AXIS)
         return walkers, stats
 
     return jax.pmap(step, axis_name=AXIS)

@@ -1,0 +1,228 @@
+"""Geometry generators of a scan: bond stretches, angle bends, grids of them, normal-mode and
+random displacements, multi-frame xyz files. All coordinates in bohr, angles in degrees.
+
+Each generator returns ``(coords, labels)``: ``coords`` (n_geom, n_atoms, 3) and ``labels``
+(n_geom, n_labels), the scan coordinates of each geometry (bond length in bohr, angle in
+degrees, normal-mode amplitude in bohr, frame number) for tables and plots.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ScanConfig
+from ..molecule import ANGSTROM, Molecule, MoleculeError
+
+
+class GeometryError(ValueError):
+    """A scan that cannot produce valid geometries (e.g. atoms pushed on top of each other)."""
+
+
+def set_distance(coords: np.ndarray, i: int, j: int, distance: float) -> np.ndarray:
+    """Move atom ``j`` along the bond i→j so that ``|R_j - R_i| = distance``."""
+    coords = np.array(coords, dtype=np.float64)
+    bond = coords[j] - coords[i]
+    coords[j] = coords[i] + bond / np.linalg.norm(bond) * distance
+    return coords
+
+
+def angle(coords: np.ndarray, i: int, j: int, k: int) -> float:
+    """The angle i–j–k at vertex j in degrees."""
+    a, b = coords[i] - coords[j], coords[k] - coords[j]
+    cos = np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+def _rotation(axis: np.ndarray, theta: float) -> np.ndarray:
+    """Rodrigues: the rotation by ``theta`` (radians) about the unit vector ``axis``."""
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * k @ k
+
+
+def set_angle(coords: np.ndarray, i: int, j: int, k: int, degrees: float) -> np.ndarray:
+    """Rotate atom ``k`` about vertex ``j`` in the plane i–j–k so that the angle i–j–k is
+    ``degrees``; the distance j–k is kept. A linear arrangement bends in a plane that
+    contains a coordinate axis perpendicular to i–j."""
+    coords = np.array(coords, dtype=np.float64)
+    a, b = coords[i] - coords[j], coords[k] - coords[j]
+    normal = np.cross(a, b)
+    if np.linalg.norm(normal) < 1e-10 * np.linalg.norm(a) * np.linalg.norm(b):
+        trial = np.eye(3)[np.argmin(np.abs(a))]
+        normal = np.cross(a, trial)
+    normal /= np.linalg.norm(normal)
+    theta = np.radians(degrees - angle(coords, i, j, k))
+    coords[k] = coords[j] + _rotation(normal, theta) @ b
+    return coords
+
+
+def set_coordinate(coords: np.ndarray, atoms: Sequence[int], value: float) -> np.ndarray:
+    """A bond length (two atoms, bohr) or an angle (three atoms, degrees)."""
+    if len(atoms) == 2:
+        return set_distance(coords, *atoms, value)
+    return set_angle(coords, *atoms, value)
+
+
+def grid(
+    coords: np.ndarray, coordinates: Sequence[Sequence[int]], values: Sequence[Sequence[float]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every combination of the values of several coordinates, set one after the other
+    (the last coordinate varies fastest)."""
+    frames, labels = [], []
+    for combo in itertools.product(*values):
+        c = np.array(coords, dtype=np.float64)
+        for atoms, value in zip(coordinates, combo, strict=True):
+            c = set_coordinate(c, atoms, value)
+        frames.append(c)
+        labels.append(combo)
+    return np.array(frames), np.array(labels, dtype=np.float64)
+
+
+def random_displacements(
+    coords: np.ndarray, count: int, amplitude: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` geometries ``R + amplitude * N(0, 1)`` per coordinate, reproducible by
+    ``seed``; labels: the RMS displacement."""
+    rng = np.random.default_rng(seed)
+    shifts = amplitude * rng.standard_normal((count, *np.shape(coords)))
+    rms = np.sqrt(np.mean(shifts**2, axis=(1, 2)))
+    return np.asarray(coords)[None] + shifts, rms[:, None]
+
+
+def rigid_motions(coords: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """Orthonormal mass-weighted translations and rotations (rows, length 3 n_atoms); 5 for
+    a linear molecule, else 6."""
+    coords = np.asarray(coords, dtype=np.float64)
+    sqrt_m = np.sqrt(np.asarray(masses, dtype=np.float64))
+    center = np.sum(coords * masses[:, None], axis=0) / np.sum(masses)
+    x = coords - center
+    vectors = []
+    for a in range(3):
+        t = np.zeros_like(x)
+        t[:, a] = 1.0
+        vectors.append((t * sqrt_m[:, None]).ravel())
+        vectors.append((np.cross(np.eye(3)[a], x) * sqrt_m[:, None]).ravel())
+    u, s, _ = np.linalg.svd(np.array(vectors).T, full_matrices=False)
+    return u[:, s > 1e-8 * s[0]].T
+
+
+def normal_modes(
+    coords: np.ndarray, masses: np.ndarray, hessian: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vibrational modes of a Cartesian Hessian (hartree/bohr², (3N, 3N)): the eigenvectors
+    of the mass-weighted Hessian with translations and rotations projected out, as
+    Cartesian displacements normalised to 1 bohr, softest first; and their eigenvalues."""
+    n = len(masses)
+    inv_sqrt = np.repeat(1.0 / np.sqrt(masses), 3)
+    h = hessian.reshape(3 * n, 3 * n) * inv_sqrt[:, None] * inv_sqrt[None, :]
+    rigid = rigid_motions(coords, masses)
+    p = np.eye(3 * n) - rigid.T @ rigid
+    values, vectors = np.linalg.eigh(p @ h @ p)
+    # the rigid motions are (numerically) zero modes of p h p: drop them by overlap
+    keep = np.argsort(np.linalg.norm(rigid @ vectors, axis=0))[: 3 * n - len(rigid)]
+    keep = keep[np.argsort(values[keep])]
+    cart = (vectors[:, keep] * inv_sqrt[:, None]).T.reshape(len(keep), n, 3)
+    cart /= np.linalg.norm(cart.reshape(len(keep), -1), axis=1)[:, None, None]
+    return cart, values[keep]
+
+
+def mode_displacements(
+    coords: np.ndarray,
+    modes: np.ndarray,
+    amplitudes: Sequence[float],
+    indices: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``R + a * mode`` for every mode and amplitude; labels (mode index, amplitude)."""
+    frames, labels = [], []
+    indices = range(len(modes)) if indices is None else indices
+    for m, mode in zip(indices, modes, strict=True):
+        for a in amplitudes:
+            frames.append(np.asarray(coords) + a * mode)
+            labels.append((m, a))
+    return np.array(frames), np.array(labels, dtype=np.float64)
+
+
+def read_xyz_frames(path: str | Path, symbols: Sequence[str]) -> np.ndarray:
+    """All frames of a multi-frame xyz file (angstrom) as (n_frames, n_atoms, 3) bohr; the
+    elements must be ``symbols`` in order."""
+    lines = Path(path).read_text().splitlines()
+    frames, pos = [], 0
+    while pos < len(lines):
+        if not lines[pos].strip():
+            pos += 1
+            continue
+        try:
+            n = int(lines[pos].split()[0])
+        except ValueError:
+            raise GeometryError(f"{path}: line {pos + 1}: expected the number of atoms") from None
+        body = lines[pos + 2 : pos + 2 + n]
+        if len(body) != n:
+            raise GeometryError(f"{path}: frame {len(frames) + 1} is truncated")
+        found = [line.split()[0].capitalize() for line in body]
+        if found != [s.capitalize() for s in symbols]:
+            raise GeometryError(
+                f"{path}: frame {len(frames) + 1} has atoms {found}, expected {list(symbols)}"
+            )
+        try:
+            frames.append([[float(x) for x in line.split()[1:4]] for line in body])
+        except ValueError:
+            raise GeometryError(f"{path}: frame {len(frames) + 1}: bad coordinate") from None
+        pos += 2 + n
+    if not frames:
+        raise GeometryError(f"{path}: no frames")
+    return np.array(frames) * ANGSTROM
+
+
+def _distances(scan: ScanConfig, values: Sequence[float]) -> list[float]:
+    return [v * ANGSTROM if scan.unit == "angstrom" else v for v in values]
+
+
+def _values(scan: ScanConfig) -> list[float]:
+    if scan.values is not None:
+        return list(scan.values)
+    start, stop, count = scan.linspace
+    return list(np.linspace(start, stop, count))
+
+
+def generate(molecule: Molecule, scan: ScanConfig, basis: str) -> tuple[np.ndarray, np.ndarray]:
+    """The geometries (bohr) and labels of a validated ``[scan]`` (normal modes from the
+    RHF Hessian in ``basis``); GeometryError if one of them is impossible."""
+    coords = molecule.coords
+    if scan.kind in ("bond", "angle"):
+        values = _values(scan)
+        if scan.kind == "bond":
+            values = _distances(scan, values)
+        frames, labels = grid(coords, [scan.atoms], [values])
+    elif scan.kind == "grid":
+        values = [
+            _distances(scan, v) if len(a) == 2 else list(v)
+            for a, v in zip(scan.grid_atoms, scan.grid_values, strict=True)
+        ]
+        frames, labels = grid(coords, scan.grid_atoms, values)
+    elif scan.kind == "random":
+        amplitude = _distances(scan, [scan.amplitude])[0]
+        frames, labels = random_displacements(coords, scan.count, amplitude, scan.seed)
+    elif scan.kind == "normal_modes":
+        from .reference import rhf_hessian
+
+        hessian, masses = rhf_hessian(molecule, basis)
+        modes, _ = normal_modes(coords, masses, hessian)
+        chosen = list(range(len(modes)) if scan.modes is None else scan.modes)
+        if max(chosen) >= len(modes):
+            raise GeometryError(f"scan.modes: the molecule has {len(modes)} normal modes")
+        amplitudes = _distances(scan, scan.amplitudes)
+        frames, labels = mode_displacements(coords, modes[chosen], amplitudes, chosen)
+    elif scan.kind == "xyz":
+        frames = read_xyz_frames(scan.xyz, molecule.symbols)
+        labels = np.arange(len(frames), dtype=np.float64)[:, None]
+    else:  # pragma: no cover - validated by the config
+        raise GeometryError(f"unknown scan kind {scan.kind!r}")
+    for n, frame in enumerate(frames):
+        try:
+            molecule.with_coords(frame)
+        except MoleculeError as err:
+            raise GeometryError(f"geometry {n}: {err}") from None
+    return frames, labels

@@ -1,0 +1,275 @@
+"""``nnqmc scan``: one ordinary run directory per geometry, rows in one dataset.
+
+Each geometry is a run directory ``geom-NNNN`` under the scan directory, trained and
+evaluated by :func:`nnqmc.api.run` (so its checkpoints make it resumable). A geometry
+starts from the parameters and walkers of the nearest finished geometry of the same shard
+(warm start): the network parameters are copied, and each electron moves with its nearest
+nucleus before the burn-in. The determinant orbitals are always the new geometry's
+HF/CASSCF orbitals. A sign flip of an MO between geometries flips the sign of the
+determinants in which it is singly occupied, so trained CI coefficients are not copied:
+the factor by which training changed each one is applied to the new geometry's CASSCF
+coefficient (see :func:`transfer_parameters`). With one determinant signs do not matter
+(|psi| is unchanged), and the backflow factors multiply orbital values, so they stay
+meaningful. A reordering of nearly degenerate
+orbitals between geometries is not undone (training repairs it).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import api, io
+from ..config import Config, config_from_dict
+from .dataset import Dataset, new_dataset, read_dataset, same_scan, write_dataset
+from .forces import force_observables, forces_from_records
+from .geometry import generate
+from .plot import plot_scan
+
+DATASET = "scan.h5"
+PLOT = "pes.png"
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Geometries ``k`` with ``k % count == index``."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"i/n"`` with 0 <= i < n; ValueError otherwise."""
+        i, sep, n = text.partition("/")
+        try:
+            shard = cls(int(i), int(n))
+        except ValueError:
+            raise ValueError(f"--shard must be i/n, got {text!r}") from None
+        if not sep or shard.count < 1 or not 0 <= shard.index < shard.count:
+            raise ValueError(f"--shard must be i/n with 0 <= i < n, got {text!r}")
+        return shard
+
+    @property
+    def whole(self) -> bool:
+        return self.count == 1
+
+    def owns(self, k: int) -> bool:
+        return k % self.count == self.index
+
+    def suffix(self) -> str:
+        return "" if self.whole else f".shard-{self.index}-of-{self.count}"
+
+
+def dataset_path(scan_dir: Path, shard: Shard) -> Path:
+    return scan_dir / (Path(DATASET).stem + shard.suffix() + ".h5")
+
+
+def plot_path(scan_dir: Path, shard: Shard) -> Path:
+    return scan_dir / (Path(PLOT).stem + shard.suffix() + ".png")
+
+
+def geometry_dir(scan_dir: Path, k: int) -> Path:
+    return scan_dir / f"geom-{k:04d}"
+
+
+def scan_directory(config: Config, out_dir: str | Path | None) -> Path:
+    return Path(out_dir) if out_dir is not None else Path("runs") / f"{config.name}-scan"
+
+
+def geometry_config(config: Config, coords: np.ndarray, k: int, steps: int) -> Config:
+    """The run of geometry ``k``: the scan's input with these nuclei (bohr), no [scan],
+    no reference energy, ``train.steps = steps``."""
+    data = copy.deepcopy(config.data)
+    data.pop("scan", None)
+    data.pop("reference_energy", None)
+    data["name"] = f"{config.name}-{k:04d}"
+    system = data["system"]
+    system.pop("xyz", None)
+    system["atoms"] = config.system.molecule.with_coords(coords).atoms_text()
+    system["unit"] = "bohr"
+    data.setdefault("train", {})["steps"] = steps
+    return config_from_dict(data, source=f"{config.source or config.name} geometry {k}")
+
+
+def nearest_done(data: Dataset, k: int, shard: Shard) -> int | None:
+    """The finished geometry of this shard closest to ``k`` (Euclidean, bohr), else None."""
+    best, best_d = None, np.inf
+    for j in range(data.n):
+        if j == k or not shard.owns(j) or data.status(j) != "done":
+            continue
+        d = float(np.linalg.norm(data.positions[j] - data.positions[k]))
+        if d < best_d:
+            best, best_d = j, d
+    return best
+
+
+def shift_walkers(walkers: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Each electron moved by the displacement of its nearest nucleus (old geometry)."""
+    d = np.linalg.norm(walkers[:, :, None, :] - old[None, None], axis=-1)
+    nearest = np.argmin(d, axis=-1)  # (n_walkers, n_elec)
+    return walkers + (new - old)[nearest]
+
+
+def transfer_parameters(old: Any, fresh: Any, old_fresh: Any = None) -> Any:
+    """Warm-start parameters from ``old`` (a neighbour's trained ones).
+
+    CI coefficients: the neighbour's training changed each one by a factor
+    c_trained / c_CASSCF (co-adapted with the backflow: a determinant the network switched
+    off must stay off); that factor is applied to this geometry's CASSCF coefficients
+    (``fresh``), which carry the geometry dependence and the signs of this geometry's
+    orbitals. ``old_fresh``: the neighbour's CASSCF parameters (its ``init``); without them,
+    or where a CASSCF coefficient vanishes, the trained magnitude with the new sign."""
+    if not (isinstance(old, dict) and isinstance(fresh, dict) and "ci" in fresh):
+        return old
+    trained, new = np.asarray(old["ci"]), np.asarray(fresh["ci"])
+    sign = np.where(new < 0, -1.0, 1.0)
+    ci = np.abs(trained) * sign
+    if isinstance(old_fresh, dict) and "ci" in old_fresh:
+        reference = np.asarray(old_fresh["ci"])
+        ok = np.abs(reference) > 1e-8
+        ci = np.where(ok, new * trained / np.where(ok, reference, 1.0), ci)
+    return {**old, "ci": ci}
+
+
+def _warm_start(config: Config, data: Dataset, source: int, source_dir: Path, k: int):
+    old, new = data.positions[source], data.positions[k]
+
+    def initial(prepared: api.Run) -> tuple[Any, np.ndarray]:
+        import jax
+
+        params, walkers = api.trained_state(prepared, source_dir)
+        key = jax.random.PRNGKey(prepared.config.train.seed)
+        fresh = prepared.ansatz.init(key)
+        old_fresh = None
+        if isinstance(fresh, dict) and "ci" in fresh:  # the neighbour's CASSCF expansion
+            neighbour = api.prepare(geometry_config(config, old, source, 1))
+            old_fresh = neighbour.ansatz.init(key)
+        return transfer_parameters(params, fresh, old_fresh), shift_walkers(walkers, old, new)
+
+    return initial
+
+
+def open_dataset(config: Config, text: str, scan_dir: Path, shard: Shard) -> Dataset:
+    """The shard's dataset: read back (same geometries required) or created pending."""
+    coords, labels = generate(config.system.molecule, config.scan, config.system.basis)
+    fresh = new_dataset(
+        config.system.molecule.charges.astype(np.int64),
+        coords,
+        labels,
+        {
+            "name": config.name,
+            "input_toml": text,
+            "version": api.__version__,
+            "kind": config.scan.kind,
+            "shard": "" if shard.whole else f"{shard.index}/{shard.count}",
+        },
+        forces=config.scan.forces,
+        ccsd_t=config.scan.ccsd_t,
+    )
+    path = dataset_path(scan_dir, shard)
+    if not path.exists():
+        scan_dir.mkdir(parents=True, exist_ok=True)
+        write_dataset(path, fresh)
+        return fresh
+    data = read_dataset(path)
+    if not same_scan(data, fresh) or set(data.columns) != set(fresh.columns):
+        raise api.RunError(
+            f"{path} holds another scan (other geometries or settings); use --out DIR"
+        )
+    return data
+
+
+def _run_geometry(
+    config: Config, data: Dataset, k: int, scan_dir: Path, shard: Shard, cold: bool, progress
+) -> dict[str, Any]:
+    """Train and evaluate geometry ``k``; returns the dataset values of its row."""
+    scan = config.scan
+    source = None if cold else nearest_done(data, k, shard)
+    steps = config.train.steps if source is None else (scan.steps or config.train.steps)
+    coords = data.positions[k]
+    run_dir = geometry_dir(scan_dir, k)
+    cfg = geometry_config(config, coords, k, steps)
+    initial = None
+    if source is not None:
+        initial = _warm_start(config, data, source, geometry_dir(scan_dir, source), k)
+    charges = config.system.molecule.charges
+    observables = force_observables(charges, coords) if scan.forces else None
+    resume = any((run_dir / n).exists() for n in (io.CHECKPOINT, io.PREVIOUS_CHECKPOINT))
+    t0 = time.perf_counter()
+    result = api.run(
+        cfg, run_dir, resume=resume, progress=progress, initial=initial, observables=observables
+    )
+    row: dict[str, Any] = {
+        "energy": result["energy"],
+        "energy_err": result["energy_err"],
+        "variance": result["variance"],
+        "hf_energy": result["hf_energy"],
+        "steps": result["steps"],
+        "warm_from": -1 if source is None else source,
+    }
+    if scan.forces:
+        records = io.read_table(run_dir / io.EVAL_LOG)
+        row["forces"], row["forces_err"] = forces_from_records(
+            records, charges, coords, scan.zero_bias
+        )
+    if scan.ccsd_t:
+        from .reference import ccsd_t_energy
+
+        molecule = config.system.molecule.with_coords(coords)
+        row["ccsd_t_energy"] = ccsd_t_energy(molecule, config.system.basis)
+    row["wall_time"] = time.perf_counter() - t0
+    return row
+
+
+def run_scan(
+    config: Config,
+    text: str,
+    out_dir: str | Path | None = None,
+    shard: Shard = Shard(),
+    cold: bool = False,
+    progress: api.Progress | None = None,
+    log: Log | None = None,
+) -> Dataset:
+    """Run (or resume) every geometry of this shard; returns its dataset.
+
+    Finished rows are skipped, failed and interrupted ones run again (from their
+    checkpoints). A geometry that fails is marked failed with its message and the scan goes
+    on; :class:`nnqmc.api.Interrupted` leaves the row ``running`` and is raised.
+    """
+    if config.scan.kind is None:
+        raise api.RunError(f"{config.source or config.name}: scan: missing section [scan]")
+    scan_dir = scan_directory(config, out_dir)
+    data = open_dataset(config, text, scan_dir, shard)
+    path = dataset_path(scan_dir, shard)
+    log = log or (lambda message: None)
+    mine = [k for k in range(data.n) if shard.owns(k)]
+    for number, k in enumerate(mine, start=1):
+        if data.status(k) == "done":
+            continue
+        log(f"geometry {k} ({number} of {len(mine)} in this shard)")
+        data.set_row(k, status="running", message="")
+        write_dataset(path, data)
+        try:
+            row = _run_geometry(config, data, k, scan_dir, shard, cold, progress)
+        except api.RunError as err:
+            data.set_row(k, status="failed", message=str(err))
+            write_dataset(path, data)
+            log(f"geometry {k} failed: {err}")
+            continue
+        data.set_row(k, **row, status="done")
+        write_dataset(path, data)
+        plot_scan(plot_path(scan_dir, shard), data)
+        log(
+            f"geometry {k}: E = {row['energy']:.6f} ± {row['energy_err']:.6f} Ha "
+            f"({row['steps']} steps, {row['wall_time']:.0f} s)"
+        )
+    plot_scan(plot_path(scan_dir, shard), data)
+    return data
