@@ -58,6 +58,7 @@ class SCFResult:
     energy: float  # HF energy (total, with nuclear repulsion)
     method: str
     cas_energy: float | None = None
+    hf_method: str = ""  # the method of ``energy`` when it is not ``method`` (CASSCF: RHF/ROHF)
 
 
 def _pyscf_mol(molecule: Molecule, basis: str):
@@ -283,6 +284,7 @@ def run_casscf(
         energy=float(mf.e_tot) + energy_shift,
         method="CASSCF",
         cas_energy=float(mc.e_tot) + energy_shift,
+        hf_method="RHF" if molecule.spin == 0 else "ROHF",
     )
 
 

@@ -123,16 +123,27 @@ def _tables(run: Path) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
+# Runs in different processes agree to the last bit or two: XLA's CPU reductions are not
+# always bit-reproducible between a fresh process and one that ran the rest of the suite
+# (seen in full-suite runs as a 1-ulp change of the energy). A resume that went wrong
+# differs by far more (different walkers or steps).
+RTOL = 1e-12
+
+
 def _assert_same_run(run: Path, ref: Path) -> None:
-    """Bit-for-bit the same result, training log (but wall times) and evaluation log."""
-    a, b = json.loads((run / io.RESULT).read_text()), json.loads((ref / io.RESULT).read_text())
-    for key in ("energy", "energy_err", "variance", "steps", "eval_steps", "rejected_steps"):
-        assert a[key] == b[key], key
+    """The same result, training log (but wall times) and evaluation log, to float64 rounding;
+    the same step counts exactly."""
     ta, tb = _tables(run), _tables(ref)
     for name in ta:
         assert sorted(ta[name]) == sorted(tb[name])
         for column in ta[name]:
-            np.testing.assert_array_equal(ta[name][column], tb[name][column], err_msg=column)
+            a, b = ta[name][column], tb[name][column]
+            np.testing.assert_allclose(a, b, rtol=RTOL, atol=0, err_msg=f"{name}: {column}")
+    a, b = json.loads((run / io.RESULT).read_text()), json.loads((ref / io.RESULT).read_text())
+    for key in ("steps", "eval_steps", "rejected_steps"):
+        assert a[key] == b[key], key
+    for key in ("energy", "energy_err", "variance"):
+        assert a[key] == pytest.approx(b[key], rel=RTOL, abs=0), key
 
 
 def _assert_finite_checkpoint(path: Path) -> int:
