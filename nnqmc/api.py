@@ -572,10 +572,6 @@ def train(
 
 
 # --------------------------------------------------------------------------- evaluation
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
-
-
 def _load_eval_checkpoint(
     run_dir: Path,
     tag: dict[str, Any],
@@ -597,7 +593,7 @@ def _load_eval_checkpoint(
         except (OSError, io.CheckpointError) as err:
             _warn(f"{err}; evaluating from the first step")
         if saved is not None:
-            same = {k: _plain(v) for k, v in saved["tag"].items()} == tag
+            same = saved["tag"] == tag  # plain values: see io.load_eval_checkpoint
             if not same or saved["walkers"].shape != walker_shape:
                 saved = None  # another trained state or other settings: start over
     step = int(broadcast_from_main(np.array(saved["step"] if saved else -1, np.int64)))

@@ -333,11 +333,12 @@ def save_eval_checkpoint(
     write_checked(path, fill, previous)
 
 
-def _attr_value(value: Any) -> Any:
-    """An HDF5 attribute as a plain Python value (h5py gives strings as str, numbers as numpy)."""
+def attr_value(value: Any) -> Any:
+    """An HDF5 attribute as a plain Python value (h5py gives strings as str or bytes, scalars
+    as numpy scalars); arrays stay arrays."""
     if isinstance(value, bytes):
         return value.decode()
-    return value.item() if isinstance(value, np.generic | np.ndarray) else value
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def load_eval_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -346,7 +347,7 @@ def load_eval_checkpoint(path: str | Path) -> dict[str, Any]:
     def read(f: h5py.File) -> dict[str, Any]:
         return {
             "step": int(f.attrs["step"]),
-            "tag": {k[4:]: _attr_value(f.attrs[k]) for k in f.attrs if k.startswith("tag_")},
+            "tag": {k[4:]: attr_value(f.attrs[k]) for k in f.attrs if k.startswith("tag_")},
             "walkers": np.asarray(f["walkers"]),
             "records": {k: np.asarray(v) for k, v in f["records"].items()},
         }

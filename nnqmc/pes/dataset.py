@@ -38,7 +38,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..io import write_h5_atomic
+from ..io import attr_value, write_h5_atomic
 
 SCHEMA_VERSION = 1
 UNITS = "positions bohr; energies hartree; forces hartree/bohr; angles degrees"
@@ -144,7 +144,7 @@ def read_dataset(path: str | Path) -> Dataset:
                     columns[name] = np.array(f[name].asstr()[...], dtype=object)
                 else:
                     columns[name] = np.asarray(f[name])
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            attrs = {k: attr_value(v) for k, v in f.attrs.items()}
             return Dataset(
                 np.asarray(f["atomic_numbers"]),
                 np.asarray(f["positions"]),
@@ -154,12 +154,6 @@ def read_dataset(path: str | Path) -> Dataset:
             )
     except OSError as err:
         raise DatasetError(f"cannot read {path}: {err}") from None
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def same_scan(a: Dataset, b: Dataset) -> bool:
