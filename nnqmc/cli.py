@@ -1,4 +1,5 @@
-"""``nnqmc run | eval | bench | scan | merge | export``: argument parsing and printing only."""
+"""``nnqmc run | eval | bench | scan | merge | export | bench-scan``: argument parsing and
+printing only."""
 
 from __future__ import annotations
 
@@ -142,6 +143,25 @@ def _add_pes(sub) -> None:
     export.add_argument("dataset", metavar="DATASET.h5", help="scan dataset")
     export.add_argument("--format", required=True, choices=("extxyz", "npz"))
     export.add_argument("--out", metavar="PATH", help="output file (default DATASET.FORMAT)")
+    study = sub.add_parser(
+        "bench-scan", help="training steps a scan needs to reach a target, warm against cold"
+    )
+    study.add_argument("file", help="input TOML file with a [scan] section")
+    study.add_argument(
+        "--cold", type=_int_list, required=True, metavar="B[,B...]", help="cold step budgets"
+    )
+    study.add_argument(
+        "--warm",
+        type=_int_list,
+        required=True,
+        metavar="B[,B...]",
+        help="warm step budgets (every geometry after the first)",
+    )
+    study.add_argument(
+        "--tolerance", type=float, default=1.0, metavar="MHA", help="target error (mHa, 1.0)"
+    )
+    study.add_argument("--out", help="study directory (default runs/<name>-bench-scan)")
+    study.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
 
 
 def _scan(args) -> int:
@@ -175,6 +195,23 @@ def _scan(args) -> int:
     return 1 if failed else 0
 
 
+def _bench_scan(args) -> int:
+    from .config import load_config
+    from .pes.study import format_study, warm_start_study
+
+    if args.tolerance <= 0:
+        return _fail(f"--tolerance must be positive, got {args.tolerance}")
+    config = load_config(args.file, args.set)
+    out = args.out or str(Path("runs") / f"{config.name}-bench-scan")
+    log = lambda message: print(f"nnqmc: {message}", file=sys.stderr, flush=True)
+    text = Path(args.file).read_text()
+    result = warm_start_study(
+        config, text, out, args.cold, args.warm, 1e-3 * args.tolerance, ProgressPrinter(), log
+    )
+    print(format_study(result))
+    return 0
+
+
 def _merge(args) -> int:
     from .pes import merge, read_dataset, write_dataset
 
@@ -199,7 +236,9 @@ def _pes(args) -> int:
     from .config import ConfigError
     from .pes import DatasetError, GeometryError
 
-    command = {"scan": _scan, "merge": _merge, "export": _export}[args.command]
+    command = {"scan": _scan, "merge": _merge, "export": _export, "bench-scan": _bench_scan}[
+        args.command
+    ]
     try:
         return command(args)
     except (ConfigError, RunError, DatasetError, GeometryError, ValueError) as err:
@@ -295,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         except (ConfigError, RunError, ValueError) as err:
             return _fail(str(err))
-    if args.command in ("scan", "merge", "export"):
+    if args.command in ("scan", "merge", "export", "bench-scan"):
         try:
             return _pes(args)
         except KeyboardInterrupt:

@@ -221,6 +221,7 @@ class ScanConfig:
     forces: bool = False  # Hellmann-Feynman forces (zero-variance estimator)
     zero_bias: bool = True  # with the zero-bias (Pulay-like) correction
     ccsd_t: bool = False  # CCSD(T) baseline in the same basis
+    reference: tuple[float, ...] | None = None  # exact energies (Ha), one per geometry
 
 
 # Keys of [scan] that each kind reads (the others are always allowed).
@@ -232,7 +233,7 @@ _SCAN_KIND_KEYS = {
     "random": ("count", "amplitude", "seed", "unit"),
     "xyz": ("xyz",),
 }
-_SCAN_COMMON = ("kind", "steps", "forces", "zero_bias", "ccsd_t")
+_SCAN_COMMON = ("kind", "steps", "forces", "zero_bias", "ccsd_t", "reference")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -437,20 +437,21 @@ def live_lock_owner(run_dir: Path) -> tuple[int, str] | None:
     return owner if owner is not None and _alive(*owner) else None
 
 
-def locked_message(run_dir: Path, owner: tuple[int, str]) -> str:
+def locked_message(run_dir: Path, owner: tuple[int, str], name: str = LOCK) -> str:
     pid, host = owner
     return (
         f"{run_dir} is in use by process {pid} on {host}; wait for it to finish, or delete "
-        f"{run_dir / LOCK} if that process is gone"
+        f"{run_dir / name} if that process is gone"
     )
 
 
-def acquire_lock(run_dir: Path) -> list[str]:
-    """Create ``run_dir``'s lock with this process's PID; take over a dead owner's lock.
+def acquire_lock(run_dir: Path, name: str = LOCK) -> list[str]:
+    """Create ``run_dir``'s lock file ``name`` with this process's PID; take over a dead
+    owner's lock.
 
     Returns warnings; raises LockedError if a live process holds it, OSError if unwritable.
     """
-    path = run_dir / LOCK
+    path = run_dir / name
     warnings = []
     for _ in range(3):
         try:
@@ -458,7 +459,7 @@ def acquire_lock(run_dir: Path) -> list[str]:
         except FileExistsError:
             owner = _lock_owner(path)
             if owner is not None and _alive(*owner):
-                raise LockedError(locked_message(run_dir, owner)) from None
+                raise LockedError(locked_message(run_dir, owner, name)) from None
             who = f"process {owner[0]}" if owner else "an unknown process"
             warnings.append(f"taking over the stale lock {path} of {who}, no longer running")
             path.unlink(missing_ok=True)
@@ -471,8 +472,8 @@ def acquire_lock(run_dir: Path) -> list[str]:
     raise LockedError(f"{run_dir}: could not take the lock {path}")
 
 
-def release_lock(run_dir: Path) -> None:
-    """Remove ``run_dir``'s lock if this process holds it."""
-    path = run_dir / LOCK
+def release_lock(run_dir: Path, name: str = LOCK) -> None:
+    """Remove ``run_dir``'s lock file ``name`` if this process holds it."""
+    path = run_dir / name
     if _lock_owner(path) == (os.getpid(), socket.gethostname()):
         path.unlink(missing_ok=True)

@@ -71,7 +71,7 @@ def adam(
     def update(params, state, walkers, e_clipped):
         grads = vmc_gradient(log_psi, params, walkers, e_clipped)
         updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, optax.global_norm(grads)
+        return optax.apply_updates(params, updates), state, optax.tree_utils.tree_norm(grads)
 
     return Optimizer(tx.init, update)
 

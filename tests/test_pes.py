@@ -106,9 +106,9 @@ def test_angle_grid_and_linspace():
 
 
 def test_normal_modes_are_orthogonal_to_translations_and_rotations():
-    from nnqmc.pes.reference import rhf_hessian
+    from nnqmc.scf import hf_hessian
 
-    hessian, masses = rhf_hessian(WATER, "sto-3g")
+    hessian, masses = hf_hessian(WATER, "sto-3g")
     modes, values = normal_modes(WATER.coords, masses, hessian)
     assert modes.shape == (3, 3, 3) and np.all(values > 0)  # 3N - 6 vibrations, a minimum-ish
     for mode in modes:

@@ -4,11 +4,13 @@ HDF5 dataset per scan, shards and merging, and exports (extxyz, sGDML npz).
     nnqmc scan FILE.toml [--out DIR] [--set k=v ...] [--shard i/n] [--cold]
     nnqmc merge OUT.h5 SHARD.h5 ...
     nnqmc export DATASET.h5 --format extxyz|npz [--out PATH]
+    nnqmc bench-scan FILE.toml --cold B,... --warm B,... [--tolerance MHA]
 
 The scan directory (default ``runs/<name>-scan``) holds ``scan.h5`` (or
 ``scan.shard-i-of-n.h5``), ``pes.png`` and one run directory ``geom-NNNN`` per geometry.
 The dataset schema is in :mod:`nnqmc.pes.dataset`; the force estimator in
-:mod:`nnqmc.pes.forces`; the geometry generators in :mod:`nnqmc.pes.geometry`.
+:mod:`nnqmc.pes.forces`; the geometry generators in :mod:`nnqmc.pes.geometry`; the
+warm-against-cold study in :mod:`nnqmc.pes.study`.
 """
 
 from .dataset import Dataset, DatasetError, merge, read_dataset, write_dataset

@@ -16,6 +16,7 @@ forces             (n, n_atoms, 3) float64      -dE/dR, hartree/bohr (``scan.for
 forces_err         (n, n_atoms, 3) float64      standard errors of ``forces``
 hf_energy          (n,) float64                 Hartree–Fock energy (PySCF, same basis)
 ccsd_t_energy      (n,) float64                 CCSD(T) energy (``scan.ccsd_t``)
+reference_energy   (n,) float64                 exact energy given in ``scan.reference``
 steps              (n,) int64                   training steps of this geometry
 warm_from          (n,) int64                   row whose parameters started it (-1: cold)
 wall_time          (n,) float64                 seconds of training + evaluation
@@ -25,7 +26,8 @@ message            (n,) str                     why a geometry failed ("" otherw
 
 Attributes: ``name``, ``input_toml`` (the input file's text), ``version`` (nnqmc),
 ``schema`` (1), ``units``, ``kind`` (scan kind), ``shard`` ("i/n", or "" for a whole scan),
-``has_forces``, ``has_ccsd_t``.
+``has_forces``, ``has_ccsd_t``. Optional columns (forces, CCSD(T), reference) are absent
+when not asked for.
 A shard file holds every row of the scan; the rows of other shards stay ``pending``.
 """
 
@@ -81,8 +83,9 @@ def new_dataset(
     attrs: dict[str, Any],
     forces: bool,
     ccsd_t: bool,
+    reference: np.ndarray | None = None,
 ) -> Dataset:
-    """Every row pending, every value missing."""
+    """Every row pending, every value missing (``reference``: known energies, one per row)."""
     n, n_atoms = positions.shape[:2]
     columns: dict[str, np.ndarray] = {c: np.full(n, np.nan) for c in FLOAT_COLUMNS}
     columns["steps"] = np.zeros(n, np.int64)
@@ -94,6 +97,8 @@ def new_dataset(
         columns["forces_err"] = np.full((n, n_atoms, 3), np.nan)
     if ccsd_t:
         columns["ccsd_t_energy"] = np.full(n, np.nan)
+    if reference is not None:
+        columns["reference_energy"] = np.asarray(reference, np.float64).reshape(n)
     attrs = {
         **attrs,
         "schema": SCHEMA_VERSION,

@@ -206,9 +206,9 @@ def generate(molecule: Molecule, scan: ScanConfig, basis: str) -> tuple[np.ndarr
         amplitude = _distances(scan, [scan.amplitude])[0]
         frames, labels = random_displacements(coords, scan.count, amplitude, scan.seed)
     elif scan.kind == "normal_modes":
-        from .reference import rhf_hessian
+        from ..scf import hf_hessian
 
-        hessian, masses = rhf_hessian(molecule, basis)
+        hessian, masses = hf_hessian(molecule, basis)
         modes, _ = normal_modes(coords, masses, hessian)
         chosen = list(range(len(modes)) if scan.modes is None else scan.modes)
         if max(chosen) >= len(modes):

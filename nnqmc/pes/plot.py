@@ -1,4 +1,5 @@
-"""``pes.png``: the VMC energy along a scan with error bars beside the HF and CCSD(T) curves."""
+"""``pes.png``: the VMC energy along a scan with error bars beside the HF, CCSD(T) and
+exact curves."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def plot_scan(path: str | Path, data: Dataset) -> None:
     ax.plot(x[order], cols["hf_energy"][order], "o:", color="C3", ms=3, label="HF")
     if "ccsd_t_energy" in cols:
         ax.plot(x[order], cols["ccsd_t_energy"][order], "s--", color="C1", ms=3, label="CCSD(T)")
+    if "reference_energy" in cols:
+        ax.plot(x[order], cols["reference_energy"][order], "-", color="k", lw=1, label="exact")
     done = np.array([data.status(k) == "done" for k in range(data.n)], dtype=bool)
     if done.any():
         ax.errorbar(

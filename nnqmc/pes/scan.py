@@ -72,6 +72,10 @@ def dataset_path(scan_dir: Path, shard: Shard) -> Path:
     return scan_dir / (Path(DATASET).stem + shard.suffix() + ".h5")
 
 
+def lock_name(shard: Shard) -> str:
+    return Path(DATASET).stem + shard.suffix() + ".lock"
+
+
 def plot_path(scan_dir: Path, shard: Shard) -> Path:
     return scan_dir / (Path(PLOT).stem + shard.suffix() + ".png")
 
@@ -86,10 +90,13 @@ def scan_directory(config: Config, out_dir: str | Path | None) -> Path:
 
 def geometry_config(config: Config, coords: np.ndarray, k: int, steps: int) -> Config:
     """The run of geometry ``k``: the scan's input with these nuclei (bohr), no [scan],
-    no reference energy, ``train.steps = steps``."""
+    the reference energy ``scan.reference[k]`` if given, ``train.steps = steps``."""
     data = copy.deepcopy(config.data)
     data.pop("scan", None)
     data.pop("reference_energy", None)
+    reference = config.scan.reference
+    if reference is not None and k < len(reference):
+        data["reference_energy"] = float(reference[k])
     data["name"] = f"{config.name}-{k:04d}"
     system = data["system"]
     system.pop("xyz", None)
@@ -160,6 +167,12 @@ def _warm_start(config: Config, data: Dataset, source: int, source_dir: Path, k:
 def open_dataset(config: Config, text: str, scan_dir: Path, shard: Shard) -> Dataset:
     """The shard's dataset: read back (same geometries required) or created pending."""
     coords, labels = generate(config.system.molecule, config.scan, config.system.basis)
+    reference = config.scan.reference
+    if reference is not None and len(reference) != len(coords):
+        raise api.RunError(
+            f"{config.source or config.name}: scan.reference: {len(reference)} energies "
+            f"for {len(coords)} geometries"
+        )
     fresh = new_dataset(
         config.system.molecule.charges.astype(np.int64),
         coords,
@@ -173,6 +186,7 @@ def open_dataset(config: Config, text: str, scan_dir: Path, shard: Shard) -> Dat
         },
         forces=config.scan.forces,
         ccsd_t=config.scan.ccsd_t,
+        reference=None if reference is None else np.asarray(reference),
     )
     path = dataset_path(scan_dir, shard)
     if not path.exists():
@@ -221,7 +235,7 @@ def _run_geometry(
             records, charges, coords, scan.zero_bias
         )
     if scan.ccsd_t:
-        from .reference import ccsd_t_energy
+        from ..scf import ccsd_t_energy
 
         molecule = config.system.molecule.with_coords(coords)
         row["ccsd_t_energy"] = ccsd_t_energy(molecule, config.system.basis)
@@ -247,6 +261,30 @@ def run_scan(
     if config.scan.kind is None:
         raise api.RunError(f"{config.source or config.name}: scan: missing section [scan]")
     scan_dir = scan_directory(config, out_dir)
+    name = lock_name(shard)
+    try:
+        scan_dir.mkdir(parents=True, exist_ok=True)
+        for message in io.acquire_lock(scan_dir, name):
+            (log or print)(message)
+    except io.LockedError as err:
+        raise api.RunError(f"{err} (another nnqmc scan of this shard)") from None
+    except OSError as err:
+        raise api.RunError(f"cannot write {scan_dir}: {err.strerror or err}") from None
+    try:
+        return _run_shard(config, text, scan_dir, shard, cold, progress, log)
+    finally:
+        io.release_lock(scan_dir, name)
+
+
+def _run_shard(
+    config: Config,
+    text: str,
+    scan_dir: Path,
+    shard: Shard,
+    cold: bool,
+    progress: api.Progress | None,
+    log: Log | None,
+) -> Dataset:
     data = open_dataset(config, text, scan_dir, shard)
     path = dataset_path(scan_dir, shard)
     log = log or (lambda message: None)
