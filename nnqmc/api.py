@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import shutil
@@ -914,7 +915,20 @@ def run(
             _on_main(lambda: _write_results(path, evaluated, result, trained.history))
     finally:
         _release(path)
+        release_compiled()
     return result
+
+
+def release_compiled() -> None:
+    """Free the compiled programs of a finished run.
+
+    Each run compiles its own programs (its molecule and orbitals are constants in them)
+    and JAX keeps them cached; on the CPU each holds thousands of memory maps, so a process
+    that runs many geometries or settings one after another (``nnqmc scan``, a Python loop)
+    would reach the kernel's limit (``vm.max_map_count``, 65530) after about fifteen runs
+    and crash inside LLVM."""
+    jax.clear_caches()
+    gc.collect()
 
 
 def evaluate_run(
@@ -966,4 +980,5 @@ def evaluate_run(
             _on_main(lambda: _write_results(path, evaluated, result, trained.history))
     finally:
         _release(path)
+        release_compiled()
     return result

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,7 +118,11 @@ def test_ctrl_c_stops_a_scan_and_the_same_command_finishes_it(tmp_path):
 def test_normal_mode_scan_runs_end_to_end(tmp_path):
     text = H2 + '[scan]\nkind = "normal_modes"\namplitudes = [-0.1, 0.1]\n'
     config, path = _config(tmp_path, text)
+    maps = Path(f"/proc/{os.getpid()}/maps")
+    before = len(maps.read_text().splitlines()) if maps.exists() else 0
     data = run_scan(config, text, tmp_path / "nm")
+    if maps.exists():  # each run's compiled programs are released (about 4000 maps each)
+        assert len(maps.read_text().splitlines()) - before < 1500
     assert [data.status(k) for k in range(2)] == ["done", "done"]
     assert np.allclose(data.labels, [[0, -0.1], [0, 0.1]])
     bond = np.linalg.norm(data.positions[:, 1] - data.positions[:, 0], axis=-1)
