@@ -265,7 +265,7 @@ def run_scan(
     try:
         scan_dir.mkdir(parents=True, exist_ok=True)
         for message in io.acquire_lock(scan_dir, name):
-            (log or print)(message)
+            (log or print)(f"warning: {message}")
     except io.LockedError as err:
         raise api.RunError(f"{err} (another nnqmc scan of this shard)") from None
     except OSError as err:
