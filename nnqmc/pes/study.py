@@ -4,7 +4,8 @@ For each cold budget ``B_c`` the scan runs cold (every geometry trains ``B_c`` s
 the Hartree–Fock start); for each warm budget ``B_w`` it runs warm: geometry 0 is the cold
 run of budget ``S_0`` (the smallest cold budget that met the target, else the largest), and
 every later geometry trains ``B_w`` steps from its nearest finished neighbour. Training
-steps in all: ``n·B_c`` cold, ``S_0 + (n-1)·B_w`` warm.
+steps in all (summed from the datasets): ``n·B_c`` cold, ``S_0 + (n-1)·B_w`` warm; a warm
+scan directory keeps the first geometry it was started with.
 
 A scan meets the target when every geometry's error ``E_k - E_ref,k`` is at most
 ``tolerance``. ``E_ref`` is ``scan.reference`` where the input gives it, else the lowest
@@ -54,12 +55,12 @@ def _config_with(config: Config, **sections: dict[str, Any]) -> Config:
     return config_from_dict(data, source=config.source)
 
 
-def _energies(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _columns(path: Path) -> dict[str, np.ndarray]:
     data = read_dataset(path)
-    cols = data.columns
-    reference = cols.get("reference_energy", np.full(data.n, np.nan))
-    done = np.array([data.status(k) == "done" for k in range(data.n)])
-    return cols["energy"], cols["energy_err"], reference, cols["wall_time"], done
+    cols = dict(data.columns)
+    cols.setdefault("reference_energy", np.full(data.n, np.nan))
+    cols["done"] = np.array([data.status(k) == "done" for k in range(data.n)])
+    return cols
 
 
 def trial(
@@ -131,32 +132,33 @@ def warm_start_study(
     out = Path(out_dir)
     log = log or (lambda message: None)
     energies_only = {"forces": False, "ccsd_t": False}
-    scans: list[tuple[str, int, int, Path]] = []
+    scans: list[tuple[str, int, Path]] = []
     for budget in sorted(set(cold_budgets)):
         cfg = _config_with(config, train={"steps": budget}, scan=energies_only)
         path = out / f"cold-{budget}"
         log(f"cold scan, {budget} steps per geometry")
-        data = run_scan(cfg, text, path, cold=True, progress=progress, log=log)
-        scans.append(("cold", budget, data.n * budget, path))
-    n = read_dataset(dataset_path(scans[0][3], Shard())).n
+        run_scan(cfg, text, path, cold=True, progress=progress, log=log)
+        scans.append(("cold", budget, path))
 
     def reference_of(paths: list[Path]) -> tuple[np.ndarray, str]:
-        given = _energies(dataset_path(paths[0], Shard()))[2]
+        given = _columns(dataset_path(paths[0], Shard()))["reference_energy"]
         if np.all(np.isfinite(given)):
             return given, "scan.reference"
-        lowest = np.min([_energies(dataset_path(p, Shard()))[0] for p in paths], axis=0)
+        lowest = np.min([_columns(dataset_path(p, Shard()))["energy"] for p in paths], axis=0)
         return lowest, "lowest VMC energy of the study"
 
     def trials_of(reference: np.ndarray) -> list[Trial]:
         result = []
-        for mode, budget, total, path in scans:
-            energy, err, _, wall, done = _energies(dataset_path(path, Shard()))
-            if not done.all():
+        for mode, budget, path in scans:
+            c = _columns(dataset_path(path, Shard()))
+            if not c["done"].all():
                 raise api.RunError(f"{path}: not every geometry finished; run it again")
+            total = int(np.sum(c["steps"]))  # as run (a warm scan keeps its first geometry)
+            energy, err, wall = c["energy"], c["energy_err"], c["wall_time"]
             result.append(trial(mode, budget, total, energy, err, reference, wall, tolerance))
         return result
 
-    reference, source = reference_of([s[3] for s in scans])
+    reference, source = reference_of([s[2] for s in scans])
     cold_ok = cheapest(trials_of(reference), "cold")
     first = cold_ok.budget if cold_ok is not None else max(cold_budgets)
     for budget in sorted(set(warm_budgets)):
@@ -165,8 +167,8 @@ def warm_start_study(
         _seed_first_geometry(path, out / f"cold-{first}", cfg, text)
         log(f"warm scan, {budget} steps per geometry after the first ({first} steps)")
         run_scan(cfg, text, path, progress=progress, log=log)
-        scans.append(("warm", budget, first + (n - 1) * budget, path))
-    reference, source = reference_of([s[3] for s in scans])
+        scans.append(("warm", budget, path))
+    reference, source = reference_of([s[2] for s in scans])
     trials = trials_of(reference)
     best_cold, best_warm = cheapest(trials, "cold"), cheapest(trials, "warm")
     ratio = None
@@ -174,7 +176,7 @@ def warm_start_study(
         ratio = best_cold.total_steps / best_warm.total_steps
     result = {
         "name": config.name,
-        "geometries": n,
+        "geometries": len(reference),
         "tolerance": tolerance,
         "reference": [float(v) for v in reference],
         "reference_source": source,
