@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_pes import TINY
 
 from nnqmc.api import RunError
 from nnqmc.cli import main
@@ -20,26 +21,7 @@ from nnqmc.pes import read_dataset, run_scan
 from nnqmc.pes.scan import Shard, geometry_config, open_dataset
 from nnqmc.pes.study import cheapest, format_study, trial, warm_start_study
 
-H2 = """name = "h2r"
-[system]
-atoms = \"\"\"
-H 0 0 0
-H 0 0 1.4
-\"\"\"
-unit = "bohr"
-basis = "sto-3g"
-[ansatz]
-kind = "jastrow"
-[train]
-steps = 4
-walkers = 32
-optimizer = "adam"
-[sampler]
-burn_in = 10
-[eval]
-steps = 10
-dipole = false
-"""
+H2 = TINY.replace('kind = "hf"', 'kind = "jastrow"')  # with parameters to warm-start
 BOND = H2 + '[scan]\nkind = "bond"\natoms = [0, 1]\nvalues = [1.2, 2.0]\n'
 
 
