@@ -1,4 +1,5 @@
-"""``nnqmc bench``: compile time, seconds per training step and per local-energy batch,
+"""``nnqmc bench``: compile time, seconds per training step and per part of it (local
+energies, per-walker parameter gradients, SPRING solve; the rest is sampling and the update),
 peak memory and parameter count for one system, as numbers (not a timed test).
 
 Seconds per step are reported against the number of devices (the same total walkers split
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from .api import Run, initial_walkers
-from .optimize import make_optimizer
+from .optimize import make_optimizer, per_walker_log_psi_grads, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
 from .train import TrainState, batch_local_energy, batch_log_psi, make_train_step
 
@@ -27,6 +28,37 @@ def _peak_memory_bytes() -> int:
     if "peak_bytes_in_use" in stats:
         return int(stats["peak_bytes_in_use"])
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _seconds(fn, *args, repeat: int = 3) -> float:
+    """Mean seconds of ``fn(*args)`` (already compiled by one call first)."""
+    jax.block_until_ready(fn(*args))
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        jax.block_until_ready(fn(*args))
+    return (time.perf_counter() - t0) / repeat
+
+
+def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
+    """Seconds of the main parts of a training step on one device's ``walkers``: local
+    energies (the configured Laplacian engine), the per-walker parameter gradients
+    O = d log|psi| / d theta (SPRING's Jacobian), and the SPRING solve from O."""
+    cfg = run.config
+    log_psi = batch_log_psi(run.ansatz)
+    energies = jax.jit(batch_local_energy(run.ansatz, run.hamiltonian, cfg.train.laplacian))
+    jacobian = jax.jit(lambda p, r: per_walker_log_psi_grads(log_psi, p, r))
+    o = jacobian(params, walkers)
+    e = energies(params, walkers)
+    solve = jax.jit(
+        lambda o, e: spring_direction(
+            o, e, jnp.zeros(o.shape[1], o.dtype), cfg.train.damping, cfg.train.momentum
+        )
+    )
+    return {
+        "seconds_per_local_energy_batch": _seconds(energies, params, walkers),
+        "seconds_per_jacobian": _seconds(jacobian, params, walkers),
+        "seconds_per_spring_solve": _seconds(solve, o, e),
+    }
 
 
 def default_device_counts(n_devices: int, walkers: int) -> list[int]:
@@ -106,13 +138,7 @@ def benchmark(
     first = scaling[-1]["compile_seconds"] + scaling[-1]["seconds_per_step"]
     per_step = scaling[-1]["seconds_per_step"]
 
-    energies = jax.jit(batch_local_energy(run.ansatz, run.hamiltonian, cfg.train.laplacian))
-    one_device = r[: walkers // n_devices]
-    jax.block_until_ready(energies(params, one_device))
-    t0 = time.perf_counter()
-    for _ in range(3):
-        jax.block_until_ready(energies(params, one_device))
-    per_energy = (time.perf_counter() - t0) / 3
+    parts = step_parts(run, params, r[: walkers // n_devices])
     return {
         "system": cfg.name,
         "ansatz": cfg.ansatz.kind,
@@ -126,7 +152,7 @@ def benchmark(
         "parameters": int(n_params),
         "compile_seconds": first - per_step,
         "seconds_per_step": per_step,
-        "seconds_per_local_energy_batch": per_energy,
+        **parts,
         "peak_memory_mb": _peak_memory_bytes() / 2**20,
         "timed_steps": steps,
         "scaling": scaling,

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-AXIS = "devices"
+from .parallel import AXIS
 
 Params = Any
 BatchLogPsi = Callable[[Params, jax.Array], jax.Array]

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+AXIS = "devices"  # the pmap axis of every step
+
 ENV_COORDINATOR = "NNQMC_COORDINATOR"
 ENV_NUM_PROCESSES = "NNQMC_NUM_PROCESSES"
 ENV_PROCESS_ID = "NNQMC_PROCESS_ID"
@@ -49,12 +51,26 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+def _same(tree: Any) -> Any:
+    return tree
+
+
+_place = jax.pmap(_same, axis_name=AXIS)
+
+
+def on_devices(tree: Any) -> Any:
+    """A pytree with a leading device axis placed exactly as a pmapped step places its
+    outputs. A step called first with host-placed inputs and then with its own outputs sees
+    two placements and compiles twice; placed like this, it compiles once."""
+    return _place(tree) if jax.tree_util.tree_leaves(tree) else tree
+
+
 def split_walkers(x: jax.Array | np.ndarray, n_devices: int) -> jax.Array:
-    """(n_walkers, ...) -> (n_devices, n_walkers / n_devices, ...)."""
+    """(n_walkers, ...) -> (n_devices, n_walkers / n_devices, ...), placed on the devices."""
     x = jnp.asarray(x)
     if x.shape[0] % n_devices:
         raise ValueError(f"{x.shape[0]} walkers cannot be split evenly over {n_devices} devices")
-    return x.reshape(n_devices, x.shape[0] // n_devices, *x.shape[1:])
+    return on_devices(x.reshape(n_devices, x.shape[0] // n_devices, *x.shape[1:]))
 
 
 def join_walkers(x: jax.Array) -> np.ndarray:
@@ -105,8 +121,11 @@ def broadcast_from_main(tree: Any) -> Any:
 
 
 def replicate(tree: Any, n_devices: int) -> Any:
-    return jax.tree_util.tree_map(
-        lambda x: jnp.broadcast_to(jnp.asarray(x), (n_devices, *jnp.shape(x))), tree
+    """One copy of every leaf per device, placed on the devices (see :func:`on_devices`)."""
+    return on_devices(
+        jax.tree_util.tree_map(
+            lambda x: jnp.broadcast_to(jnp.asarray(x), (n_devices, *jnp.shape(x))), tree
+        )
     )
 
 

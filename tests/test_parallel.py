@@ -14,6 +14,7 @@ from pathlib import Path
 
 import h5py
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -343,3 +344,25 @@ def test_device_keys_depend_on_global_slot_only():
     np.testing.assert_array_equal(two[0], one[0])
     assert not np.array_equal(two[0], two[1])
     assert not np.array_equal(np.asarray(device_keys(key, 8, 1))[0], one[0])
+
+
+def test_a_pmapped_step_compiles_once_from_replicated_inputs(caplog):
+    """Inputs from replicate/split_walkers are placed as a step's outputs, so feeding the
+    outputs back does not compile the step a second time (it did, once per run)."""
+    import logging
+
+    from nnqmc.parallel import AXIS, replicate, split_walkers
+
+    step = jax.pmap(lambda x, w: (x + 1.0, w * 2.0), axis_name=AXIS)
+    x, w = replicate(jnp.ones(3), 1), split_walkers(jnp.ones((4, 2)), 1)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(3):
+                x, w = step(x, w)
+            jax.block_until_ready(w)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiles = [r for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
+    assert len(compiles) == 1, [r.getMessage() for r in compiles]
+    assert float(x[0, 0]) == 4.0
