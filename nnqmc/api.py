@@ -43,6 +43,7 @@ from .parallel import (
 from .plot import plot_training
 from .sampler import init_walkers
 from .scf import SCFResult, run_scf
+from .threads import single_threaded_blas
 from .train import (
     TrainState,
     WaveObservable,
@@ -418,6 +419,7 @@ def trained_state(run: Run, run_dir: str | Path) -> tuple[Any, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- training
+@single_threaded_blas
 def train(
     run: Run,
     out_dir: str | Path | None = None,
@@ -633,6 +635,7 @@ def _open_eval_log(run_dir: Path, records: dict[str, list]) -> io.AppendLog:
         raise RunError(_cannot_write(run_dir / io.EVAL_LOG, err)) from None
 
 
+@single_threaded_blas
 def evaluate(
     run: Run,
     params: Any,

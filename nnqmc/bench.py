@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from .api import Run, initial_walkers
 from .optimize import make_optimizer, per_walker_log_psi_grads, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
+from .threads import single_threaded_blas
 from .train import TrainState, batch_local_energy, batch_log_psi, make_train_step
 
 
@@ -98,6 +99,7 @@ def _time_steps(run: Run, optimizer, params, r, n_devices: int, steps: int, key)
     return first, statistics.median(times)
 
 
+@single_threaded_blas
 def benchmark(
     run: Run, walkers: int, steps: int = 10, devices: Sequence[int] | None = None
 ) -> dict[str, Any]:

@@ -5,6 +5,8 @@ The local kinetic energy is ``T = -1/2 (nabla^2 f + |nabla f|^2)``.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable
 
 import jax
@@ -28,14 +30,49 @@ def kinetic_energy_exact(log_psi: LogPsi, r: jax.Array) -> jax.Array:
     return -0.5 * (laplacian + jnp.vdot(g, g))
 
 
-def kinetic_energy_forward(log_psi: LogPsi, r: jax.Array) -> jax.Array:
-    """Forward Laplacian (folx): value, gradient and Laplacian in one forward pass."""
+SPARSITY = 0.4
+"""Default fraction of the electrons whose coordinates folx may carry as a sparse Jacobian."""
+
+
+def sparsity_threshold(n_electrons: int, fraction: float = SPARSITY) -> int:
+    """folx's ``sparsity_threshold`` for ``fraction`` of the electrons, in whole electrons.
+
+    Each electron's embedding depends on all electrons only after the first message
+    passing, so the Jacobian of the early intermediates with respect to the 3N coordinates
+    is sparse; folx propagates it as sparse while it has at most this many non-zero
+    columns. Measured (256 walkers, 2-core CPU, float64) for the local-energy batch:
+    LiH 0.102 s dense, 0.068 s at 3 (the best); H2O 0.95 s dense, 0.66 s at 12 (the best),
+    0.73 s at 6. ``3 * floor(0.4 N)`` gives 3 for LiH and 12 for H2O.
+    """
+    return 3 * math.floor(fraction * n_electrons)
+
+
+class _DropDenseFallbackWarning(logging.Filter):
+    """folx logs a warning (on the root logger) each time it falls back to dense
+    propagation at a data-dependent select (our cutoffs: ``jnp.where(r < rc, ...)``).
+    That fallback is expected and correct; the warning is noise at every compilation."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Could not perform index operation")
+
+
+def kinetic_energy_forward(log_psi: LogPsi, r: jax.Array, sparsity: float = SPARSITY) -> jax.Array:
+    """Forward Laplacian (folx): value, gradient and Laplacian in one forward pass, with
+    sparse Jacobians up to :func:`sparsity_threshold` (``sparsity = 0``: all dense)."""
     import folx
 
     shape = r.shape
-    result = folx.forward_laplacian(lambda x: log_psi(x.reshape(shape)), sparsity_threshold=0)(
-        r.reshape(-1)
+    laplacian = folx.forward_laplacian(
+        lambda x: log_psi(x.reshape(shape)),
+        sparsity_threshold=sparsity_threshold(shape[0], sparsity),
     )
+    quiet = _DropDenseFallbackWarning()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        result = laplacian(r.reshape(-1))
+    finally:
+        root.removeFilter(quiet)
     g = result.jacobian.dense_array
     return -0.5 * (result.laplacian + jnp.vdot(g, g))
 

@@ -113,15 +113,17 @@ def spring_direction(
     n = o.shape[0]
     dtype = o.dtype
     scale = jnp.sqrt(jnp.asarray(n, dtype))
-    o_bar = (o - jnp.mean(o, axis=0, keepdims=True)) / scale
+    # The column mean as a matrix-vector product: XLA's CPU column reduction (mean over
+    # axis 0) of an N x P matrix is ~30x slower and made up half of this function's time.
+    o_bar = (o - jnp.ones((n,), dtype) @ o / n) / scale
     e = e.astype(dtype)
     eps = -2.0 * (e - jnp.mean(e)) / scale
     residual = eps - momentum * (o_bar @ previous)
     t = o_bar @ o_bar.T
     t = 0.5 * (t + t.T) + damping * jnp.eye(n, dtype=dtype) + 1.0 / n
     zeta = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(t, lower=True), residual)
-    delta = o_bar.T @ zeta + momentum * previous
-    return delta, o_bar.T @ eps
+    back = jnp.stack([zeta, eps]) @ o_bar  # O_bar^T zeta and O_bar^T eps in one pass over O_bar
+    return back[0] + momentum * previous, back[1]
 
 
 def spring(

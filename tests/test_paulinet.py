@@ -1,4 +1,5 @@
 import dataclasses
+import logging
 
 import jax
 
@@ -11,7 +12,12 @@ import pytest  # noqa: E402
 from nnqmc.ansatz import slater_jastrow  # noqa: E402
 from nnqmc.ansatz.jastrow import electron_cusp  # noqa: E402
 from nnqmc.ansatz.paulinet import make_network, paulinet  # noqa: E402
-from nnqmc.laplacian import kinetic_energy_exact, kinetic_energy_forward  # noqa: E402
+from nnqmc.laplacian import (  # noqa: E402
+    SPARSITY,
+    kinetic_energy_exact,
+    kinetic_energy_forward,
+    sparsity_threshold,
+)
 from nnqmc.molecule import Molecule  # noqa: E402
 from nnqmc.scf import run_hf  # noqa: E402
 
@@ -169,6 +175,30 @@ def test_forward_laplacian_matches_exact(lih):
     np.testing.assert_allclose(t_fwd, t_exact, rtol=1e-5)
     t_fd = _fd_kinetic(lambda y: ansatz.log_psi(params, y), r[0])
     np.testing.assert_allclose(t_fd, t_fwd[0], rtol=1e-2, atol=1e-3)
+
+
+def test_sparse_forward_laplacian_equals_dense_and_stays_quiet(lih, caplog):
+    """folx's sparse Jacobians (the default threshold, and all electrons sparse) give the
+    dense result; its dense-fallback warning at our cutoffs is filtered, others are not."""
+    mol, scf = lih
+    assert [sparsity_threshold(n) for n in (2, 4, 10)] == [0, 3, 12]
+    ansatz = paulinet(scf, mol.charges, mol.coords, **SMALL)
+    params = _perturb(ansatz.init(jax.random.PRNGKey(0)))
+    r = _walkers(mol, 3, seed=4)
+
+    def kinetic(sparsity):
+        def one(p, x):
+            return kinetic_energy_forward(lambda y: ansatz.log_psi(p, y), x, sparsity)
+
+        return np.asarray(jax.jit(jax.vmap(one, (None, 0)))(params, r))
+
+    with caplog.at_level(logging.WARNING):
+        dense, default, all_sparse = kinetic(0.0), kinetic(SPARSITY), kinetic(1.0)
+    np.testing.assert_allclose(default, dense, rtol=1e-10)
+    np.testing.assert_allclose(all_sparse, dense, rtol=1e-10)
+    assert not [m for m in caplog.messages if "index operation" in m]
+    logging.getLogger().warning("Could not perform index operation elsewhere")
+    assert caplog.messages[-1].endswith("elsewhere")
 
 
 def test_jit_vmap_grad(lih):

@@ -1,0 +1,35 @@
+"""CPU threads: keep LAPACK from competing with XLA's own thread pool.
+
+On the CPU backend XLA runs every jitted program on its own thread pool, one thread per
+core. The LAPACK routines that jaxlib calls for factorisations inside those programs
+(Cholesky in SPRING, LU in the determinants) come from SciPy's OpenBLAS, which starts its
+own threads, one per core, that spin while they wait. The two pools then fight over the
+cores: on 2 cores a 256 x 256 Cholesky inside the SPRING step took 40 ms instead of
+0.5 ms, a third of a LiH training step. The matrices LAPACK sees here are small (at most
+walkers x walkers, factorised once a step, against the walkers^2 x parameters Gram
+product XLA computes), so one LAPACK thread costs nothing measurable.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS, so the limit below finds it)
+from threadpoolctl import threadpool_limits
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def single_threaded_blas(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` with every loaded BLAS/LAPACK library limited to one thread while it runs
+    (restored afterwards, so PySCF's mean-field runs outside keep their threads)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapped
