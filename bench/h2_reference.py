@@ -53,7 +53,7 @@ def main() -> None:
         for r in grid
     ]
     print("values =", grid.tolist())
-    print("reference =", [round(e, 7) for e in energies])
+    print("reference =", [round(float(e), 7) for e in energies])
 
 
 if __name__ == "__main__":
