@@ -3,8 +3,8 @@
 For two electrons CCSD is FCI, so the only error in the basis is the basis itself. This
 script extrapolates the correlation energy from cc-pVQZ and cc-pV5Z (``E_c(X) = E_CBS +
 A / X^3``; HF from cc-pV5Z), then removes what is left by comparing with the exact
-energies tabulated in ``REFERENCE_ENERGIES.md`` (Sims & Hagstrom 2006) and at 1.4/1.6 bohr
-(Kolos & Wolniewicz): the difference exact - CBS (between -0.23 and +0.06 mHa) is
+energies of ``systems/h2_scan.toml`` (``REFERENCE_ENERGIES.md``, Sims & Hagstrom 2006; 1.6 bohr:
+Kolos & Wolniewicz): the difference exact - CBS (between -0.23 and +0.06 mHa) is
 interpolated linearly in R and added. At the tabulated lengths the result is the exact
 value; in between, the uncertainty is of the order of the change of that difference
 between neighbouring nodes (<= 0.1 mHa between 3 and 4 bohr, <= 0.02 mHa below 3 bohr).
@@ -15,18 +15,18 @@ between neighbouring nodes (<= 0.1 mHa between 3 and 4 bohr, <= 0.02 mHa below 3
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
+import tomllib
 from pyscf import cc, gto, scf
 
-EXACT = {  # bohr: Ha
-    1.0: -1.1245397,
-    1.4: -1.1744757,
-    1.6: -1.1685836,
-    2.0: -1.1381330,
-    3.0: -1.0573263,
-    4.0: -1.0163903,
-}
+
+def exact_energies() -> dict[float, float]:
+    """bohr -> Ha: the exact energies that ``systems/h2_scan.toml`` carries."""
+    path = Path(__file__).resolve().parent.parent / "systems" / "h2_scan.toml"
+    scan = tomllib.loads(path.read_text())["scan"]
+    return dict(zip(scan["values"], scan["reference"], strict=True))
 
 
 def two_electron_energy(r: float, basis: str) -> tuple[float, float]:
@@ -45,11 +45,12 @@ def cbs_energy(r: float) -> float:
 def main() -> None:
     start, stop, count = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
     grid = np.round(np.linspace(start, stop, count), 6)
-    nodes = np.array(sorted(EXACT))
-    correction = np.array([EXACT[r] - cbs_energy(r) for r in nodes])
+    exact = exact_energies()
+    nodes = np.array(sorted(exact))
+    correction = np.array([exact[r] - cbs_energy(r) for r in nodes])
     print("exact - CBS(Q,5) at the nodes (mHa):", np.round(1e3 * correction, 4).tolist())
     energies = [
-        EXACT.get(float(r), cbs_energy(float(r)) + float(np.interp(r, nodes, correction)))
+        exact.get(float(r), cbs_energy(float(r)) + float(np.interp(r, nodes, correction)))
         for r in grid
     ]
     print("values =", grid.tolist())

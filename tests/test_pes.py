@@ -439,22 +439,19 @@ def test_h2_scan_reaches_the_exact_curve_and_its_slope(tmp_path):
             assert abs(force[0, 2] - H2_SLOPE[r]) < 3 * force_err[0, 2], (r, force, force_err)
 
 
-EXACT_H2 = {1.0: -1.1245397, 1.4: -1.1744757, 2.0: -1.1381330, 3.0: -1.0573263, 4.0: -1.0163903}
-
-
 @pytest.mark.parametrize("name", ["h2_scan", "h2_scan_dense"])
 def test_shipped_h2_scan_references_follow_the_exact_curve(name):
-    """Each shipped scan's ``reference`` is the exact energy where REFERENCE_ENERGIES.md
-    tabulates one, and a smooth curve with its minimum near 1.4 bohr in between."""
+    """Each shipped scan's ``reference`` is the exact energy where one is known (H2_EXACT),
+    and a smooth curve with its minimum near 1.4 bohr in between."""
     config = load_config(Path(__file__).parent.parent / "systems" / f"{name}.toml")
     coords, _ = generate(config.system.molecule, config.scan, config.system.basis)
     r = np.linalg.norm(coords[:, 1] - coords[:, 0], axis=-1)
     energy = np.asarray(config.scan.reference)
     assert energy.shape == r.shape
-    tabulated = [k for k, x in enumerate(r) if round(float(x), 6) in EXACT_H2]
+    tabulated = [k for k, x in enumerate(r) if round(float(x), 6) in H2_EXACT]
     assert len(tabulated) >= 4
     for k in tabulated:
-        assert energy[k] == EXACT_H2[round(float(r[k]), 6)]
+        assert energy[k] == H2_EXACT[round(float(r[k]), 6)]
     assert abs(r[np.argmin(energy)] - 1.4) <= 0.11
     if np.allclose(np.diff(r), r[1] - r[0]):  # equal steps: a 0.5 mHa slip in one value
         # shows as a 3 mHa fourth difference; the exact curve's are below 1.5 mHa from 1.75 bohr
