@@ -12,24 +12,9 @@ product XLA computes), so one LAPACK thread costs nothing measurable.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
-
 import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS, so the limit below finds it)
 from threadpoolctl import threadpool_limits
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def single_threaded_blas(fn: Callable[P, R]) -> Callable[P, R]:
-    """``fn`` with every loaded BLAS/LAPACK library limited to one thread while it runs
-    (restored afterwards, so PySCF's mean-field runs outside keep their threads)."""
-
-    @functools.wraps(fn)
-    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
-        with threadpool_limits(limits=1, user_api="blas"):
-            return fn(*args, **kwargs)
-
-    return wrapped
+single_threaded_blas = threadpool_limits.wrap(limits=1, user_api="blas")
+"""Decorator: every loaded BLAS/LAPACK library on one thread while the function runs
+(restored afterwards, so PySCF's mean-field runs outside keep their threads)."""
