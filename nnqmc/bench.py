@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from .api import Run, initial_walkers
-from .optimize import make_optimizer, per_walker_log_psi_grads, spring_direction
+from .optimize import jacobian_blocks, make_optimizer, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
 from .threads import single_threaded_blas
 from .train import TrainState, batch_local_energy, batch_log_psi, make_train_step
@@ -47,12 +47,13 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     cfg = run.config
     log_psi = batch_log_psi(run.ansatz)
     energies = jax.jit(batch_local_energy(run.ansatz, run.hamiltonian, cfg.train.laplacian))
-    jacobian = jax.jit(lambda p, r: per_walker_log_psi_grads(log_psi, p, r))
+    jacobian = jax.jit(lambda p, r: jacobian_blocks(log_psi, p, r))
     o = jacobian(params, walkers)
+    n_params = sum(b.shape[1] for b in o)
     e = energies(params, walkers)
     solve = jax.jit(
         lambda o, e: spring_direction(
-            o, e, jnp.zeros(o.shape[1], o.dtype), cfg.train.damping, cfg.train.momentum
+            o, e, jnp.zeros(n_params, o[0].dtype), cfg.train.damping, cfg.train.momentum
         )
     )
     return {

@@ -16,7 +16,17 @@ from jax.flatten_util import ravel_pytree
 
 import nnqmc  # noqa: F401  (enables x64)
 from nnqmc.config import TrainConfig
-from nnqmc.optimize import AXIS, SpringState, adam, make_optimizer, spring, vmc_gradient
+from nnqmc.optimize import (
+    AXIS,
+    SpringState,
+    adam,
+    jacobian_blocks,
+    leaf_groups,
+    make_optimizer,
+    spring,
+    spring_direction,
+    vmc_gradient,
+)
 
 DAMPING = 1e-3
 
@@ -286,3 +296,67 @@ def test_vmc_gradient_matches_covariance_formula():
     np.testing.assert_allclose(
         flat(jax.tree_util.tree_map(lambda a: a[0], g)), expected, rtol=1e-10
     )
+
+
+def test_leaf_groups_keep_big_leaves_alone_and_ravel_order():
+    assert leaf_groups([1, 2, 2000, 3, 4, 5000, 7], min_block=1024) == [
+        (0, 2),
+        (2, 3),
+        (3, 5),
+        (5, 6),
+        (6, 7),
+    ]
+    assert leaf_groups([5, 6], min_block=1024) == [(0, 2)]
+    assert leaf_groups([5, 6], min_block=1) == [(0, 1), (1, 2)]
+
+
+def mixed_log_psi(params, walkers):
+    """A log psi with leaves of several sizes and shapes, nonlinear in the parameters."""
+    h = jnp.tanh(walkers @ params["w1"] + params["b1"])
+    return h @ params["w2"] + params["c"] * jnp.sum(walkers**2, axis=1)
+
+
+@pytest.mark.parametrize("min_block", [1, 8, 10**9])
+def test_jacobian_blocks_concatenate_to_the_flat_jacobian(min_block):
+    key = jax.random.PRNGKey(3)
+    k1, k2, k3 = jax.random.split(key, 3)
+    params = {
+        "b1": jax.random.normal(k1, (6,)),
+        "c": jnp.array(0.2),
+        "w1": jax.random.normal(k2, (2, 6)),
+        "w2": jax.random.normal(k3, (6,)),
+    }
+    walkers = jax.random.normal(key, (5, 2))
+    blocks = jacobian_blocks(mixed_log_psi, params, walkers, min_block=min_block)
+    theta, unravel = ravel_pytree(params)
+    flat_jac = jax.jacrev(lambda t: mixed_log_psi(unravel(t), walkers))(theta)
+    np.testing.assert_allclose(np.concatenate(blocks, axis=1), flat_jac, rtol=1e-12)
+    assert len(blocks) == len(
+        leaf_groups([x.size for x in jax.tree_util.tree_leaves(params)], min_block)
+    )
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_spring_direction_from_blocks_matches_dense_numpy(dtype, momentum):
+    """Blocks give the dense result; large column means (constant-like gradients, e.g. of
+    a bias) do not spoil it, in float64 (projector centring) or float32 (explicit)."""
+    rng = np.random.default_rng(0)
+    n, sizes = 12, [10, 25, 15]
+    o = rng.normal(size=(n, sum(sizes))) + 300.0 * rng.normal(size=sum(sizes))
+    e = rng.normal(size=n)
+    previous = 0.1 * rng.normal(size=sum(sizes))
+    want = reference_direction(o, e, previous, DAMPING, momentum)
+    blocks = np.split(o, np.cumsum(sizes)[:-1], axis=1)
+    delta, minus_grad = spring_direction(
+        [jnp.asarray(b, dtype) for b in blocks],
+        jnp.asarray(e, dtype),
+        jnp.asarray(previous, dtype),
+        DAMPING,
+        momentum,
+    )
+    tol = 1e-9 if dtype == jnp.float64 else 2e-3
+    scale = np.linalg.norm(want)
+    assert np.linalg.norm(np.asarray(delta, np.float64) - want) / scale < tol
+    grad = 2 * ((o - o.mean(0)) * (e - e.mean())[:, None]).mean(0)
+    np.testing.assert_allclose(np.asarray(minus_grad, np.float64), -grad, rtol=tol, atol=tol)
