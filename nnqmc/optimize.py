@@ -129,6 +129,8 @@ def jacobian_blocks(
 
     grads = jax.vmap(jax.grad(one), in_axes=(None, 0))(params, walkers)
     leaves = [x.reshape(n, -1) for x in jax.tree_util.tree_leaves(grads)]
+    if not leaves:  # nothing to train (e.g. the bare HF ansatz): one empty block
+        return [jnp.zeros((n, 0), walkers.dtype)]
     groups = leaf_groups([x.shape[1] for x in leaves], min_block)
     return [jnp.concatenate(leaves[a:b], axis=1) if b - a > 1 else leaves[a] for a, b in groups]
 

@@ -360,3 +360,13 @@ def test_spring_direction_from_blocks_matches_dense_numpy(dtype, momentum):
     assert np.linalg.norm(np.asarray(delta, np.float64) - want) / scale < tol
     grad = 2 * ((o - o.mean(0)) * (e - e.mean())[:, None]).mean(0)
     np.testing.assert_allclose(np.asarray(minus_grad, np.float64), -grad, rtol=tol, atol=tol)
+
+
+def test_spring_with_no_parameters_is_a_no_op():
+    """An ansatz without trainable parameters (the bare HF determinant) still trains."""
+    x, e = toy_batch(9, 6)
+    log_psi = lambda params, walkers: jnp.sum(walkers**2, axis=1)
+    blocks = jacobian_blocks(log_psi, {}, jnp.asarray(x))
+    assert [b.shape for b in blocks] == [(6, 0)]
+    ((p, s, g),) = run_pmapped(spring(log_psi, 0.1, 10.0, DAMPING, 0.9, 0.1), {}, [(x, e)])
+    assert p == {} and s.direction.shape == (0,) and float(g) == 0.0
