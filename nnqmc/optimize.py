@@ -141,14 +141,14 @@ def _centre(x: jax.Array) -> jax.Array:
 
 
 def spring_direction(
-    o: jax.Array | Sequence[jax.Array],
+    blocks: Sequence[jax.Array],
     e: jax.Array,
     previous: jax.Array,
     damping: float,
     momentum: float,
 ) -> tuple[jax.Array, jax.Array]:
-    """The SPRING direction from ALL walkers' O (N, P), or its column blocks (see
-    :func:`jacobian_blocks`), and clipped local energies e (N,).
+    """The SPRING direction from the column blocks of ALL walkers' O (N, P) (see
+    :func:`jacobian_blocks`; ``[O]`` is one block) and clipped local energies e (N,).
 
     With O_bar = (O - mean_i O) / sqrt(N) and eps = -2 (e - mean e) / sqrt(N) (so that
     O_bar^T eps = -grad E, the clipped VMC energy gradient):
@@ -169,7 +169,6 @@ def spring_direction(
     mean(O_p)^2`` (~1e-10 for LiH) against ``damping``; in float32 that bound is too loose,
     so there each block is centred first (one more pass over O).
     """
-    blocks = [o] if isinstance(o, jax.Array) else list(o)
     n = blocks[0].shape[0]
     dtype = blocks[0].dtype
     if jnp.finfo(dtype).bits < 64:
