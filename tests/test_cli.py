@@ -138,3 +138,23 @@ def test_console_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_bench_times_a_step_and_its_parts(tmp_path, capsys):
+    """``nnqmc bench``: the JSON has the step, its parts and the true parameter count."""
+    import jax
+
+    from nnqmc import api
+    from nnqmc.config import load_config
+
+    out = tmp_path / "bench.json"
+    small = ["ansatz.embedding_dim=8", "ansatz.layers=1", "ansatz.n_rbf=4"]
+    args = ["bench", str(H2), "--walkers", "8", "--steps", "2", "--json", str(out)]
+    assert main([*args, "--set", *small]) == 0
+    result = json.loads(out.read_text())
+    params = api.prepare(load_config(H2, small)).ansatz.init(jax.random.PRNGKey(0))
+    assert result["parameters"] == sum(x.size for x in jax.tree_util.tree_leaves(params))
+    assert result["walkers"] == 8 and result["timed_steps"] == 2
+    for key in ("seconds_per_step", "seconds_per_jacobian", "seconds_per_spring_solve"):
+        assert 0 < result[key] < 60
+    assert "seconds_per_step" in capsys.readouterr().out
