@@ -486,6 +486,7 @@ def train(
         clip_width=cfg.train.clip_width,
         target_acceptance=cfg.sampler.target_acceptance,
         engine=cfg.train.laplacian,
+        chunk=cfg.train.local_energy_chunk,
     )
     state = TrainState(
         replicate(params, n_devices), replicate(opt_state, n_devices), walkers, width
@@ -672,6 +673,7 @@ def evaluate(
         run.hamiltonian,
         sweeps=cfg.eval.decorrelation,
         engine=cfg.train.laplacian,
+        chunk=cfg.train.local_energy_chunk,
         observables=observables,
     )
     run_dir = Path(out_dir) if out_dir is not None else None

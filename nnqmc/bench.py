@@ -46,7 +46,11 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     O = d log|psi| / d theta (SPRING's Jacobian), and the SPRING solve from O."""
     cfg = run.config
     log_psi = batch_log_psi(run.ansatz)
-    energies = jax.jit(batch_local_energy(run.ansatz, run.hamiltonian, cfg.train.laplacian))
+    energies = jax.jit(
+        batch_local_energy(
+            run.ansatz, run.hamiltonian, cfg.train.laplacian, cfg.train.local_energy_chunk
+        )
+    )
     jacobian = jax.jit(lambda p, r: jacobian_blocks(log_psi, p, r))
     o = jacobian(params, walkers)
     n_params = sum(b.shape[1] for b in o)
@@ -86,6 +90,7 @@ def _time_steps(run: Run, optimizer, params, r, n_devices: int, steps: int, key)
         clip_width=cfg.train.clip_width,
         target_acceptance=cfg.sampler.target_acceptance,
         engine=cfg.train.laplacian,
+        chunk=cfg.train.local_energy_chunk,
     )
     t0 = time.perf_counter()
     state, stats = step(state, device_keys(key, 0, n_devices))

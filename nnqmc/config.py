@@ -53,7 +53,7 @@ __all__ = [
 
 ANSATZ_KINDS = ("hf", "jastrow", "paulinet")
 OPTIMIZERS = ("adam", "spring")
-LAPLACIANS = ("forward", "exact")
+LAPLACIANS = ("forward", "folx", "exact")
 BACKFLOW_FORMS = ("exp", "linear", "none")
 PRECISIONS = ("float32", "float64")
 UNITS = ("bohr", "angstrom")
@@ -167,6 +167,8 @@ class TrainConfig:
     clip_width: float = _f(5.0, check=_positive)
     max_grad_norm: float | None = _f(None, check=_positive)  # None: the optimizer's default
     laplacian: str = _f("forward", choices=LAPLACIANS)
+    # walkers per local-energy chunk; None: automatic (CPU ~1 MiB of Jacobians, GPU all)
+    local_energy_chunk: int | None = _f(None, check=_positive)
     checkpoint_every: int = _f(100, check=_positive)
     max_bad_steps: int = _f(10, check=_positive)
     damping: float = _f(1e-3, check=_non_negative)

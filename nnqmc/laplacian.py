@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 LogPsi = Callable[[jax.Array], jax.Array]
 
@@ -77,4 +78,48 @@ def kinetic_energy_forward(log_psi: LogPsi, r: jax.Array, sparsity: float = SPAR
     return -0.5 * (result.laplacian + jnp.vdot(g, g))
 
 
-KINETIC_ENGINES = {"exact": kinetic_energy_exact, "forward": kinetic_energy_forward}
+def kinetic_energy_forward_with_features(
+    log_psi: Callable[[jax.Array, jax.Array], jax.Array],
+    r: jax.Array,
+    features: tuple[jax.Array, jax.Array, jax.Array],
+    sparsity: float = SPARSITY,
+) -> jax.Array:
+    """Forward Laplacian of ``log_psi(r, y(r))`` when the jet of ``y`` is known already:
+    ``features = (y, dy/dr, lap y)`` with the Jacobian of shape ``(3N,) + y.shape``.
+
+    folx then only propagates through what follows ``y`` (and through ``r`` directly), which
+    lets an ansatz compute the jet of its expensive part by hand (see
+    :mod:`nnqmc.ansatz.embedding_laplacian`)."""
+    import folx
+    from folx.api import FwdJacobian, FwdLaplArray
+
+    n_coords = r.size
+    threshold = sparsity_threshold(r.shape[0], sparsity)
+    if threshold:
+        identity = FwdJacobian(
+            jnp.ones((1, *r.shape), r.dtype), np.arange(n_coords).reshape(1, *r.shape)
+        )
+    else:
+        identity = FwdJacobian.from_dense(jnp.eye(n_coords, dtype=r.dtype).reshape(-1, *r.shape))
+    y, y_jac, y_lap = features
+    r_in = FwdLaplArray(r, identity, jnp.zeros_like(r))
+    y_in = FwdLaplArray(y, FwdJacobian.from_dense(y_jac), y_lap)
+    laplacian = folx.forward_laplacian(log_psi, sparsity_threshold=threshold, disable_jit=True)
+    quiet = _DropDenseFallbackWarning()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        result = laplacian(r_in, y_in)
+    finally:
+        root.removeFilter(quiet)
+    g = result.jacobian.dense_array
+    return -0.5 * (result.laplacian + jnp.vdot(g, g))
+
+
+KINETIC_ENGINES = {
+    "exact": kinetic_energy_exact,
+    "forward": kinetic_energy_forward,
+    "folx": kinetic_energy_forward,
+}
+"""For a bare ``log_psi`` "forward" and "folx" are the same; given an ansatz,
+:func:`nnqmc.train.batch_local_energy` lets "forward" use the ansatz's own kinetic energy."""

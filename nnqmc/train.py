@@ -6,6 +6,7 @@ rest is replicated. Each step function is compiled once per run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -58,13 +59,55 @@ def batch_log_psi(ansatz: Ansatz) -> Callable[[Any, jax.Array], jax.Array]:
     return jax.vmap(ansatz.log_psi, in_axes=(None, 0))
 
 
-def batch_local_energy(
-    ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str
-) -> Callable[[Any, jax.Array], jax.Array]:
-    def one(params, r):
-        return local_energy(lambda x: ansatz.log_psi(params, x), hamiltonian, r, engine)
+CHUNK_BYTES = 2**20
+"""Target size of one chunk's largest forward-Laplacian intermediate on CPU (~L2 cache)."""
 
-    return jax.vmap(one, in_axes=(None, 0))
+
+def local_energy_chunk(n_walkers: int, n_elec: int, itemsize: int, backend: str) -> int:
+    """Walkers per chunk of the local-energy batch.
+
+    On CPU the forward Laplacian is bound by memory traffic: each walker carries Jacobians
+    of about 3 n^2 x 32 numbers through the embedding, and a whole batch of them falls out
+    of the cache. Chunks of ~1 MiB of those (``lax.map``) were measured 1.7-2x faster
+    (2-core CPU, 256 walkers, float64: LiH 0.063 -> 0.036 s per batch in chunks of 64, H2O
+    0.33 -> 0.18-0.21 s in chunks of 4-32). On accelerators the batch stays whole.
+    """
+    if backend != "cpu":
+        return n_walkers
+    per_walker = 3 * n_elec**2 * 32 * itemsize
+    chunk = 2 ** int(math.log2(max(CHUNK_BYTES // per_walker, 1)))
+    return max(1, min(chunk, n_walkers))
+
+
+def batch_local_energy(
+    ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str, chunk: int | None = None
+) -> Callable[[Any, jax.Array], jax.Array]:
+    """Local energies of a batch of walkers; ``engine="forward"`` uses the ansatz's own
+    structured forward Laplacian where it has one (PauliNet), folx otherwise.
+
+    ``chunk`` walkers are evaluated at a time (``None``: :func:`local_energy_chunk`).
+    """
+    if engine == "forward" and ansatz.kinetic_energy is not None:
+        kinetic = ansatz.kinetic_energy
+
+        def one(params, r):
+            return kinetic(params, r) + hamiltonian.potential(r)
+
+    else:
+
+        def one(params, r):
+            return local_energy(lambda x: ansatz.log_psi(params, x), hamiltonian, r, engine)
+
+    def batch(params: Any, r: jax.Array) -> jax.Array:
+        n_walkers, n_elec = r.shape[:2]
+        size = chunk or local_energy_chunk(
+            n_walkers, n_elec, r.dtype.itemsize, jax.default_backend()
+        )
+        if size >= n_walkers:
+            return jax.vmap(one, in_axes=(None, 0))(params, r)
+        return jax.lax.map(lambda x: one(params, x), r, batch_size=size)
+
+    return batch
 
 
 def _energy_stats(e: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -82,6 +125,7 @@ def make_train_step(
     clip_width: float,
     target_acceptance: float,
     engine: str = "exact",
+    chunk: int | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """A pmapped ``step(state, keys, lr_scale=1.0) -> (state, stats)``.
 
@@ -92,7 +136,7 @@ def make_train_step(
     (no Metropolis moves) keeps the old one.
     """
     log_psi = batch_log_psi(ansatz)
-    energies = batch_local_energy(ansatz, hamiltonian, engine)
+    energies = batch_local_energy(ansatz, hamiltonian, engine, chunk)
 
     def step(state: TrainState, key: jax.Array, lr_scale: jax.Array):
         params = state.params
@@ -166,6 +210,7 @@ def make_eval_step(
     *,
     sweeps: int,
     engine: str = "exact",
+    chunk: int | None = None,
     observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable] | None = None,
 ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
     """A pmapped ``(params, walkers, width, keys) -> (walkers, stats)`` with frozen params.
@@ -174,7 +219,7 @@ def make_eval_step(
     each observable (a function of one walker's positions, or a :class:`WaveObservable`).
     """
     log_psi = batch_log_psi(ansatz)
-    energies = batch_local_energy(ansatz, hamiltonian, engine)
+    energies = batch_local_energy(ansatz, hamiltonian, engine, chunk)
     observables = observables or {}
 
     def step(params, walkers, width, key):

@@ -49,6 +49,8 @@ __all__ = [
     "init_mlp",
     "mlp",
     "radial_basis_parameters",
+    "radial_features",
+    "filter_hidden",
     "make_embedding",
 ]
 
@@ -115,6 +117,25 @@ def radial_basis_parameters(n_rbf: int, cutoff: float) -> tuple[np.ndarray, np.n
     return mu, np.maximum(sigma, MIN_WIDTH)
 
 
+def radial_features(
+    d: jax.Array, mu: np.ndarray, sigma: np.ndarray, cutoff: float
+) -> tuple[jax.Array, jax.Array]:
+    """The Gaussians g_k(d) in s = d^2/(1+d), shape (..., n_rbf), and the envelope e(d)."""
+    mu = jnp.asarray(mu, d.dtype)
+    sigma = jnp.asarray(sigma, d.dtype)
+    s = d * d / (1.0 + d)
+    basis = jnp.exp(-(((s[..., None] - mu) / sigma) ** 2))
+    envelope = jnp.maximum(1.0 - (d / cutoff) ** 2, 0.0) ** 3
+    return basis, envelope
+
+
+def filter_hidden(hidden: dict[str, jax.Array], rbf: jax.Array, env: jax.Array) -> jax.Array:
+    """Envelope-weighted hidden filter features ``[silu(rbf A + a) * env, env]``, (..., dim + 1):
+    each layer's filter is these times its head ``[[W], [b]]``."""
+    h = activation(rbf @ hidden["w"] + hidden["b"]) * env[..., None]
+    return jnp.concatenate([h, env[..., None]], axis=-1)
+
+
 def make_embedding(
     n_up: int,
     n_down: int,
@@ -167,12 +188,7 @@ def make_embedding(
         return params
 
     def features(d: jax.Array) -> tuple[jax.Array, jax.Array]:
-        mu = jnp.asarray(mu_np, d.dtype)
-        sigma = jnp.asarray(sigma_np, d.dtype)
-        s = d * d / (1.0 + d)
-        basis = jnp.exp(-(((s[..., None] - mu) / sigma) ** 2))
-        envelope = jnp.maximum(1.0 - (d / cutoff) ** 2, 0.0) ** 3
-        return basis, envelope
+        return radial_features(d, mu_np, sigma_np, cutoff)
 
     def apply(params: Params, r: jax.Array, coords: jax.Array) -> jax.Array:
         dt = r.dtype
@@ -188,10 +204,7 @@ def make_embedding(
 
         # static pair blocks; filters are only evaluated where needed, once for all layers
         def filters(which, rbf, env):
-            """Envelope-weighted hidden filter features [silu(rbf A + a) * env, env]."""
-            p = params["filters"][which]
-            hidden = activation(rbf @ p["hidden"]["w"] + p["hidden"]["b"]) * env[..., None]
-            return jnp.concatenate([hidden, env[..., None]], axis=-1)
+            return filter_hidden(params["filters"][which]["hidden"], rbf, env)
 
         def head(which, l, hidden):
             """Layer l's filter w(e) * env = [hidden * env, env] @ [[W], [b]]."""

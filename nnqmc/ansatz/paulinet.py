@@ -16,22 +16,24 @@ gamma) the ansatz is exactly the HF/CASSCF wavefunction.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..laplacian import kinetic_energy_forward_with_features
 from ..scf import SCFResult
 from . import Ansatz
 from .determinants import log_sum_determinants
 from .embedding import activation, init_mlp, make_embedding, mlp
+from .embedding_laplacian import Jet, make_embedding_laplacian
 from .jastrow import electron_cusp
 from .slater import SlaterPart, slater_part
 
 Params = Any
 
-__all__ = ["paulinet", "paulinet_from_slater", "make_network", "BACKFLOW_FORMS"]
+__all__ = ["paulinet", "paulinet_from_slater", "make_network", "Network", "BACKFLOW_FORMS"]
 
 # f as a function of the network output g (g = 0 at initialisation gives f = 1).
 # "exp" keeps every factor positive, so the backflow cannot open spurious nodes by a
@@ -41,6 +43,21 @@ BACKFLOW_FORMS = {
     "linear": lambda g: 1.0 + g,
     "none": lambda g: jnp.ones_like(g),
 }
+
+
+class Network(NamedTuple):
+    """The neural part of PauliNet.
+
+    ``init(key)``; ``apply(params, r, coords) -> (J, f_up, f_down)``, which is
+    ``heads(params, embed(params["embedding"], r, coords))``; ``embedding_jet`` gives the
+    embedding with its Jacobian and Laplacian (:mod:`~nnqmc.ansatz.embedding_laplacian`).
+    """
+
+    init: Callable[[jax.Array], Params]
+    apply: Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+    embed: Callable[[Params, jax.Array, jax.Array], jax.Array]
+    heads: Callable[[Params, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+    embedding_jet: Callable[[Params, jax.Array, jax.Array], Jet]
 
 
 def make_network(
@@ -57,10 +74,7 @@ def make_network(
     backflow_layers: int = 3,
     backflow: str = "exp",
     dtype=jnp.float64,
-) -> tuple[
-    Callable[[jax.Array], Params],
-    Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]],
-]:
+) -> Network:
     """The neural part: ``init(key)`` and ``apply(params, r, coords) -> (J, f_up, f_down)``.
 
     ``f_up``: (n_det, n_up, n_up), ``f_down``: (n_det, n_down, n_down), rows = electrons,
@@ -71,6 +85,9 @@ def make_network(
     dim = embedding_dim
     emb_init, emb_apply = make_embedding(
         n_up, n_down, n_atoms, dim=dim, layers=layers, n_rbf=n_rbf, cutoff=cutoff, dtype=dtype
+    )
+    emb_jet = make_embedding_laplacian(
+        n_up, n_down, n_atoms, dim=dim, layers=layers, n_rbf=n_rbf, cutoff=cutoff
     )
 
     def init(key: jax.Array) -> Params:
@@ -86,8 +103,7 @@ def make_network(
             },
         }
 
-    def apply(params: Params, r: jax.Array, coords: jax.Array):
-        x = emb_apply(params["embedding"], r, coords)
+    def heads(params: Params, x: jax.Array):
         jastrow = jnp.sum(mlp(params["jastrow"], x))
         bf = params["backflow"]
         hidden = x
@@ -99,7 +115,10 @@ def make_network(
         f_up, f_down = BACKFLOW_FORMS[backflow](g_up), BACKFLOW_FORMS[backflow](g_down)
         return jastrow, jnp.moveaxis(f_up, 1, 0), jnp.moveaxis(f_down, 1, 0)
 
-    return init, apply
+    def apply(params: Params, r: jax.Array, coords: jax.Array):
+        return heads(params, emb_apply(params["embedding"], r, coords))
+
+    return Network(init, apply, emb_apply, heads, emb_jet)
 
 
 def paulinet(
@@ -162,7 +181,7 @@ def paulinet_from_slater(
     n_det = slater.ci.shape[0]
     multi = n_det > 1
     coords_np = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
-    net_init, net_apply = make_network(
+    net = make_network(
         n_up,
         n_down,
         len(coords_np),
@@ -178,13 +197,14 @@ def paulinet_from_slater(
     )
 
     def init(key: jax.Array) -> Params:
-        params = {"net": net_init(key)}
+        params = {"net": net.init(key)}
         if multi:
             params["ci"] = jnp.asarray(slater.ci, dtype)
         return params
 
-    def apply(params: Params, r: jax.Array) -> tuple[jax.Array, jax.Array]:
-        jastrow, f_up, f_down = net_apply(params["net"], r, jnp.asarray(coords_np, r.dtype))
+    def from_embedding(params: Params, r: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(sign, log|psi|) given the embedding x of r."""
+        jastrow, f_up, f_down = net.heads(params["net"], x)
         up, down = slater.matrices(r)
         ci = params["ci"] if multi else jnp.asarray(slater.ci, r.dtype)
         sign, log = log_sum_determinants(up * f_up, down * f_down, ci)
@@ -193,4 +213,18 @@ def paulinet_from_slater(
             log = log + electron_cusp(r, n_up, n_down)
         return sign, log
 
-    return Ansatz(init, apply, n_up, n_down)
+    def apply(params: Params, r: jax.Array) -> tuple[jax.Array, jax.Array]:
+        coords = jnp.asarray(coords_np, r.dtype)
+        return from_embedding(params, r, net.embed(params["net"]["embedding"], r, coords))
+
+    def kinetic_energy(params: Params, r: jax.Array) -> jax.Array:
+        """Forward Laplacian with the embedding's jet written out by hand; folx does the rest."""
+        coords = jnp.asarray(coords_np, r.dtype)
+        x, jac, lap = net.embedding_jet(params["net"]["embedding"], r, coords)
+        n, dim = x.shape
+        jac = jnp.transpose(jac, (1, 2, 0, 3)).reshape(3 * n, n, dim)
+        return kinetic_energy_forward_with_features(
+            lambda y, z: from_embedding(params, y, z)[1], r, (x, jac, lap)
+        )
+
+    return Ansatz(init, apply, n_up, n_down, kinetic_energy)

@@ -1,0 +1,170 @@
+"""Forward Laplacian of the electron embedding, written out by hand to use its structure.
+
+A generic forward Laplacian (folx) carries the Jacobian with respect to all 3N coordinates
+through every intermediate, including each hidden unit of the pair filter networks. But a
+filter depends on its pair only through one distance d, so its whole jet follows from the
+scalar derivatives w'(d), w''(d) (two nested jvps in d) and the geometry of d:
+
+    grad w(d_ij) = w'(d) grad d_ij,        lap w(d_ij) = w''(d) |grad d|^2 + w'(d) lap d,
+
+with grad_{r_i} d_ij = u_ij = (r_i - r_j)/d_ij = -grad_{r_j} d_ij, |grad d|^2 = 2 and
+lap d = 4/d for an electron pair, and |grad d|^2 = 1, lap d = 2/d for an electron and a
+nucleus. Only the electron features x_i (n x dim) carry a full Jacobian, shape
+(n, n, 3, dim): [i, m, a, :] = d x_i / d r_{m,a}.
+
+A message z_i = sum_j w_ij h_j then has
+
+    d z_i / d r_{m,a} = delta_im sum_j w'_ij h_j u_ija - w'_im h_m u_ima + sum_j w_ij dh_j/dr_{m,a},
+    lap z_i = sum_j [ (lap w_ij) h_j + w_ij lap h_j + 2 w'_ij u_ij . (dh_j/dr_i - dh_j/dr_j) ].
+
+Everything matches :func:`nnqmc.ansatz.embedding.make_embedding`'s ``apply`` (the tests check
+value, Jacobian and Laplacian against autodiff).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .embedding import filter_hidden, radial_basis_parameters, radial_features
+
+Params = Any
+
+__all__ = ["Jet", "make_embedding_laplacian"]
+
+
+class Jet(NamedTuple):
+    """Features (n, dim) with their Jacobian (n, n, 3, dim) and Laplacian (n, dim)."""
+
+    value: jax.Array
+    jacobian: jax.Array
+    laplacian: jax.Array
+
+
+def _linear(jet: Jet, w: jax.Array, b: jax.Array | None = None) -> Jet:
+    value = jet.value @ w
+    return Jet(value if b is None else value + b, jet.jacobian @ w, jet.laplacian @ w)
+
+
+def _add(*jets: Jet) -> Jet:
+    return Jet(*(sum(parts) for parts in zip(*jets, strict=True)))
+
+
+def _silu(jet: Jet) -> Jet:
+    """silu(x) = x s(x): silu' = s (1 + x (1 - s)), silu'' = s (1 - s) (2 + x (1 - 2 s))."""
+    x = jet.value
+    s = jax.nn.sigmoid(x)
+    d1 = s * (1.0 + x * (1.0 - s))
+    d2 = s * (1.0 - s) * (2.0 + x * (1.0 - 2.0 * s))
+    grad2 = jnp.sum(jet.jacobian**2, axis=(1, 2))
+    return Jet(x * s, d1[:, None, None, :] * jet.jacobian, d1 * jet.laplacian + d2 * grad2)
+
+
+def scalar_jet(f: Callable[[jax.Array], jax.Array], d: jax.Array):
+    """``f(d), f'(d), f''(d)`` for an ``f`` that acts on each element of ``d`` separately."""
+    ones = jnp.ones_like(d)
+
+    def first(t):
+        return jax.jvp(f, (t,), (ones,))
+
+    (value, d1), (_, d2) = jax.jvp(first, (d,), (ones,))
+    return value, d1, d2
+
+
+def _pair_message(w: jax.Array, w1: jax.Array, lap_w: jax.Array, h: Jet, u: jax.Array) -> Jet:
+    """z_i = sum_j w_ij h_j; ``w``, ``w1`` = dw/dd, ``lap_w`` (n, n, dim), zero where
+    the pair is not summed; ``u`` (n, n, 3) the unit vectors (r_i - r_j)/d_ij."""
+    n = w.shape[0]
+    value = jnp.einsum("ijd,jd->id", w, h.value)
+    t = (w1 * h.value[None])[:, :, None, :] * u[..., None]  # [i, m, a, d]
+    own = jnp.eye(n, dtype=w.dtype)[:, :, None, None] * jnp.sum(t, axis=1)[:, None]
+    jac = own - t + jnp.einsum("ijd,jmad->imad", w, h.jacobian)
+    towards_i = jnp.einsum("ija,jiad->ijd", u, h.jacobian)
+    towards_j = jnp.einsum("ija,jad->ijd", u, jnp.einsum("jjad->jad", h.jacobian))
+    lap = jnp.sum(
+        lap_w * h.value[None] + w * h.laplacian[None] + 2.0 * w1 * (towards_i - towards_j),
+        axis=1,
+    )
+    return Jet(value, jac, lap)
+
+
+def make_embedding_laplacian(
+    n_up: int,
+    n_down: int,
+    n_atoms: int,
+    *,
+    dim: int = 64,
+    layers: int = 3,
+    n_rbf: int = 16,
+    cutoff: float = 10.0,
+) -> Callable[[Params, jax.Array, jax.Array], Jet]:
+    """``jet(params, r, coords) -> Jet`` of the embedding made by ``make_embedding`` with
+    the same arguments (and parameters from its ``init``)."""
+    del layers  # taken from the parameters
+    n = n_up + n_down
+    mu_np, sigma_np = radial_basis_parameters(n_rbf, cutoff)
+    spin = np.arange(n) < n_up
+    same_np = (spin[:, None] == spin[None, :]) & ~np.eye(n, dtype=bool)
+    anti_np = spin[:, None] != spin[None, :]
+
+    def hidden_jet(params, which, d):
+        def g(t):
+            rbf, env = radial_features(t, mu_np, sigma_np, cutoff)
+            return filter_hidden(params["filters"][which]["hidden"], rbf, env)
+
+        return scalar_jet(g, d)
+
+    def jet(params: Params, r: jax.Array, coords: jax.Array) -> Jet:
+        dt = r.dtype
+        coords = coords.astype(dt)
+        diff = r[:, None, :] - r[None, :, :]
+        d_ee = jnp.sqrt(jnp.sum(diff * diff, axis=-1) + jnp.eye(n, dtype=dt))
+        u_ee = diff / d_ee[..., None]
+        diff_en = r[:, None, :] - coords[None, :, :]
+        d_en = jnp.sqrt(jnp.sum(diff_en * diff_en, axis=-1) + 1e-30)
+        u_en = diff_en / d_en[..., None]
+
+        pair_filters = {}
+        for which, mask_np in (("same", same_np), ("anti", anti_np)):
+            g, g1, g2 = hidden_jet(params, which, d_ee)
+            mask = jnp.asarray(mask_np, dt)[..., None]
+            lap_g = 2.0 * g2 + (4.0 / d_ee)[..., None] * g1
+            pair_filters[which] = (g * mask, g1 * mask, lap_g * mask)
+        gn, gn1, gn2 = hidden_jet(params, "nuc", d_en)
+        lap_gn = gn2 + (2.0 / d_en)[..., None] * gn1
+        gn1_u = gn1[:, :, None, :] * u_en[..., None]  # [i, atom, a, e]
+
+        dim = params["spin"].shape[1]
+        x0 = jnp.concatenate(
+            [
+                jnp.broadcast_to(params["spin"][0], (n_up, dim)),
+                jnp.broadcast_to(params["spin"][1], (n_down, dim)),
+            ]
+        ).astype(dt)
+        x = Jet(x0, jnp.zeros((n, n, 3, dim), dt), jnp.zeros((n, dim), dt))
+        eye = jnp.eye(n, dtype=dt)[:, :, None, None]
+
+        for l, layer in enumerate(params["layers"]):
+            h = _linear(x, layer["h"])
+            upd = layer["update"]
+            parts = []
+            for k, which in enumerate(("same", "anti")):
+                head = params["filters"][which]["heads"][l]
+                g, g1, lap_g = pair_filters[which]
+                z = _pair_message(g @ head, g1 @ head, lap_g @ head, h, u_ee)
+                parts.append(_linear(z, upd["w"][k]))
+            nuc_w = params["filters"]["nuc"]["heads"][l][None] * layer["nuclei"][:, None]
+            z_nuc = Jet(
+                jnp.einsum("ike,ked->id", gn, nuc_w),
+                eye * jnp.einsum("ikae,ked->iad", gn1_u, nuc_w)[:, None],
+                jnp.einsum("ike,ked->id", lap_gn, nuc_w),
+            )
+            pre = _add(*parts, _linear(z_nuc, upd["w"][2], upd["b"]))
+            x = _add(x, _silu(pre))
+        return x
+
+    return jet
