@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from .api import Run, initial_walkers
+from .config import LAPLACIANS
 from .optimize import jacobian_blocks, make_optimizer, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
 from .threads import single_threaded_blas
@@ -67,6 +68,24 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     }
 
 
+def laplacian_engines(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
+    """Seconds per local-energy batch with each kinetic engine (same chunking), and how
+    many times faster the default ``forward`` engine is than ``folx`` (generic folx over
+    the whole log|psi|) and ``exact`` (jvp of grad)."""
+    cfg = run.config
+    seconds = {}
+    for engine in LAPLACIANS:
+        energies = jax.jit(
+            batch_local_energy(run.ansatz, run.hamiltonian, engine, cfg.train.local_energy_chunk)
+        )
+        seconds[engine] = _seconds(energies, params, walkers)
+    return {
+        **{f"seconds_per_local_energy_{k}": v for k, v in seconds.items()},
+        "laplacian_speedup_over_folx": seconds["folx"] / seconds["forward"],
+        "laplacian_speedup_over_exact": seconds["exact"] / seconds["forward"],
+    }
+
+
 def default_device_counts(n_devices: int, walkers: int) -> list[int]:
     """1, 2, 4, ... up to and including ``n_devices``, those that divide ``walkers``."""
     counts = [2**k for k in range(n_devices.bit_length()) if 2**k < n_devices] + [n_devices]
@@ -107,12 +126,18 @@ def _time_steps(run: Run, optimizer, params, r, n_devices: int, steps: int, key)
 
 @single_threaded_blas
 def benchmark(
-    run: Run, walkers: int, steps: int = 10, devices: Sequence[int] | None = None
+    run: Run,
+    walkers: int,
+    steps: int = 10,
+    devices: Sequence[int] | None = None,
+    laplacians: bool = False,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps after one warm-up (compile) step, for each device count.
 
     ``devices``: the numbers of local devices to time (default 1, 2, 4, ..., all); the
     top-level numbers are those of the largest, ``scaling`` has one row per count.
+    ``laplacians``: also time the local energies with every kinetic engine
+    (:func:`laplacian_engines`).
     """
     cfg = run.config
     available = device_count()
@@ -147,6 +172,8 @@ def benchmark(
     per_step = scaling[-1]["seconds_per_step"]
 
     parts = step_parts(run, params, r[: walkers // n_devices])
+    if laplacians:
+        parts.update(laplacian_engines(run, params, r[: walkers // n_devices]))
     return {
         "system": cfg.name,
         "ansatz": cfg.ansatz.kind,

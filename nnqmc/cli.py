@@ -123,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     bench.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    bench.add_argument(
+        "--laplacians",
+        action="store_true",
+        help="also time the local energies with every Laplacian engine (forward, folx, exact)",
+    )
     _add_pes(sub)
     return parser
 
@@ -265,7 +270,7 @@ def _bench(args) -> int:
     walkers = args.walkers or config.train.walkers
     if walkers <= 0 or args.steps <= 0:
         return _fail("--walkers and --steps must be positive")
-    result = benchmark(prepare(config), walkers, args.steps, args.devices)
+    result = benchmark(prepare(config), walkers, args.steps, args.devices, args.laplacians)
     print(format_table(result))
     if args.json:
         from .io import write_json_atomic

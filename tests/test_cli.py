@@ -149,7 +149,7 @@ def test_bench_times_a_step_and_its_parts(tmp_path, capsys):
 
     out = tmp_path / "bench.json"
     small = ["ansatz.embedding_dim=8", "ansatz.layers=1", "ansatz.n_rbf=4"]
-    args = ["bench", str(H2), "--walkers", "8", "--steps", "2", "--json", str(out)]
+    args = ["bench", str(H2), "--walkers", "8", "--steps", "2", "--json", str(out), "--laplacians"]
     assert main([*args, "--set", *small]) == 0
     result = json.loads(out.read_text())
     params = api.prepare(load_config(H2, small)).ansatz.init(jax.random.PRNGKey(0))
@@ -157,4 +157,9 @@ def test_bench_times_a_step_and_its_parts(tmp_path, capsys):
     assert result["walkers"] == 8 and result["timed_steps"] == 2
     for key in ("seconds_per_step", "seconds_per_jacobian", "seconds_per_spring_solve"):
         assert 0 < result[key] < 60
+    for engine in ("forward", "folx", "exact"):
+        assert 0 < result[f"seconds_per_local_energy_{engine}"] < 60
+    assert result["laplacian_speedup_over_exact"] == pytest.approx(
+        result["seconds_per_local_energy_exact"] / result["seconds_per_local_energy_forward"]
+    )
     assert "seconds_per_step" in capsys.readouterr().out
