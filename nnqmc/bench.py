@@ -32,13 +32,15 @@ def _peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _seconds(fn, *args, repeat: int = 3) -> float:
-    """Mean seconds of ``fn(*args)`` (already compiled by one call first)."""
+def _seconds(fn, *args, repeat: int = 5) -> float:
+    """Median seconds of ``fn(*args)`` over ``repeat`` calls, after one call that compiles."""
     jax.block_until_ready(fn(*args))
-    t0 = time.perf_counter()
+    times = []
     for _ in range(repeat):
+        t0 = time.perf_counter()
         jax.block_until_ready(fn(*args))
-    return (time.perf_counter() - t0) / repeat
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
