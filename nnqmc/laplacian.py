@@ -89,7 +89,9 @@ def kinetic_energy_forward_with_features(
 
     folx then only propagates through what follows ``y`` (and through ``r`` directly), which
     lets an ansatz compute the jet of its expensive part by hand (see
-    :mod:`nnqmc.ansatz.embedding_laplacian`)."""
+    :mod:`nnqmc.ansatz.embedding_laplacian`). folx takes inputs that are already
+    ``FwdLaplArray`` as they are (since 0.2.30 at least; the tests compare with the exact
+    Laplacian)."""
     import folx
     from folx.api import FwdJacobian, FwdLaplArray
 

@@ -63,6 +63,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--laplacian", choices=["default", "folx"], default="default", help="cfg.optim.laplacian"
     )
+    p.add_argument(
+        "--pretrain",
+        type=int,
+        default=0,
+        help="HF pretraining iterations (cfg.pretrain.iterations; FermiNet's default is 1000)",
+    )
+    p.add_argument("--curve", metavar="CSV", help="write step, seconds, energy of every step")
     p.add_argument("--params-only", action="store_true", help="count parameters and exit")
     return p.parse_args()
 
@@ -78,7 +85,7 @@ def make_config(args: argparse.Namespace, save_path: str):
     ]
     cfg.system.electrons = (2, 2)
     cfg.batch_size = args.walkers
-    cfg.pretrain.iterations = 0
+    cfg.pretrain.iterations = args.pretrain
     cfg.optim.iterations = args.steps
     cfg.optim.laplacian = args.laplacian
     if args.burn_in is not None:
@@ -133,6 +140,7 @@ class StepTimes(logging.Handler):
         super().__init__(level=logging.INFO)
         self.start: float | None = None
         self.steps: list[float] = []
+        self.energies: list[float] = []
         self.last_energy: float | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -145,7 +153,8 @@ class StepTimes(logging.Handler):
             try:
                 self.last_energy = float(record.args[1])
             except (TypeError, ValueError, IndexError):
-                pass
+                self.last_energy = float("nan")
+            self.energies.append(self.last_energy)
 
 
 def main() -> None:
@@ -188,6 +197,7 @@ def main() -> None:
             "mcmc_steps": int(cfg.mcmc.steps),
             "burn_in": int(cfg.mcmc.burn_in),
             "laplacian": cfg.optim.laplacian,
+            "pretrain_iterations": int(cfg.pretrain.iterations),
             "first_step_seconds": round(times.steps[0] - start, 4),
             "seconds_per_step": round(float(np.median(timed)), 5) if len(timed) else None,
             "steps_timed": int(len(timed)),
@@ -198,6 +208,11 @@ def main() -> None:
             "kfac_jax": metadata.version("kfac-jax"),
             "openblas_num_threads": os.environ["OPENBLAS_NUM_THREADS"],
         }
+        if args.curve:
+            with open(args.curve, "w") as f:
+                f.write("step,seconds,energy\n")
+                for k, (t, e) in enumerate(zip(times.steps, times.energies, strict=True)):
+                    f.write(f"{k},{t - start:.4f},{e!r}\n")
         print(json.dumps(result), flush=True)
     finally:
         shutil.rmtree(save_path, ignore_errors=True)
