@@ -30,7 +30,7 @@ def _reference(apply, params, r, coords):
 )
 def test_embedding_jet_matches_autodiff(n_up, n_down, n_atoms):
     init, apply = make_embedding(n_up, n_down, n_atoms, **SIZE)
-    jet = make_embedding_laplacian(n_up, n_down, n_atoms, **SIZE)
+    jet = make_embedding_laplacian(n_up, n_down, n_rbf=SIZE["n_rbf"], cutoff=SIZE["cutoff"])
     params = init(jax.random.PRNGKey(n_up + 3 * n_down + 7 * n_atoms))
     # biases start at zero; perturb them so that every term is exercised
     params = jax.tree_util.tree_map(

@@ -93,18 +93,10 @@ def _pair_message(w: jax.Array, w1: jax.Array, lap_w: jax.Array, h: Jet, u: jax.
 
 
 def make_embedding_laplacian(
-    n_up: int,
-    n_down: int,
-    n_atoms: int,
-    *,
-    dim: int = 64,
-    layers: int = 3,
-    n_rbf: int = 16,
-    cutoff: float = 10.0,
+    n_up: int, n_down: int, *, n_rbf: int = 16, cutoff: float = 10.0
 ) -> Callable[[Params, jax.Array, jax.Array], Jet]:
-    """``jet(params, r, coords) -> Jet`` of the embedding made by ``make_embedding`` with
-    the same arguments (and parameters from its ``init``)."""
-    del layers  # taken from the parameters
+    """``jet(params, r, coords) -> Jet`` of the embedding that ``make_embedding`` makes with
+    these arguments, for parameters from its ``init`` (which fix width, depth and nuclei)."""
     n = n_up + n_down
     mu_np, sigma_np = radial_basis_parameters(n_rbf, cutoff)
     spin = np.arange(n) < n_up

@@ -86,9 +86,7 @@ def make_network(
     emb_init, emb_apply = make_embedding(
         n_up, n_down, n_atoms, dim=dim, layers=layers, n_rbf=n_rbf, cutoff=cutoff, dtype=dtype
     )
-    emb_jet = make_embedding_laplacian(
-        n_up, n_down, n_atoms, dim=dim, layers=layers, n_rbf=n_rbf, cutoff=cutoff
-    )
+    emb_jet = make_embedding_laplacian(n_up, n_down, n_rbf=n_rbf, cutoff=cutoff)
 
     def init(key: jax.Array) -> Params:
         k_emb, k_jas, k_trunk, k_up, k_dn = jax.random.split(key, 5)
