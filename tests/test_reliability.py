@@ -314,8 +314,8 @@ def _poison_local_energies(monkeypatch, bad: set[int] | int) -> None:
         hit = calls[0] >= bad if isinstance(bad, int) else calls[0] in bad
         return np.float64(np.nan if hit else 0.0)
 
-    def batch_local_energy(ansatz, hamiltonian, engine):
-        energies = real(ansatz, hamiltonian, engine)
+    def batch_local_energy(ansatz, hamiltonian, engine, chunk=None):
+        energies = real(ansatz, hamiltonian, engine, chunk)
 
         def fn(params, walkers):
             e = energies(params, walkers)
