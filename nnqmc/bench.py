@@ -70,13 +70,15 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     }
 
 
-def laplacian_engines(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
+def laplacian_engines(
+    run: Run, params: Any, walkers: jax.Array, known: dict[str, float] | None = None
+) -> dict[str, float]:
     """Seconds per local-energy batch with each kinetic engine (same chunking), and how
     many times faster the default ``forward`` engine is than ``folx`` (generic folx over
-    the whole log|psi|) and ``exact`` (jvp of grad)."""
+    the whole log|psi|) and ``exact`` (jvp of grad). ``known``: engines already timed."""
     cfg = run.config
-    seconds = {}
-    for engine in LAPLACIANS:
+    seconds = dict(known or {})
+    for engine in (e for e in LAPLACIANS if e not in seconds):
         energies = jax.jit(
             batch_local_energy(run.ansatz, run.hamiltonian, engine, cfg.train.local_energy_chunk)
         )
@@ -175,7 +177,8 @@ def benchmark(
 
     parts = step_parts(run, params, r[: walkers // n_devices])
     if laplacians:
-        parts.update(laplacian_engines(run, params, r[: walkers // n_devices]))
+        known = {cfg.train.laplacian: parts["seconds_per_local_energy_batch"]}
+        parts.update(laplacian_engines(run, params, r[: walkers // n_devices], known))
     return {
         "system": cfg.name,
         "ansatz": cfg.ansatz.kind,

@@ -67,11 +67,17 @@ def kinetic_energy_forward(log_psi: LogPsi, r: jax.Array, sparsity: float = SPAR
         lambda x: log_psi(x.reshape(shape)),
         sparsity_threshold=sparsity_threshold(shape[0], sparsity),
     )
+    return _kinetic_from_folx(laplacian, r.reshape(-1))
+
+
+def _kinetic_from_folx(laplacian: Callable, *args) -> jax.Array:
+    """-1/2 (lap f + |grad f|^2) from a folx-transformed f, with folx's expected
+    dense-fallback warning filtered."""
     quiet = _DropDenseFallbackWarning()
     root = logging.getLogger()
     root.addFilter(quiet)
     try:
-        result = laplacian(r.reshape(-1))
+        result = laplacian(*args)
     finally:
         root.removeFilter(quiet)
     g = result.jacobian.dense_array
@@ -107,15 +113,7 @@ def kinetic_energy_forward_with_features(
     r_in = FwdLaplArray(r, identity, jnp.zeros_like(r))
     y_in = FwdLaplArray(y, FwdJacobian.from_dense(y_jac), y_lap)
     laplacian = folx.forward_laplacian(log_psi, sparsity_threshold=threshold, disable_jit=True)
-    quiet = _DropDenseFallbackWarning()
-    root = logging.getLogger()
-    root.addFilter(quiet)
-    try:
-        result = laplacian(r_in, y_in)
-    finally:
-        root.removeFilter(quiet)
-    g = result.jacobian.dense_array
-    return -0.5 * (result.laplacian + jnp.vdot(g, g))
+    return _kinetic_from_folx(laplacian, r_in, y_in)
 
 
 KINETIC_ENGINES = {

