@@ -12,7 +12,11 @@ The public Python API (see README, "Python API"):
 * observables: :func:`dipole_moment`, :func:`default_observables`.
 """
 
-import jax as _jax
+from .xla_cpu import disable_ynn_fusion as _disable_ynn_fusion
+
+_disable_ynn_fusion()
+
+import jax as _jax  # noqa: E402
 
 _jax.config.update("jax_enable_x64", True)
 

@@ -140,6 +140,14 @@ def _centre(x: jax.Array) -> jax.Array:
     return x - jnp.mean(x, axis=-1, keepdims=True)
 
 
+def _solve_float64(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
+    """``matrix^{-1} rhs`` for a symmetric positive definite N x N matrix, by Cholesky in
+    float64 (nnqmc enables x64): with float32 walkers only the N^2 P Gram product is float32,
+    not the N^3 / 3 factorisation of the damped, possibly ill-conditioned N x N matrix."""
+    factor = jax.scipy.linalg.cho_factor(matrix.astype(jnp.float64), lower=True)
+    return jax.scipy.linalg.cho_solve(factor, rhs.astype(jnp.float64))
+
+
 def spring_direction(
     blocks: Sequence[jax.Array],
     e: jax.Array,
@@ -183,7 +191,7 @@ def spring_direction(
     residual = eps - momentum * _centre(o_previous) / scale
     t = _centre(_centre(gram).T) / n
     t = 0.5 * (t + t.T) + damping * jnp.eye(n, dtype=dtype) + 1.0 / n
-    zeta = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(t, lower=True), residual)
+    zeta = _solve_float64(t, residual).astype(dtype)
     weights = _centre(jnp.stack([zeta, eps])) / scale
     back = jnp.concatenate([weights @ b for b in blocks], axis=1)
     return back[0] + momentum * previous, back[1]

@@ -34,6 +34,7 @@ block is the transpose of the up->down one) and n_elec * n_atoms electron–nucl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +68,7 @@ def init_linear(key: jax.Array, n_in: int, n_out: int, zero: bool = False, dtype
     if zero:
         w = jnp.zeros((n_in, n_out), dtype)
     else:
-        w = jax.random.normal(key, (n_in, n_out), dtype) / np.sqrt(max(n_in, 1))
+        w = jax.random.normal(key, (n_in, n_out), dtype) / math.sqrt(max(n_in, 1))
     return {"w": w, "b": jnp.zeros((n_out,), dtype)}
 
 
@@ -198,7 +199,7 @@ def make_embedding(
                 name: {
                     "hidden": init_linear(next(k), n_rbf, dim, dtype=dtype),
                     "heads": jax.random.normal(next(k), (layers, dim + 1, dim), dtype)
-                    / np.sqrt(dim),
+                    / math.sqrt(dim),
                 }
                 for name in ("same", "anti", "nuc")
             },
@@ -207,10 +208,10 @@ def make_embedding(
         for _ in range(layers):
             params["layers"].append(
                 {
-                    "h": jax.random.normal(next(k), (dim, dim), dtype) / np.sqrt(dim),
+                    "h": jax.random.normal(next(k), (dim, dim), dtype) / math.sqrt(dim),
                     "nuclei": jax.random.normal(next(k), (n_atoms, dim), dtype),
                     "update": {
-                        "w": jax.random.normal(next(k), (3, dim, dim), dtype) / np.sqrt(3 * dim),
+                        "w": jax.random.normal(next(k), (3, dim, dim), dtype) / math.sqrt(3 * dim),
                         "b": jnp.zeros((dim,), dtype),
                     },
                 }
