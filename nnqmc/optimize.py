@@ -184,7 +184,7 @@ def spring_direction(
     dtype = blocks[0].dtype
     gram_blocks = blocks
     if jnp.finfo(dtype).bits < 64:
-        gram_blocks = [b - jnp.mean(b, axis=0) for b in blocks]
+        gram_blocks = [b - jnp.ones((n,), dtype) @ b / n for b in blocks]
     scale = jnp.sqrt(jnp.asarray(n, dtype))
     offsets = np.cumsum([b.shape[1] for b in blocks])[:-1]
     previous_blocks = jnp.split(previous, offsets)
