@@ -12,9 +12,9 @@ The public Python API (see README, "Python API"):
 * observables: :func:`dipole_moment`, :func:`default_observables`.
 """
 
-from .xla_cpu import ynn_individual_dots_only as _ynn_individual_dots_only
+from .xla_cpu import disable_ynn_fusion as _disable_ynn_fusion
 
-_ynn_individual_dots_only()
+_disable_ynn_fusion()
 
 import jax as _jax  # noqa: E402
 
