@@ -1,16 +1,20 @@
 """XLA's CPU compiler: one setting nnqmc changes before JAX's backend starts.
 
-Recent jaxlibs hand float32 fusions on CPU to YNNPACK (``xla_cpu_experimental_ynn_fusion_type``).
-For what nnqmc computes, many small products of a few electrons by an embedding of 32–64
-features per walker, that is several times slower than XLA's own code. Measured on LiH,
-256 walkers, float32, 2 cores, each part compiled with and without it in one process:
+Recent jaxlibs hand elementwise, reduce and dot fusions on CPU to YNNPACK
+(``xla_cpu_experimental_ynn_fusion_type``). For what nnqmc computes, many small products of
+a few electrons by an embedding of 32–64 features per walker, that is several times slower
+than XLA's own code, so nnqmc turns all of them off. Measured on an idle 2-core CPU, LiH,
+256 walkers:
 
-- local energies (forward Laplacian): 39 ms with YNNPACK, 15 ms without;
-- per-walker parameter gradients: 53 ms and 19 ms;
-- 10 Metropolis steps: 79 ms and 23 ms.
+- float32, each part compiled with and without YNNPACK in one process: local energies
+  39 → 15 ms, per-walker parameter gradients 53 → 19 ms, 10 Metropolis steps 79 → 23 ms;
+- float64, whole training steps (``nnqmc bench``, separate rounds): 0.190 s with jaxlib's
+  default, 0.143–0.148 s without YNNPACK;
+- YNNPACK for individual dots only (faster for SPRING's one large Gram product on its own)
+  lost on whole steps: LiH float64 0.172–0.180 s, H2O float32 0.299 s against 0.204 s.
 
-float64 does not go through YNNPACK and is unaffected. The setting only applies if no
-JAX backend has started in this process yet; a user's own choice in ``XLA_FLAGS`` is kept.
+The setting only applies if no JAX backend has started in this process yet; a user's own
+``xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` is kept.
 """
 
 from __future__ import annotations
