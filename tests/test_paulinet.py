@@ -297,8 +297,8 @@ def _strong_float64(jaxpr) -> list[str]:
 
 def test_float32_ansatz_computes_in_float32(lih):
     """precision = "float32": parameters, log|psi| and its parameter gradient stay float32
-    throughout (an initialiser once divided by np.sqrt, a float64
-    scalar, and silently promoted half the network), and agree with float64 to f32 accuracy."""
+    throughout (initialisers once divided by np.sqrt, a float64 scalar, and silently
+    promoted half the network), and agree with float64 to float32 accuracy."""
     mol, scf = lih
     a32 = paulinet(scf, mol.charges, mol.coords, dtype=jnp.float32, **SMALL)
     a64 = paulinet(scf, mol.charges, mol.coords, **SMALL)

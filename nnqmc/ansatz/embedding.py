@@ -64,11 +64,17 @@ def activation(x: jax.Array) -> jax.Array:
     return x * jax.nn.sigmoid(x)
 
 
+def scaled_normal(key: jax.Array, shape: tuple[int, ...], fan_in: int, dtype) -> jax.Array:
+    """N(0, 1 / fan_in) weights in ``dtype`` (the scale is a Python float, which keeps the
+    dtype; a NumPy float64 scalar would promote float32 weights under x64)."""
+    return jax.random.normal(key, shape, dtype) / math.sqrt(max(fan_in, 1))
+
+
 def init_linear(key: jax.Array, n_in: int, n_out: int, zero: bool = False, dtype=jnp.float64):
     if zero:
         w = jnp.zeros((n_in, n_out), dtype)
     else:
-        w = jax.random.normal(key, (n_in, n_out), dtype) / math.sqrt(max(n_in, 1))
+        w = scaled_normal(key, (n_in, n_out), n_in, dtype)
     return {"w": w, "b": jnp.zeros((n_out,), dtype)}
 
 
@@ -198,8 +204,7 @@ def make_embedding(
             "filters": {
                 name: {
                     "hidden": init_linear(next(k), n_rbf, dim, dtype=dtype),
-                    "heads": jax.random.normal(next(k), (layers, dim + 1, dim), dtype)
-                    / math.sqrt(dim),
+                    "heads": scaled_normal(next(k), (layers, dim + 1, dim), dim, dtype),
                 }
                 for name in ("same", "anti", "nuc")
             },
@@ -208,10 +213,10 @@ def make_embedding(
         for _ in range(layers):
             params["layers"].append(
                 {
-                    "h": jax.random.normal(next(k), (dim, dim), dtype) / math.sqrt(dim),
+                    "h": scaled_normal(next(k), (dim, dim), dim, dtype),
                     "nuclei": jax.random.normal(next(k), (n_atoms, dim), dtype),
                     "update": {
-                        "w": jax.random.normal(next(k), (3, dim, dim), dtype) / math.sqrt(3 * dim),
+                        "w": scaled_normal(next(k), (3, dim, dim), 3 * dim, dtype),
                         "b": jnp.zeros((dim,), dtype),
                     },
                 }
