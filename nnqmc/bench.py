@@ -1,5 +1,6 @@
-"""``nnqmc bench``: compile time, seconds per training step and per part of it (local
-energies, per-walker parameter gradients, SPRING solve; the rest is sampling and the update),
+"""``nnqmc bench``: compile time, seconds per training step and per part of it (Metropolis
+sampling, local energies, per-walker parameter gradients, SPRING solve; the rest is the
+update and the step's bookkeeping),
 peak memory and parameter count for one system, as numbers (not a timed test).
 
 Seconds per step are reported against the number of devices (the same total walkers split
@@ -20,8 +21,9 @@ from .api import Run, initial_walkers
 from .config import LAPLACIANS
 from .optimize import jacobian_blocks, make_optimizer, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
+from .sampler import sample
 from .threads import single_threaded_blas
-from .train import TrainState, batch_local_energy, batch_log_psi, make_train_step
+from .train import TrainState, batch_local_energy, batch_log_psi, make_eval_step, make_train_step
 
 
 def _peak_memory_bytes() -> int:
@@ -44,11 +46,20 @@ def _seconds(fn, *args, repeat: int = 5) -> float:
 
 
 def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
-    """Seconds of the main parts of a training step on one device's ``walkers``: local
-    energies (the configured Laplacian engine), the per-walker parameter gradients
-    O = d log|psi| / d theta (SPRING's Jacobian), and the SPRING solve from O."""
+    """Seconds of the main parts of a training step on one device's ``walkers``: the
+    step's Metropolis sweeps (``sampler.decorrelation`` of them), local energies (the
+    configured Laplacian engine), the per-walker parameter gradients
+    O = d log|psi| / d theta (SPRING's Jacobian), and the SPRING solve from O; and a whole
+    evaluation step (``eval.decorrelation`` sweeps and the local energies: what one step of
+    the evaluation phase, or a training step without its optimiser, costs)."""
     cfg = run.config
     log_psi = batch_log_psi(run.ansatz)
+    width = jnp.asarray(cfg.sampler.initial_width, walkers.dtype)
+    sampling = jax.jit(
+        lambda p, r, key: sample(
+            lambda x: log_psi(p, x), r, log_psi(p, r), key, width, cfg.sampler.decorrelation
+        )
+    )
     energies = jax.jit(
         batch_local_energy(
             run.ansatz, run.hamiltonian, cfg.train.laplacian, cfg.train.local_energy_chunk
@@ -63,7 +74,18 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
             o, e, jnp.zeros(n_params, o[0].dtype), cfg.train.damping, cfg.train.momentum
         )
     )
+    key = jax.random.PRNGKey(cfg.train.seed)
+    eval_step = make_eval_step(
+        run.ansatz,
+        run.hamiltonian,
+        sweeps=cfg.eval.decorrelation,
+        engine=cfg.train.laplacian,
+        chunk=cfg.train.local_energy_chunk,
+    )
+    eval_args = (replicate(params, 1), walkers[None], width[None], device_keys(key, 0, 1))
     return {
+        "seconds_per_eval_step": _seconds(eval_step, *eval_args),
+        "seconds_per_sampling": _seconds(sampling, params, walkers, key),
         "seconds_per_local_energy_batch": _seconds(energies, params, walkers),
         "seconds_per_jacobian": _seconds(jacobian, params, walkers),
         "seconds_per_spring_solve": _seconds(solve, o, e),

@@ -20,7 +20,8 @@ that commit's JAX package.) Run it from a scratch directory, one configuration p
 
 What is timed: FermiNet's own training loop on LiH (Li at the origin, H at (0, 0, 3.015)
 bohr, spin (2, 2)), 256 walkers, no pretraining, its default KFAC optimiser, its default
-MCMC (10 moves per iteration after 100 burn-in moves) and its default Laplacian. ``--size
+MCMC (10 moves per iteration after 100 burn-in moves) and its default Laplacian.
+``--optimizer adam`` or ``none`` (sampling and local energies only) time the parts. ``--size
 default`` is FermiNet's base network (4 x (256, 32) hidden units, 16 determinants: 683 744
 parameters for LiH); ``--size small`` is 3 x (60, 8) with 4 determinants (27 780 parameters,
 next to nnqmc's 28 165 for LiH). Each iteration's log line is time-stamped (it is written
@@ -69,6 +70,12 @@ def parse_args() -> argparse.Namespace:
         default=0,
         help="HF pretraining iterations (cfg.pretrain.iterations; FermiNet's default is 1000)",
     )
+    p.add_argument(
+        "--optimizer",
+        choices=["kfac", "adam", "none"],
+        default="kfac",
+        help="cfg.optim.optimizer; 'none' times sampling and local energies only",
+    )
     p.add_argument("--curve", metavar="CSV", help="write step, seconds, energy of every step")
     p.add_argument("--params-only", action="store_true", help="count parameters and exit")
     return p.parse_args()
@@ -88,6 +95,7 @@ def make_config(args: argparse.Namespace, save_path: str):
     cfg.pretrain.iterations = args.pretrain
     cfg.optim.iterations = args.steps
     cfg.optim.laplacian = args.laplacian
+    cfg.optim.optimizer = args.optimizer
     if args.burn_in is not None:
         cfg.mcmc.burn_in = args.burn_in
     if args.size == "small":
@@ -197,6 +205,7 @@ def main() -> None:
             "mcmc_steps": int(cfg.mcmc.steps),
             "burn_in": int(cfg.mcmc.burn_in),
             "laplacian": cfg.optim.laplacian,
+            "optimizer": cfg.optim.optimizer,
             "pretrain_iterations": int(cfg.pretrain.iterations),
             "first_step_seconds": round(times.steps[0] - start, 4),
             "seconds_per_step": round(float(np.median(timed)), 5) if len(timed) else None,
