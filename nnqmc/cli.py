@@ -358,5 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + 2
 
 
+def entry() -> None:
+    """The ``nnqmc`` command: once re-executed with huge pages for large allocations where
+    that applies (:mod:`nnqmc.hugepages`), then :func:`main`."""
+    from .hugepages import reexec_with_hugepages
+
+    reexec_with_hugepages(sys.argv[1:])
+    sys.exit(main())
+
+
 if __name__ == "__main__":
     sys.exit(main())
