@@ -637,6 +637,20 @@ def _open_eval_log(run_dir: Path, records: dict[str, list]) -> io.AppendLog:
 
 
 @single_threaded_blas
+def eval_step(run: Run, observables: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """The run's pmapped evaluation step (:func:`nnqmc.train.make_eval_step` with the
+    config's sweeps, Laplacian engine and chunk)."""
+    cfg = run.config
+    return make_eval_step(
+        run.ansatz,
+        run.hamiltonian,
+        sweeps=cfg.eval.decorrelation,
+        engine=cfg.train.laplacian,
+        chunk=cfg.train.local_energy_chunk,
+        observables=observables,
+    )
+
+
 def evaluate(
     run: Run,
     params: Any,
@@ -668,14 +682,7 @@ def evaluate(
     walkers_d = scatter_walkers(jnp.asarray(walkers, run.dtype), n_devices)
     width_d = replicate(jnp.asarray(width, run.dtype), n_devices)
     params_d = replicate(params, n_devices)
-    step_fn = make_eval_step(
-        run.ansatz,
-        run.hamiltonian,
-        sweeps=cfg.eval.decorrelation,
-        engine=cfg.train.laplacian,
-        chunk=cfg.train.local_energy_chunk,
-        observables=observables,
-    )
+    step_fn = eval_step(run, observables)
     run_dir = Path(out_dir) if out_dir is not None else None
     tag = {
         **(tag or {}),

@@ -17,13 +17,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .api import Run, initial_walkers
+from .api import Run, eval_step, initial_walkers
 from .config import LAPLACIANS
 from .optimize import jacobian_blocks, make_optimizer, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
 from .sampler import sample
 from .threads import single_threaded_blas
-from .train import TrainState, batch_local_energy, batch_log_psi, make_eval_step, make_train_step
+from .train import TrainState, batch_local_energy, batch_log_psi, make_train_step
 
 
 def _peak_memory_bytes() -> int:
@@ -75,16 +75,9 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
         )
     )
     key = jax.random.PRNGKey(cfg.train.seed)
-    eval_step = make_eval_step(
-        run.ansatz,
-        run.hamiltonian,
-        sweeps=cfg.eval.decorrelation,
-        engine=cfg.train.laplacian,
-        chunk=cfg.train.local_energy_chunk,
-    )
     eval_args = (replicate(params, 1), walkers[None], width[None], device_keys(key, 0, 1))
     return {
-        "seconds_per_eval_step": _seconds(eval_step, *eval_args),
+        "seconds_per_eval_step": _seconds(eval_step(run), *eval_args),
         "seconds_per_sampling": _seconds(sampling, params, walkers, key),
         "seconds_per_local_energy_batch": _seconds(energies, params, walkers),
         "seconds_per_jacobian": _seconds(jacobian, params, walkers),

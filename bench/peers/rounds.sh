@@ -6,14 +6,15 @@
 #       bash bench/peers/rounds.sh
 #
 # Each run writes OUT/<name>_r<round>.log; its last line is a JSON object with
-# "seconds_per_step" (and, for nnqmc, the parts). FermiNet runs with YNNPACK off, as nnqmc does.
+# "seconds_per_step" (and, for nnqmc, the parts). FermiNet runs with YNNPACK off and with
+# glibc's huge-page tunable, the two process settings the nnqmc command makes for itself.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 OUT=${OUT:-/tmp/rounds}
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=1
-FN="env XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= ${FERMINET_PYTHON:?set FERMINET_PYTHON} $HERE/ferminet_lih.py --steps 30 --size small"
+FN="env XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= GLIBC_TUNABLES=glibc.malloc.hugetlb=1 ${FERMINET_PYTHON:?set FERMINET_PYTHON} $HERE/ferminet_lih.py --steps 30 --size small"
 NN="${NNQMC:-nnqmc} bench $ROOT/systems/lih.toml --walkers 256 --steps 20"
 run() {
   local name=$1
