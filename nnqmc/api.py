@@ -636,7 +636,6 @@ def _open_eval_log(run_dir: Path, records: dict[str, list]) -> io.AppendLog:
         raise RunError(_cannot_write(run_dir / io.EVAL_LOG, err)) from None
 
 
-@single_threaded_blas
 def eval_step(run: Run, observables: dict[str, Any] | None = None) -> Callable[..., Any]:
     """The run's pmapped evaluation step (:func:`nnqmc.train.make_eval_step` with the
     config's sweeps, Laplacian engine and chunk)."""
@@ -651,6 +650,7 @@ def eval_step(run: Run, observables: dict[str, Any] | None = None) -> Callable[.
     )
 
 
+@single_threaded_blas
 def evaluate(
     run: Run,
     params: Any,

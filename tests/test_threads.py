@@ -17,3 +17,11 @@ def test_blas_runs_on_one_thread_inside_and_keeps_its_threads_outside():
 
     assert inside(7) == [1] * len(before) + [7]
     assert _blas_threads() == before
+
+
+def test_long_running_entry_points_limit_blas():
+    """Training, evaluation and the benchmark run under :data:`single_threaded_blas`."""
+    from nnqmc import api, bench
+
+    for fn in (api.train, api.evaluate, bench.benchmark):
+        assert hasattr(fn, "__wrapped__"), fn.__name__
