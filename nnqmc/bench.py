@@ -21,9 +21,14 @@ from .api import Run, eval_step, initial_walkers
 from .config import LAPLACIANS
 from .optimize import jacobian_blocks, make_optimizer, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
-from .sampler import sample
 from .threads import single_threaded_blas
-from .train import TrainState, batch_local_energy, batch_log_psi, make_train_step
+from .train import (
+    TrainState,
+    batch_local_energy,
+    batch_log_psi,
+    make_sample_step,
+    make_train_step,
+)
 
 
 def _peak_memory_bytes() -> int:
@@ -54,11 +59,10 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     the evaluation phase, or a training step without its optimiser, costs)."""
     cfg = run.config
     log_psi = batch_log_psi(run.ansatz)
-    width = jnp.asarray(cfg.sampler.initial_width, walkers.dtype)
-    sampling = jax.jit(
-        lambda p, r, key: sample(
-            lambda x: log_psi(p, x), r, log_psi(p, r), key, width, cfg.sampler.decorrelation
-        )
+    sampling = make_sample_step(
+        run.ansatz,
+        sweeps=cfg.sampler.decorrelation,
+        target_acceptance=cfg.sampler.target_acceptance,
     )
     energies = jax.jit(
         batch_local_energy(
@@ -74,11 +78,12 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
             o, e, jnp.zeros(n_params, o[0].dtype), cfg.train.damping, cfg.train.momentum
         )
     )
+    width = jnp.asarray(cfg.sampler.initial_width, walkers.dtype)
     key = jax.random.PRNGKey(cfg.train.seed)
-    eval_args = (replicate(params, 1), walkers[None], width[None], device_keys(key, 0, 1))
+    device_args = (replicate(params, 1), walkers[None], width[None], device_keys(key, 0, 1))
     return {
-        "seconds_per_eval_step": _seconds(eval_step(run), *eval_args),
-        "seconds_per_sampling": _seconds(sampling, params, walkers, key),
+        "seconds_per_eval_step": _seconds(eval_step(run), *device_args),
+        "seconds_per_sampling": _seconds(sampling, *device_args),
         "seconds_per_local_energy_batch": _seconds(energies, params, walkers),
         "seconds_per_jacobian": _seconds(jacobian, params, walkers),
         "seconds_per_spring_solve": _seconds(solve, o, e),

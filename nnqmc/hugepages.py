@@ -21,7 +21,6 @@ is set. Python API users can set ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` thems
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,12 +42,10 @@ def thp_mode(path: Path = THP_MODE) -> str | None:
 
 def glibc_version() -> tuple[int, ...] | None:
     """(major, minor) of the running glibc, None for another C library."""
-    name, version = platform.libc_ver()
-    if name != "glibc" or not version:
-        return None
     try:
-        return tuple(int(x) for x in version.split(".")[:2])
-    except ValueError:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()  # e.g. "glibc 2.36"
+        return tuple(int(x) for x in version.split(".")[:2]) if name == "glibc" else None
+    except (ValueError, OSError, AttributeError):
         return None
 
 
