@@ -27,7 +27,7 @@ from .config import Config, load_config, to_toml
 from .estimate import estimate
 from .hamiltonian import Hamiltonian, MolecularHamiltonian
 from .molecule import Molecule
-from .optimize import make_optimizer
+from .optimize import Optimizer, make_optimizer
 from .parallel import (
     broadcast_from_main,
     device_count,
@@ -92,10 +92,38 @@ class Run:
     ansatz: Ansatz
     # (key, n_walkers) -> initial walkers; None: around the molecule's nuclei
     walker_init: Callable[[jax.Array, int], jax.Array] | None = None
+    # precision = "mixed": the same ansatz built in float32, which the optimizer differentiates
+    gradient_ansatz: Ansatz | None = None
+
+    def __post_init__(self) -> None:
+        if self.config.precision == "mixed" and self.gradient_ansatz is None:
+            raise RunError(
+                'precision = "mixed" needs the ansatz built in float32 as well (gradient_ansatz)'
+            )
 
     @property
     def dtype(self):
-        return jnp.float64 if self.config.precision == "float64" else jnp.float32
+        """Parameters, walkers and local energies: float32 only for precision = "float32"."""
+        return precision_dtype(self.config.precision)
+
+    @property
+    def gradient_dtype(self):
+        """The optimizer's per-walker gradients: float32 for "mixed", else :attr:`dtype`."""
+        return jnp.float32 if self.config.precision == "mixed" else self.dtype
+
+    def optimizer(self) -> Optimizer:
+        """The config's optimizer; with precision = "mixed" it differentiates the float32
+        copy of the ansatz (per-walker gradients and SPRING's Gram product in float32)."""
+        cfg = self.config
+        if cfg.precision == "mixed":
+            log_psi = batch_log_psi(self.gradient_ansatz)
+            return make_optimizer(cfg.train.optimizer, log_psi, cfg.train, jnp.float32)
+        return make_optimizer(cfg.train.optimizer, batch_log_psi(self.ansatz), cfg.train)
+
+
+def precision_dtype(precision: str) -> Any:
+    """The dtype of parameters, walkers and local energies for a ``precision`` setting."""
+    return jnp.float32 if precision == "float32" else jnp.float64
 
 
 @dataclass
@@ -121,8 +149,9 @@ class EvalResult:
     records: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def build_ansatz(config: Config, molecule: Molecule, scf: SCFResult) -> Ansatz:
-    dtype = jnp.float64 if config.precision == "float64" else jnp.float32
+def build_ansatz(config: Config, molecule: Molecule, scf: SCFResult, dtype: Any = None) -> Ansatz:
+    """The config's ansatz in ``dtype`` (default: that of ``config.precision``)."""
+    dtype = precision_dtype(config.precision) if dtype is None else dtype
     kind = config.ansatz.kind
     if kind in ("hf", "jastrow"):
         return slater_jastrow(
@@ -170,7 +199,11 @@ def prepare(config: Config) -> Run:
     hamiltonian = MolecularHamiltonian(
         molecule.charges, molecule.coords, molecule.n_up, molecule.n_down, external
     )
-    return Run(config, molecule, scf, hamiltonian, build_ansatz(config, molecule, scf))
+    ansatz = build_ansatz(config, molecule, scf)
+    gradient_ansatz = None
+    if config.precision == "mixed":
+        gradient_ansatz = build_ansatz(config, molecule, scf, jnp.float32)
+    return Run(config, molecule, scf, hamiltonian, ansatz, gradient_ansatz=gradient_ansatz)
 
 
 def initial_walkers(run: Run, key: jax.Array, n_walkers: int) -> jax.Array:
@@ -385,7 +418,7 @@ def _initial_parameters(run: Run) -> tuple[jax.Array, Any, Any, Any]:
     cfg = run.config
     key = jax.random.PRNGKey(cfg.train.seed)
     params = run.ansatz.init(jax.random.fold_in(key, _INIT))
-    optimizer = make_optimizer(cfg.train.optimizer, batch_log_psi(run.ansatz), cfg.train)
+    optimizer = run.optimizer()
     return key, params, optimizer, optimizer.init(params)
 
 

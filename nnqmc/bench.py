@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from .api import Run, eval_step, initial_walkers
 from .config import LAPLACIANS
-from .optimize import jacobian_blocks, make_optimizer, spring_direction
+from .optimize import cast_floats, jacobian_blocks, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
 from .threads import single_threaded_blas
 from .train import (
@@ -58,7 +58,6 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     evaluation step (``eval.decorrelation`` sweeps and the local energies: what one step of
     the evaluation phase, or a training step without its optimiser, costs)."""
     cfg = run.config
-    log_psi = batch_log_psi(run.ansatz)
     sampling = make_sample_step(
         run.ansatz,
         sweeps=cfg.sampler.decorrelation,
@@ -69,8 +68,11 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
             run.ansatz, run.hamiltonian, cfg.train.laplacian, cfg.train.local_energy_chunk
         )
     )
-    jacobian = jax.jit(lambda p, r: jacobian_blocks(log_psi, p, r))
-    o = jacobian(params, walkers)
+    gradient_log_psi = batch_log_psi(run.gradient_ansatz or run.ansatz)
+    params_g = cast_floats(params, run.gradient_dtype)
+    walkers_g = walkers.astype(run.gradient_dtype)
+    jacobian = jax.jit(lambda p, r: jacobian_blocks(gradient_log_psi, p, r))
+    o = jacobian(params_g, walkers_g)
     n_params = sum(b.shape[1] for b in o)
     e = energies(params, walkers)
     solve = jax.jit(
@@ -85,7 +87,7 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
         "seconds_per_eval_step": _seconds(eval_step(run), *device_args),
         "seconds_per_sampling": _seconds(sampling, *device_args),
         "seconds_per_local_energy_batch": _seconds(energies, params, walkers),
-        "seconds_per_jacobian": _seconds(jacobian, params, walkers),
+        "seconds_per_jacobian": _seconds(jacobian, params_g, walkers_g),
         "seconds_per_spring_solve": _seconds(solve, o, e),
     }
 
@@ -176,7 +178,7 @@ def benchmark(
     key = jax.random.PRNGKey(cfg.train.seed)
     params = run.ansatz.init(key)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
-    optimizer = make_optimizer(cfg.train.optimizer, batch_log_psi(run.ansatz), cfg.train)
+    optimizer = run.optimizer()
     r = initial_walkers(run, key, walkers)
     scaling = []
     for n in sorted(set(counts)):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .ansatz import Ansatz
-from .api import Run
+from .api import Run, precision_dtype
 from .config import DEFAULT_BASIS, Config, config_from_dict
 from .external import Observable, external_terms, standard_observables
 from .hamiltonian import Hamiltonian, nuclei, with_external
@@ -95,6 +95,7 @@ def custom_run(
     *,
     molecule: Molecule | None = None,
     initial_walkers: WalkerInit | None = None,
+    gradient_ansatz: Ansatz | None = None,
 ) -> Run:
     """A :class:`~nnqmc.api.Run` from objects, for :func:`nnqmc.train`/:func:`nnqmc.evaluate`.
 
@@ -102,6 +103,8 @@ def custom_run(
     ``[hamiltonian]`` terms are added to ``hamiltonian``. ``initial_walkers`` defaults to
     electrons around the nuclei of ``hamiltonian`` (or ``molecule``), or to
     :func:`gaussian_walkers` of width 1 bohr at the origin for a system without nuclei.
+    ``gradient_ansatz``: for ``precision = "mixed"`` (and only then), the same ansatz built
+    with ``dtype=jnp.float32``, whose per-walker gradients the optimizer uses.
     """
     config = settings() if config is None else config
     if (ansatz.n_up, ansatz.n_down) != (hamiltonian.n_up, hamiltonian.n_down):
@@ -110,10 +113,12 @@ def custom_run(
             f"Hamiltonian {hamiltonian.n_up} and {hamiltonian.n_down}"
         )
     hamiltonian = with_external(hamiltonian, external_terms(config.hamiltonian))
-    dtype = jnp.float64 if config.precision == "float64" else jnp.float32
+    dtype = precision_dtype(config.precision)
     if initial_walkers is None and molecule is None:
         initial_walkers = _default_walkers(hamiltonian, dtype)
-    return Run(config, molecule, None, hamiltonian, ansatz, initial_walkers)
+    if gradient_ansatz is not None and config.precision != "mixed":
+        raise ValueError('gradient_ansatz is only used with precision = "mixed"')
+    return Run(config, molecule, None, hamiltonian, ansatz, initial_walkers, gradient_ansatz)
 
 
 def default_observables(run: Run) -> dict[str, Observable]:

@@ -56,6 +56,16 @@ def vmc_gradient(
     return jax.lax.pmean(jax.grad(surrogate)(params), AXIS)
 
 
+def cast_floats(tree: Any, dtype: Any) -> Any:
+    """``tree`` with its floating-point leaves in ``dtype`` (integer leaves as they are)."""
+
+    def one(x):
+        x = jnp.asarray(x)
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree_util.tree_map(one, tree)
+
+
 def learning_rate_schedule(lr: float, decay_steps: float) -> optax.Schedule:
     """lr / (1 + step / decay_steps)."""
     return lambda step: lr / (1.0 + step / decay_steps)
@@ -70,15 +80,31 @@ class Optimizer:
 
 
 def adam(
-    log_psi: BatchLogPsi, learning_rate: float, decay_steps: float, max_grad_norm: float
+    log_psi: BatchLogPsi,
+    learning_rate: float,
+    decay_steps: float,
+    max_grad_norm: float,
+    gradient_dtype: Any = None,
 ) -> Optimizer:
+    """optax Adam on the clipped VMC gradient, with a global norm clip and a 1/(1 + k/K)
+    learning rate. ``gradient_dtype`` (e.g. float32 with float64 parameters): parameters
+    and walkers are cast to it before ``log_psi`` is differentiated."""
     tx = optax.chain(
         optax.clip_by_global_norm(max_grad_norm),
         optax.adam(learning_rate_schedule(learning_rate, decay_steps)),
     )
 
     def update(params, state, walkers, e_clipped):
-        grads = vmc_gradient(log_psi, params, walkers, e_clipped)
+        if gradient_dtype is None:
+            grads = vmc_gradient(log_psi, params, walkers, e_clipped)
+        else:
+            low = vmc_gradient(
+                log_psi,
+                cast_floats(params, gradient_dtype),
+                walkers.astype(gradient_dtype),
+                e_clipped,
+            )
+            grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), low, params)
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state, optax.tree_utils.tree_norm(grads)
 
@@ -182,6 +208,7 @@ def spring_direction(
     """
     n = blocks[0].shape[0]
     dtype = blocks[0].dtype
+    eps = (-2.0 * _centre(e) / jnp.sqrt(jnp.asarray(n, e.dtype))).astype(dtype)
     gram_blocks = blocks
     if jnp.finfo(dtype).bits < 64:
         gram_blocks = [b - jnp.ones((n,), dtype) @ b / n for b in blocks]
@@ -190,8 +217,6 @@ def spring_direction(
     previous_blocks = jnp.split(previous, offsets)
     gram = sum(b @ b.T for b in gram_blocks)
     o_previous = sum(b @ q for b, q in zip(blocks, previous_blocks, strict=True))
-    e = e.astype(dtype)
-    eps = -2.0 * _centre(e) / scale
     residual = eps - momentum * _centre(o_previous) / scale
     t = _centre(_centre(gram).T) / n
     t = 0.5 * (t + t.T) + damping * jnp.eye(n, dtype=dtype) + 1.0 / n
@@ -208,6 +233,7 @@ def spring(
     damping: float,
     momentum: float,
     max_norm: float,
+    gradient_dtype: Any = None,
 ) -> Optimizer:
     """SPRING (Goldshlager, Abrahamsen & Lin 2024): MinSR with damping and momentum.
 
@@ -227,6 +253,12 @@ def spring(
     ``||grad E|| = ||O_bar^T eps||`` (the same quantity Adam reports), not of the step.
 
     Memory: every device holds the N x P matrix O of all walkers; cost O(N^2 P + N^3).
+
+    ``gradient_dtype`` (``precision = "mixed"``: float32 with float64 parameters and
+    walkers): O, its Gram product and the direction are computed in that dtype from
+    parameters and walkers cast to it (``log_psi`` must then be the ansatz built in it);
+    the local energies are centred before the cast, the N x N Cholesky stays float64, and
+    the step is added to the parameters in their own dtype.
     """
     if momentum < 0.0 or momentum >= 1.0:
         raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
@@ -239,6 +271,8 @@ def spring(
 
     def update(params, state, walkers, e_clipped):
         flat, unravel = ravel_pytree(params)
+        if gradient_dtype is not None:
+            params, walkers = cast_floats(params, gradient_dtype), walkers.astype(gradient_dtype)
         blocks = [gather_devices(b) for b in jacobian_blocks(log_psi, params, walkers)]
         e = gather_devices(e_clipped)
         dtype = blocks[0].dtype
@@ -259,15 +293,18 @@ def spring(
 DEFAULTS = {"adam": (0.01, 1.0), "spring": (0.02, 0.1)}
 
 
-def make_optimizer(name: str, log_psi: BatchLogPsi, train_config) -> Optimizer:
-    """The optimizer named in the config; unset learning rate / norm take ``DEFAULTS``."""
+def make_optimizer(
+    name: str, log_psi: BatchLogPsi, train_config, gradient_dtype: Any = None
+) -> Optimizer:
+    """The optimizer named in the config; unset learning rate / norm take ``DEFAULTS``.
+    ``gradient_dtype``: the dtype ``log_psi`` is differentiated in, if not the parameters'."""
     if name not in DEFAULTS:
         raise ValueError(f"unknown optimizer {name!r}")
     lr, max_norm = DEFAULTS[name]
     lr = train_config.learning_rate or lr
     max_norm = train_config.max_grad_norm or max_norm
     if name == "adam":
-        return adam(log_psi, lr, train_config.lr_decay_steps, max_norm)
+        return adam(log_psi, lr, train_config.lr_decay_steps, max_norm, gradient_dtype)
     return spring(
         log_psi,
         lr,
@@ -275,4 +312,5 @@ def make_optimizer(name: str, log_psi: BatchLogPsi, train_config) -> Optimizer:
         train_config.damping,
         train_config.momentum,
         max_norm,
+        gradient_dtype,
     )

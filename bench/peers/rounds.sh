@@ -5,7 +5,8 @@
 #   FERMINET_PYTHON=/path/to/fnvenv/bin/python ROUNDS="1 2 3 4 5" OUT=/tmp/rounds \
 #       bash bench/peers/rounds.sh
 #
-# Each run writes OUT/<name>_r<round>.log; its last line is a JSON object with
+# ONLY="nnspring64 fnkfac64" runs just those configurations. Each run writes
+# OUT/<name>_r<round>.log; its last line is a JSON object with
 # "seconds_per_step" (and, for nnqmc, the parts). FermiNet runs with YNNPACK off and with
 # glibc's huge-page tunable, the two process settings the nnqmc command makes for itself.
 set -u
@@ -19,12 +20,14 @@ NN="${NNQMC:-nnqmc} bench $ROOT/systems/lih.toml --walkers 256 --steps 20"
 run() {
   local name=$1
   shift
+  case " ${ONLY:-${name%_r*}} " in *" ${name%_r*} "*) ;; *) return ;; esac
   (cd /tmp && eval "$@") > "$OUT/$name.log" 2>&1
   echo "$name rc=$? $(tail -1 "$OUT/$name.log" | cut -c1-120)"
 }
 for i in ${ROUNDS:-1 2 3}; do
   run nnspring64_r$i $NN
   run fnkfac64_r$i $FN --dtype float64
+  run nnspringmx_r$i $NN --set precision=mixed
   run nnadam64_r$i $NN --set train.optimizer=adam
   run fnadam64_r$i $FN --dtype float64 --optimizer adam
   run fnnone64_r$i $FN --dtype float64 --optimizer none
