@@ -123,16 +123,23 @@ def test_cast_floats_keeps_integers():
     assert out["n"].dtype == jnp.arange(3).dtype
 
 
+H2 = Molecule(("H", "H"), [[0.0, 0.0, 0.0], [0.0, 0.0, 1.4]])
+
+
+def _h2_mixed(basis: str, width: int, layers: int, **sections) -> nnqmc.Config:
+    return nnqmc.settings(
+        molecule=H2,
+        basis=basis,
+        precision="mixed",
+        ansatz={"embedding_dim": width, "layers": layers},
+        **sections,
+    )
+
+
 def test_mixed_run_from_config_and_custom_run():
     """prepare() builds the float32 copy; a custom run without one is refused."""
-    h2 = Molecule(("H", "H"), [[0.0, 0.0, 0.0], [0.0, 0.0, 1.4]])
-    config = nnqmc.settings(
-        molecule=h2,
-        basis="sto-3g",
-        precision="mixed",
-        ansatz={"embedding_dim": 8, "layers": 1},
-        train={"walkers": 16},
-    )
+    h2 = H2
+    config = _h2_mixed("sto-3g", 8, 1, train={"walkers": 16})
     run = nnqmc.prepare(config)
     assert run.dtype == jnp.float64 and run.gradient_dtype == jnp.float32
     p64 = run.ansatz.init(jax.random.PRNGKey(0))
@@ -151,17 +158,9 @@ def test_mixed_run_from_config_and_custom_run():
         )
 
 
-def test_mixed_training_lowers_h2_energy(tmp_path):
+def test_mixed_training_lowers_h2_energy():
     """A short mixed-precision SPRING run of H2 goes below HF and keeps float64 parameters."""
-    h2 = Molecule(("H", "H"), [[0.0, 0.0, 0.0], [0.0, 0.0, 1.4]])
-    config = nnqmc.settings(
-        molecule=h2,
-        basis="cc-pvdz",
-        precision="mixed",
-        ansatz={"embedding_dim": 16, "layers": 2},
-        train={"walkers": 128, "steps": 150},
-        eval={"steps": 100},
-    )
+    config = _h2_mixed("cc-pvdz", 16, 2, train={"walkers": 128, "steps": 150}, eval={"steps": 100})
     run = nnqmc.prepare(config)
     trained = nnqmc.train(run)
     assert {str(x.dtype) for x in jax.tree_util.tree_leaves(trained.params)} == {"float64"}
