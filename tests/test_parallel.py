@@ -87,17 +87,18 @@ STEP_SCRIPT = textwrap.dedent(
     import nnqmc
     from nnqmc import api
     from nnqmc.config import load_config
-    from nnqmc.optimize import make_optimizer
     from nnqmc.parallel import device_keys, first_replica, replicate, split_walkers
-    from nnqmc.train import TrainState, batch_log_psi, make_eval_step, make_train_step
+    from nnqmc.train import TrainState, make_eval_step, make_train_step
 
     h2, tiny = sys.argv[1], sys.argv[2:]
     flat = lambda tree: np.asarray(ravel_pytree(tree)[0]).tolist()
     same = lambda tree: all(np.array_equal(x, np.broadcast_to(x[0], x.shape), equal_nan=True)
                             for x in map(np.asarray, jax.tree_util.tree_leaves(tree)))
     out = {"n_devices": jax.device_count()}
-    for name in ("adam", "spring"):
-        cfg = load_config(h2, [*tiny, f"train.optimizer={name}"])
+    for name in ("adam", "spring", "spring-mixed"):
+        optimizer, _, precision = name.partition("-")
+        cfg = load_config(h2, [*tiny, f"train.optimizer={optimizer}",
+                               f"precision={precision or 'float64'}"])
         run = api.prepare(cfg)
         key = jax.random.PRNGKey(1)
         params = run.ansatz.init(key)
@@ -105,7 +106,7 @@ STEP_SCRIPT = textwrap.dedent(
         params = jax.tree_util.tree_map(
             lambda p: p + 0.1 * jax.random.normal(key, jnp.shape(p), jnp.result_type(p)), params)
         walkers = api.initial_walkers(run, jax.random.fold_in(key, 1), 16)
-        opt = make_optimizer(name, batch_log_psi(run.ansatz), cfg.train)
+        opt = run.optimizer()
         # no Metropolis sweeps: the walkers stay as given, whatever the device count
         step = make_train_step(run.ansatz, run.hamiltonian, opt, sweeps=0,
                                clip_width=cfg.train.clip_width, target_acceptance=0.5,
@@ -141,15 +142,17 @@ def test_one_vs_two_devices_same_step(tmp_path):
     assert rc == 0, err
     result = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT"))[6:])
     assert result["n_devices"] == 2
-    for name in ("adam", "spring"):
+    for name in ("adam", "spring", "spring-mixed"):
         one, two = result[f"{name}/1"], result[f"{name}/2"]
+        # mixed: float32 per-walker gradients, vectorised over 16 or 8 walkers
+        tol = 1e-5 if name.endswith("mixed") else 1e-10
         for a, b in zip(one[:2], two[:2], strict=True):
             assert a["finite"] == b["finite"] == 1.0
             assert a["replicated"] and b["replicated"]
-            np.testing.assert_allclose(b["params"], a["params"], rtol=1e-10, atol=1e-12)
-            np.testing.assert_allclose(b["opt_state"], a["opt_state"], rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(b["params"], a["params"], rtol=tol, atol=1e-2 * tol)
+            np.testing.assert_allclose(b["opt_state"], a["opt_state"], rtol=tol, atol=1e-2 * tol)
             for key in ("energy", "variance", "grad_norm"):
-                np.testing.assert_allclose(b[key], a[key], rtol=1e-10, err_msg=f"{name} {key}")
+                np.testing.assert_allclose(b[key], a[key], rtol=tol, err_msg=f"{name} {key}")
             assert a["grad_norm"] > 0
         assert one[0]["params"] != one[1]["params"]  # the updates moved them
     one, two = result["adam/1"][-1], result["adam/2"][-1]
