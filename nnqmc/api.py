@@ -111,14 +111,16 @@ class Run:
         """The optimizer's per-walker gradients: float32 for "mixed", else :attr:`dtype`."""
         return jnp.float32 if self.config.precision == "mixed" else self.dtype
 
+    def gradient_log_psi(self) -> Callable[[Any, jax.Array], jax.Array]:
+        """The batched log|psi| the optimizer differentiates, in :attr:`gradient_dtype`."""
+        return batch_log_psi(self.gradient_ansatz or self.ansatz)
+
     def optimizer(self) -> Optimizer:
         """The config's optimizer; with precision = "mixed" it differentiates the float32
         copy of the ansatz (per-walker gradients and SPRING's Gram product in float32)."""
         cfg = self.config
-        if cfg.precision == "mixed":
-            log_psi = batch_log_psi(self.gradient_ansatz)
-            return make_optimizer(cfg.train.optimizer, log_psi, cfg.train, jnp.float32)
-        return make_optimizer(cfg.train.optimizer, batch_log_psi(self.ansatz), cfg.train)
+        dtype = self.gradient_dtype if self.gradient_ansatz is not None else None
+        return make_optimizer(cfg.train.optimizer, self.gradient_log_psi(), cfg.train, dtype)
 
 
 def precision_dtype(precision: str) -> Any:

@@ -25,7 +25,6 @@ from .threads import single_threaded_blas
 from .train import (
     TrainState,
     batch_local_energy,
-    batch_log_psi,
     make_sample_step,
     make_train_step,
 )
@@ -68,7 +67,7 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
             run.ansatz, run.hamiltonian, cfg.train.laplacian, cfg.train.local_energy_chunk
         )
     )
-    gradient_log_psi = batch_log_psi(run.gradient_ansatz or run.ansatz)
+    gradient_log_psi = run.gradient_log_psi()
     params_g = cast_floats(params, run.gradient_dtype)
     walkers_g = walkers.astype(run.gradient_dtype)
     jacobian = jax.jit(lambda p, r: jacobian_blocks(gradient_log_psi, p, r))

@@ -66,6 +66,13 @@ def cast_floats(tree: Any, dtype: Any) -> Any:
     return jax.tree_util.tree_map(one, tree)
 
 
+def _in_dtype(params: Params, walkers: jax.Array, dtype: Any) -> tuple[Params, jax.Array]:
+    """Parameters and walkers cast to ``dtype`` (as they are for None)."""
+    if dtype is None:
+        return params, walkers
+    return cast_floats(params, dtype), walkers.astype(dtype)
+
+
 def learning_rate_schedule(lr: float, decay_steps: float) -> optax.Schedule:
     """lr / (1 + step / decay_steps)."""
     return lambda step: lr / (1.0 + step / decay_steps)
@@ -95,16 +102,9 @@ def adam(
     )
 
     def update(params, state, walkers, e_clipped):
-        if gradient_dtype is None:
-            grads = vmc_gradient(log_psi, params, walkers, e_clipped)
-        else:
-            low = vmc_gradient(
-                log_psi,
-                cast_floats(params, gradient_dtype),
-                walkers.astype(gradient_dtype),
-                e_clipped,
-            )
-            grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), low, params)
+        p, r = _in_dtype(params, walkers, gradient_dtype)
+        grads = vmc_gradient(log_psi, p, r, e_clipped)
+        grads = jax.tree_util.tree_map(lambda g, q: g.astype(q.dtype), grads, params)
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state, optax.tree_utils.tree_norm(grads)
 
@@ -271,8 +271,7 @@ def spring(
 
     def update(params, state, walkers, e_clipped):
         flat, unravel = ravel_pytree(params)
-        if gradient_dtype is not None:
-            params, walkers = cast_floats(params, gradient_dtype), walkers.astype(gradient_dtype)
+        params, walkers = _in_dtype(params, walkers, gradient_dtype)
         blocks = [gather_devices(b) for b in jacobian_blocks(log_psi, params, walkers)]
         e = gather_devices(e_clipped)
         dtype = blocks[0].dtype
