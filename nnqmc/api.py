@@ -41,7 +41,7 @@ from .parallel import (
     scatter_walkers,
 )
 from .plot import plot_training
-from .sampler import init_walkers
+from .sampler import StepScale, init_walkers, nucleus_step_scale
 from .scf import SCFResult, run_scf
 from .threads import single_threaded_blas
 from .train import (
@@ -115,6 +115,13 @@ class Run:
         """The batched log|psi| the optimizer differentiates, in :attr:`gradient_dtype`."""
         return batch_log_psi(self.gradient_ansatz or self.ansatz)
 
+    def step_scale(self) -> StepScale | None:
+        """The Metropolis step scale per electron of ``sampler.proposal`` (None: uniform;
+        also for runs without nuclei)."""
+        if self.config.sampler.proposal == "uniform" or self.molecule is None:
+            return None
+        return nucleus_step_scale(self.molecule.coords)
+
     def optimizer(self) -> Optimizer:
         """The config's optimizer; with precision = "mixed" it differentiates the float32
         copy of the ansatz (per-walker gradients and SPRING's Gram product in float32)."""
@@ -164,9 +171,30 @@ def build_ansatz(config: Config, molecule: Molecule, scf: SCFResult, dtype: Any 
             cusp=config.ansatz.cusp_correction,
             dtype=dtype,
         )
+    a = config.ansatz
+    if kind == "generalized":
+        from .ansatz.generalized import generalized_from_slater
+        from .ansatz.slater import slater_part
+
+        return generalized_from_slater(
+            slater_part(scf, molecule.charges, cusp=a.cusp_correction, dtype=dtype),
+            molecule.coords,
+            molecule.charges,
+            embedding_dim=a.embedding_dim,
+            layers=a.layers,
+            n_rbf=a.n_rbf,
+            cutoff=a.cutoff,
+            jastrow_layers=a.jastrow_layers,
+            backflow_layers=a.backflow_layers,
+            full_determinant=a.full_determinant,
+            envelopes=a.envelopes,
+            en_vectors=a.en_vectors,
+            copies=a.copies,
+            ee_cusp=a.ee_cusp,
+            dtype=dtype,
+        )
     from .ansatz.paulinet import paulinet
 
-    a = config.ansatz
     return paulinet(
         scf,
         molecule.charges,
@@ -405,7 +433,10 @@ def _burn_in(run: Run, params, walkers, width, key, n_devices, progress):
     if n_burn == 0:
         return walkers, width
     step = make_sample_step(
-        run.ansatz, sweeps=cfg.decorrelation, target_acceptance=cfg.target_acceptance
+        run.ansatz,
+        sweeps=cfg.decorrelation,
+        target_acceptance=cfg.target_acceptance,
+        step_scale=run.step_scale(),
     )
     params_r = replicate(params, n_devices)
     for k in range(n_burn):
@@ -522,6 +553,7 @@ def train(
         target_acceptance=cfg.sampler.target_acceptance,
         engine=cfg.train.laplacian,
         chunk=cfg.train.local_energy_chunk,
+        step_scale=run.step_scale(),
     )
     state = TrainState(
         replicate(params, n_devices), replicate(opt_state, n_devices), walkers, width
@@ -682,6 +714,7 @@ def eval_step(run: Run, observables: dict[str, Any] | None = None) -> Callable[.
         engine=cfg.train.laplacian,
         chunk=cfg.train.local_energy_chunk,
         observables=observables,
+        step_scale=run.step_scale(),
     )
 
 

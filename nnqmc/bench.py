@@ -61,6 +61,7 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
         run.ansatz,
         sweeps=cfg.sampler.decorrelation,
         target_acceptance=cfg.sampler.target_acceptance,
+        step_scale=run.step_scale(),
     )
     energies = jax.jit(
         batch_local_energy(
@@ -135,6 +136,7 @@ def _time_steps(run: Run, optimizer, params, r, n_devices: int, steps: int, key)
         target_acceptance=cfg.sampler.target_acceptance,
         engine=cfg.train.laplacian,
         chunk=cfg.train.local_energy_chunk,
+        step_scale=run.step_scale(),
     )
     t0 = time.perf_counter()
     state, stats = step(state, device_keys(key, 0, n_devices))

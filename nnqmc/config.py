@@ -51,11 +51,12 @@ __all__ = [
     "to_toml",
 ]
 
-ANSATZ_KINDS = ("hf", "jastrow", "paulinet")
+ANSATZ_KINDS = ("hf", "jastrow", "paulinet", "generalized")
 OPTIMIZERS = ("adam", "spring")
 LAPLACIANS = ("forward", "folx", "exact")
 BACKFLOW_FORMS = ("exp", "linear", "none")
 PRECISIONS = ("float32", "mixed", "float64")
+PROPOSALS = ("uniform", "nucleus")
 UNITS = ("bohr", "angstrom")
 SCAN_KINDS = ("bond", "angle", "grid", "normal_modes", "random", "xyz")
 DEFAULT_BASIS = "cc-pvdz"
@@ -146,6 +147,11 @@ class AnsatzConfig:
     backflow: str = _f("exp", choices=BACKFLOW_FORMS)  # f = exp(g) | 1 + g | off
     cas: tuple[int, int] | None = _f(None, check=_cas)  # [n_orbitals, n_electrons]
     determinants: int = _f(1, check=_positive)
+    # kind = "generalized" only (see nnqmc.ansatz.generalized):
+    full_determinant: bool = True  # one n x n determinant over both spins
+    envelopes: bool = True  # learned orbital corrections with exponential envelopes
+    en_vectors: bool = True  # r_i - R_I as embedding inputs
+    copies: int = _f(1, check=_positive)  # learned copies of each HF/CASSCF determinant
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,9 @@ class SamplerConfig:
     target_acceptance: float = _f(0.5, check=_open_unit)
     burn_in: int = _f(200, check=_non_negative)
     decorrelation: int = _f(10, check=_positive)
+    # step width per electron: the same for all, or growing with the distance to the
+    # nearest nucleus (core electrons small steps, valence large; nnqmc.sampler)
+    proposal: str = _f("uniform", choices=PROPOSALS)
 
 
 @dataclass(frozen=True)

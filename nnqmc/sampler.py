@@ -1,4 +1,11 @@
-"""Metropolis walkers sampling |psi|^2 with all-electron Gaussian moves."""
+"""Metropolis walkers sampling |psi|^2 with all-electron Gaussian moves.
+
+The move of electron i has the width ``w * s_i(r)``: ``w`` adapts to the target acceptance,
+``s_i`` is 1 (``proposal = "uniform"``) or grows with the electron's distance to its nearest
+nucleus (``"nucleus"``, :func:`nucleus_step_scale`), so that core electrons take small steps
+and valence electrons large ones. A position-dependent width makes the proposal asymmetric;
+the Metropolis–Hastings ratio q(r|r') / q(r'|r) corrects for it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 BatchLogPsi = Callable[[jax.Array], jax.Array]  # (n_walkers, n_elec, 3) -> (n_walkers,)
+StepScale = Callable[[jax.Array], jax.Array]  # (n_walkers, n_elec, 3) -> (n_walkers, n_elec)
 
 MIN_WIDTH, MAX_WIDTH = 1e-3, 5.0
 
@@ -60,18 +68,54 @@ def init_walkers(
     return (jnp.asarray(centers, dtype)[None] + spread * noise).astype(dtype)
 
 
+SCALE_RANGE = (0.2, 2.0)
+"""Bounds of the nucleus-distance step scale (bohr): steps stay finite on a nucleus and do
+not blow up for an electron far out."""
+
+
+def nucleus_step_scale(coords: np.ndarray, bounds: tuple[float, float] = SCALE_RANGE) -> StepScale:
+    """s_i = clip(min_I |r_i - R_I|, *bounds): the step scale of each electron."""
+    lo, hi = bounds
+    centres = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
+
+    def scale(walkers: jax.Array) -> jax.Array:
+        diff = walkers[..., None, :] - jnp.asarray(centres, walkers.dtype)
+        d = jnp.sqrt(jnp.min(jnp.sum(diff * diff, axis=-1), axis=-1))
+        return jnp.clip(d, lo, hi)
+
+    return scale
+
+
+def _log_proposal_density(step: jax.Array, sigma: jax.Array) -> jax.Array:
+    """log q of an all-electron Gaussian move ``step`` (W, n, 3) with widths ``sigma``
+    (W, n), up to a constant."""
+    return jnp.sum(-jnp.sum(step * step, axis=-1) / (2.0 * sigma**2) - 3.0 * jnp.log(sigma), -1)
+
+
 def metropolis_step(
     log_psi: BatchLogPsi,
     walkers: jax.Array,
     log_psi_now: jax.Array,
     key: jax.Array,
     width: jax.Array,
+    step_scale: StepScale | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One all-electron Gaussian move per walker, accepted with min(1, |psi'/psi|^2)."""
+    """One all-electron Gaussian move per walker, accepted with
+    min(1, |psi'/psi|^2 q(r|r') / q(r'|r)) (the q ratio is 1 without ``step_scale``)."""
     key_move, key_accept = jax.random.split(key)
-    proposal = walkers + width * jax.random.normal(key_move, walkers.shape, walkers.dtype)
-    log_psi_new = log_psi(proposal)
-    log_ratio = 2.0 * (log_psi_new - log_psi_now)
+    noise = jax.random.normal(key_move, walkers.shape, walkers.dtype)
+    if step_scale is None:
+        proposal = walkers + width * noise
+        log_psi_new = log_psi(proposal)
+        log_ratio = 2.0 * (log_psi_new - log_psi_now)
+    else:
+        sigma = width * step_scale(walkers)
+        step = sigma[..., None] * noise
+        proposal = walkers + step
+        sigma_back = width * step_scale(proposal)
+        log_psi_new = log_psi(proposal)
+        hastings = _log_proposal_density(step, sigma_back) - _log_proposal_density(step, sigma)
+        log_ratio = 2.0 * (log_psi_new - log_psi_now) + hastings
     u = jax.random.uniform(key_accept, log_ratio.shape, walkers.dtype)
     accept = jnp.log(u) < log_ratio
     walkers = jnp.where(accept[:, None, None], proposal, walkers)
@@ -86,13 +130,14 @@ def sample(
     key: jax.Array,
     width: jax.Array,
     n_steps: int,
+    step_scale: StepScale | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``n_steps`` Metropolis steps; returns walkers, their log|psi| and the mean acceptance."""
 
     def body(k, carry):
         walkers, log_psi_now, accepted = carry
         walkers, log_psi_now, acc = metropolis_step(
-            log_psi, walkers, log_psi_now, jax.random.fold_in(key, k), width
+            log_psi, walkers, log_psi_now, jax.random.fold_in(key, k), width, step_scale
         )
         return walkers, log_psi_now, accepted + acc
 

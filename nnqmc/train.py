@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from .ansatz import Ansatz
 from .hamiltonian import Hamiltonian, local_energy
 from .optimize import AXIS, Optimizer, clip_local_energies
-from .sampler import adapt_width, sample
+from .sampler import StepScale, adapt_width, sample
 
 
 class WaveObservable(NamedTuple):
@@ -127,6 +127,7 @@ def make_train_step(
     target_acceptance: float,
     engine: str = "exact",
     chunk: int | None = None,
+    step_scale: StepScale | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """A pmapped ``step(state, keys, lr_scale=1.0) -> (state, stats)``.
 
@@ -148,6 +149,7 @@ def make_train_step(
             key,
             state.width,
             sweeps,
+            step_scale,
         )
         acceptance = jax.lax.pmean(acceptance, AXIS)
         e = energies(params, walkers)
@@ -190,14 +192,24 @@ def make_train_step(
 
 
 def make_sample_step(
-    ansatz: Ansatz, *, sweeps: int, target_acceptance: float
+    ansatz: Ansatz,
+    *,
+    sweeps: int,
+    target_acceptance: float,
+    step_scale: StepScale | None = None,
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
     """A pmapped burn-in step ``(params, walkers, width, keys) -> (walkers, width, acc)``."""
     log_psi = batch_log_psi(ansatz)
 
     def step(params, walkers, width, key):
         walkers, _, acceptance = sample(
-            lambda r: log_psi(params, r), walkers, log_psi(params, walkers), key, width, sweeps
+            lambda r: log_psi(params, r),
+            walkers,
+            log_psi(params, walkers),
+            key,
+            width,
+            sweeps,
+            step_scale,
         )
         acceptance = jax.lax.pmean(acceptance, AXIS)
         return walkers, adapt_width(width, acceptance, target_acceptance), acceptance
@@ -213,6 +225,7 @@ def make_eval_step(
     engine: str = "exact",
     chunk: int | None = None,
     observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable] | None = None,
+    step_scale: StepScale | None = None,
 ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
     """A pmapped ``(params, walkers, width, keys) -> (walkers, stats)`` with frozen params.
 
@@ -225,7 +238,13 @@ def make_eval_step(
 
     def step(params, walkers, width, key):
         walkers, _, acceptance = sample(
-            lambda r: log_psi(params, r), walkers, log_psi(params, walkers), key, width, sweeps
+            lambda r: log_psi(params, r),
+            walkers,
+            log_psi(params, walkers),
+            key,
+            width,
+            sweeps,
+            step_scale,
         )
         e = energies(params, walkers)
         stats = {

@@ -95,10 +95,15 @@ STEP_SCRIPT = textwrap.dedent(
     same = lambda tree: all(np.array_equal(x, np.broadcast_to(x[0], x.shape), equal_nan=True)
                             for x in map(np.asarray, jax.tree_util.tree_leaves(tree)))
     out = {"n_devices": jax.device_count()}
-    for name in ("adam", "spring", "spring-mixed"):
-        optimizer, _, precision = name.partition("-")
+    generalized = ["ansatz.kind=generalized", "ansatz.embedding_dim=8", "ansatz.layers=1",
+                   "ansatz.n_rbf=4", "ansatz.jastrow_layers=1", "ansatz.backflow_layers=1",
+                   "ansatz.copies=2"]
+    cases = {"adam": ("adam", "float64", []), "spring": ("spring", "float64", []),
+             "spring-mixed": ("spring", "mixed", []),
+             "spring-generalized": ("spring", "float64", generalized)}
+    for name, (optimizer, precision, extra) in cases.items():
         cfg = load_config(h2, [*tiny, f"train.optimizer={optimizer}",
-                               f"precision={precision or 'float64'}"])
+                               f"precision={precision}", *extra])
         run = api.prepare(cfg)
         key = jax.random.PRNGKey(1)
         params = run.ansatz.init(key)
@@ -142,7 +147,7 @@ def test_one_vs_two_devices_same_step(tmp_path):
     assert rc == 0, err
     result = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT"))[6:])
     assert result["n_devices"] == 2
-    for name in ("adam", "spring", "spring-mixed"):
+    for name in ("adam", "spring", "spring-mixed", "spring-generalized"):
         one, two = result[f"{name}/1"], result[f"{name}/2"]
         # mixed: float32 per-walker gradients, vectorised over 16 or 8 walkers
         tol = 1e-5 if name.endswith("mixed") else 1e-10

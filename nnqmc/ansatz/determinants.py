@@ -23,8 +23,15 @@ def log_sum_determinants(
     """
     sign_up, log_up = slogdet(up)
     sign_down, log_down = slogdet(down)
-    logs = log_up + log_down + jnp.log(jnp.abs(ci))
-    signs = sign_up * sign_down * jnp.sign(ci)
+    return combine_determinants(sign_up * sign_down, log_up + log_down, ci)
+
+
+def combine_determinants(
+    signs: jax.Array, logs: jax.Array, ci: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``(sign, log|sum_p ci_p sign_p exp(log_p)|)`` from per-determinant signs and logs."""
+    logs = logs + jnp.log(jnp.abs(ci))
+    signs = signs * jnp.sign(ci)
     if ci.shape[0] == 1:
         return signs[0], logs[0]
     shift = jax.lax.stop_gradient(jnp.max(logs))

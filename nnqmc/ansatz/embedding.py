@@ -56,6 +56,7 @@ __all__ = [
     "initial_features",
     "nuclear_weights",
     "make_embedding",
+    "electron_nuclear_inputs",
 ]
 
 
@@ -167,6 +168,21 @@ def initial_features(spin: jax.Array, n_up: int, n_down: int, dtype) -> jax.Arra
     return jnp.concatenate([up, down]).astype(dtype)
 
 
+def electron_nuclear_inputs(r_i: jax.Array, coords: jax.Array) -> jax.Array:
+    """Per-electron input features from the vectors to the nuclei, (4 n_atoms,) for one
+    electron position ``r_i`` (3,):
+
+        [(r_i - R_I) / sqrt(1 + d_iI^2),  log(1 + d_iI^2)]  for each nucleus I.
+
+    Both are smooth functions of r_i (only d^2 enters), so they keep the nuclear cusps of
+    the orbitals; the vectors give the embedding directions, which distances alone cannot.
+    They are invariant under joint translations of electrons and nuclei, not under rotations
+    of the electrons about a molecule (the molecule's frame enters)."""
+    diff = r_i[None, :] - coords.astype(r_i.dtype)
+    d2 = jnp.sum(diff * diff, axis=-1, keepdims=True)
+    return jnp.concatenate([diff / jnp.sqrt(1.0 + d2), jnp.log1p(d2)], axis=-1).reshape(-1)
+
+
 def nuclear_weights(head: jax.Array, nuclei: jax.Array) -> jax.Array:
     """(n_atoms, dim + 1, dim): a layer's nuclear message is
     ``sum_I f_iI @ (head * Y_I)`` with f the hidden filter features."""
@@ -182,11 +198,14 @@ def make_embedding(
     layers: int = 3,
     n_rbf: int = 16,
     cutoff: float = 10.0,
+    en_vectors: bool = False,
     dtype=jnp.float64,
 ) -> tuple[Callable[[jax.Array], Params], Callable[[Params, jax.Array, jax.Array], jax.Array]]:
     """``(init(key) -> params, apply(params, r, coords) -> x)`` with x of shape (n_elec, dim).
 
     ``r``: (n_up + n_down, 3) electrons, first ``n_up`` spin-up; ``coords``: (n_atoms, 3).
+    ``en_vectors``: x^0 also gets a learned linear map of
+    :func:`electron_nuclear_inputs` (the generalized ansatz).
     """
     n = n_up + n_down
     mu_np, sigma_np = radial_basis_parameters(n_rbf, cutoff)
@@ -210,6 +229,8 @@ def make_embedding(
             },
             "layers": [],
         }
+        if en_vectors:
+            params["input"] = scaled_normal(next(k), (4 * n_atoms, dim), 4 * n_atoms, dtype)
         for _ in range(layers):
             params["layers"].append(
                 {
@@ -260,6 +281,9 @@ def make_embedding(
         f_nuc = filters("nuc", rbf_en, env_en)  # (n, n_atoms, dim + 1)
 
         x = initial_features(params["spin"], n_up, n_down, dt)
+        if "input" in params:
+            inputs = jax.vmap(electron_nuclear_inputs, in_axes=(0, None))(r, coords)
+            x = x + inputs @ params["input"].astype(dt)
 
         for l, layer in enumerate(params["layers"]):
             h = x @ layer["h"]

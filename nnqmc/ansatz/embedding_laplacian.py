@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .embedding import (
+    electron_nuclear_inputs,
     filter_hidden,
     initial_features,
     nuclear_weights,
@@ -98,6 +99,26 @@ def _pair_message(w: jax.Array, w1: jax.Array, lap_w: jax.Array, h: Jet, u: jax.
     return Jet(value, jac, lap)
 
 
+def _input_jet(weights: jax.Array, r: jax.Array, coords: jax.Array, eye: jax.Array) -> Jet:
+    """Jet of ``electron_nuclear_inputs(r_i) @ weights``: it depends on r_i alone, so its
+    Jacobian is diagonal in the electrons and three directions per electron suffice."""
+
+    def one(r_i):
+        f = lambda y: electron_nuclear_inputs(y, coords)
+        basis = jnp.eye(3, dtype=r_i.dtype)
+
+        def along(v):
+            first = lambda y: jax.jvp(f, (y,), (v,))[1]
+            d1, d2 = jax.jvp(first, (r_i,), (v,))
+            return d1, d2
+
+        d1, d2 = jax.vmap(along)(basis)  # (3, F) each
+        return f(r_i), d1, jnp.sum(d2, axis=0)
+
+    value, d1, lap = jax.vmap(one)(r)  # (n, F), (n, 3, F), (n, F)
+    return Jet(value @ weights, eye * (d1 @ weights)[:, None], lap @ weights)
+
+
 def make_embedding_laplacian(
     n_up: int, n_down: int, *, n_rbf: int = 16, cutoff: float = 10.0
 ) -> Callable[[Params, jax.Array, jax.Array], Jet]:
@@ -134,8 +155,10 @@ def make_embedding_laplacian(
 
         x0 = initial_features(params["spin"], n_up, n_down, dt)
         dim = x0.shape[1]
-        x = Jet(x0, jnp.zeros((n, n, 3, dim), dt), jnp.zeros((n, dim), dt))
         eye = jnp.eye(n, dtype=dt)[:, :, None, None]
+        x = Jet(x0, jnp.zeros((n, n, 3, dim), dt), jnp.zeros((n, dim), dt))
+        if "input" in params:
+            x = _add(x, _input_jet(params["input"].astype(dt), r, coords, eye))
 
         for l, layer in enumerate(params["layers"]):
             h = _linear(x, layer["h"])
