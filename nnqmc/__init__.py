@@ -12,9 +12,11 @@ The public Python API (see README, "Python API"):
 * observables: :func:`dipole_moment`, :func:`default_observables`.
 """
 
+from .backend import cpu_backend_expected as _cpu_backend_expected
 from .xla_cpu import disable_ynn_fusion as _disable_ynn_fusion
 
-_disable_ynn_fusion()
+if _cpu_backend_expected():
+    _disable_ynn_fusion()
 
 import jax as _jax  # noqa: E402
 

@@ -173,26 +173,11 @@ def build_ansatz(config: Config, molecule: Molecule, scf: SCFResult, dtype: Any 
         )
     a = config.ansatz
     if kind == "generalized":
-        from .ansatz.generalized import generalized_from_slater
+        from .ansatz.generalized import generalized_from_options
         from .ansatz.slater import slater_part
 
-        return generalized_from_slater(
-            slater_part(scf, molecule.charges, cusp=a.cusp_correction, dtype=dtype),
-            molecule.coords,
-            molecule.charges,
-            embedding_dim=a.embedding_dim,
-            layers=a.layers,
-            n_rbf=a.n_rbf,
-            cutoff=a.cutoff,
-            jastrow_layers=a.jastrow_layers,
-            backflow_layers=a.backflow_layers,
-            full_determinant=a.full_determinant,
-            envelopes=a.envelopes,
-            en_vectors=a.en_vectors,
-            copies=a.copies,
-            ee_cusp=a.ee_cusp,
-            dtype=dtype,
-        )
+        slater = slater_part(scf, molecule.charges, cusp=a.cusp_correction, dtype=dtype)
+        return generalized_from_options(slater, molecule.coords, molecule.charges, a, dtype)
     from .ansatz.paulinet import paulinet
 
     return paulinet(

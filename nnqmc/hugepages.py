@@ -15,7 +15,8 @@ Tunables are read when a process starts, so the ``nnqmc`` command re-executes it
 with the tunable added to ``GLIBC_TUNABLES`` (same PID, arguments and open files). Nothing
 changes when the kernel's THP mode is ``never``, the C library is not glibc >= 2.35, the
 user's ``GLIBC_TUNABLES`` already sets ``glibc.malloc.hugetlb``, or ``NNQMC_NO_HUGEPAGES``
-is set. Python API users can set ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` themselves.
+is set, or JAX will run on an accelerator (:mod:`nnqmc.backend`). Python API users can
+set ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` themselves.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def hugepage_environment(
 def reexec_with_hugepages(argv: Sequence[str]) -> None:
     """Replace this process by ``python -m nnqmc argv`` with the tunable set, if it applies
     (see the module docstring); return otherwise."""
-    if not sys.platform.startswith("linux"):
+    from .backend import cpu_backend_expected
+
+    if not sys.platform.startswith("linux") or not cpu_backend_expected():
         return
     env = hugepage_environment(os.environ, thp_mode(), glibc_version())
     if env is None:

@@ -12,9 +12,28 @@ product XLA computes), so one LAPACK thread costs nothing measurable.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS, so the limit below finds it)
 from threadpoolctl import threadpool_limits
 
-single_threaded_blas = threadpool_limits.wrap(limits=1, user_api="blas")
-"""Decorator: every loaded BLAS/LAPACK library on one thread while the function runs
-(restored afterwards, so PySCF's mean-field runs outside keep their threads)."""
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def single_threaded_blas(fn: F) -> F:
+    """Decorator: on the CPU backend, every loaded BLAS/LAPACK library on one thread while
+    ``fn`` runs (restored afterwards, so PySCF's mean-field runs outside keep their
+    threads); on an accelerator nothing changes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import jax
+
+        if jax.default_backend() != "cpu":
+            return fn(*args, **kwargs)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -151,7 +151,7 @@ def test_ansatz_from_orbitals_needs_enough_orbitals():
         nnqmc.custom_run(HookeAtom(), nnqmc.ansatz_from_orbitals(gaussian_orbital, 1, 0))
 
 
-@pytest.mark.parametrize("kind", ["hf", "paulinet"])
+@pytest.mark.parametrize("kind", ["hf", "paulinet", "generalized"])
 def test_exact_hooke_wavefunction_local_energy_and_paulinet_without_nuclei(kind):
     """At initialisation PauliNet without nuclei is det x exp(gamma): finite, and the exact
     wavefunction (1 + r12/2) exp(-(r1^2 + r2^2)/4) has E_L = 2 everywhere."""
@@ -170,6 +170,18 @@ def test_exact_hooke_wavefunction_local_energy_and_paulinet_without_nuclei(kind)
     else:
         values = jax.jit(jax.vmap(lambda r: ansatz.log_psi(params, r)))(walkers)
         assert np.all(np.isfinite(values))
+        gamma = jax.vmap(lambda r: nnqmc.ansatz.jastrow.electron_cusp(r, 1, 1))(walkers)
+        det = jax.vmap(lambda r: jnp.log(gaussian_orbital(r[0])[0] * gaussian_orbital(r[1])[0]))
+        np.testing.assert_allclose(values, det(walkers) + gamma, atol=1e-10)
+
+
+def test_generalized_on_user_orbitals_with_nuclei_needs_charges():
+    with pytest.raises(ValueError, match="charges"):
+        nnqmc.ansatz_from_orbitals(gaussian_orbital, 1, 1, kind="generalized", coords=COORDS)
+    ansatz = nnqmc.ansatz_from_orbitals(
+        gaussian_orbital, 1, 1, kind="generalized", coords=COORDS, charges=CHARGES
+    )
+    assert "zeta" in ansatz.init(jax.random.PRNGKey(0))
 
 
 def test_custom_observable_passes_through_evaluate():

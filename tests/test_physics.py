@@ -9,7 +9,7 @@ from nnqmc.ansatz import slater_jastrow
 from nnqmc.hamiltonian import MolecularHamiltonian, local_energy
 from nnqmc.laplacian import kinetic_energy_exact, kinetic_energy_forward
 from nnqmc.molecule import Molecule
-from nnqmc.sampler import init_walkers, sample
+from nnqmc.sampler import init_walkers, nucleus_step_scale, sample
 from nnqmc.scf import run_hf
 
 
@@ -112,6 +112,28 @@ def test_sampler_reproduces_gaussian_distribution():
     assert abs(x.mean()) < 4 * np.sqrt(s**2 / 2 / n_eff)
     np.testing.assert_allclose(x.var(), s**2 / 2, rtol=0.02)
     assert 0.3 < float(acc) < 0.9
+
+
+def test_nucleus_scaled_proposal_samples_the_same_distribution():
+    """Steps that grow with the distance to a nucleus (off the Gaussian's centre, so the
+    scale varies across it) still sample |psi|^2 = exp(-|r|^2 / s^2): the Hastings ratio
+    makes the asymmetric proposal exact. Without it the variance comes out wrong."""
+    s = 1.3
+    log_psi = jax.vmap(lambda r: -0.5 * jnp.sum(r**2) / s**2)
+    scale = nucleus_step_scale(np.array([[0.5, 0.0, 0.0]]))
+    walkers = jnp.zeros((2000, 2, 3))
+    step = jax.jit(lambda w, k: sample(log_psi, w, log_psi(w), k, 0.7, 20, scale))
+    samples = []
+    for k in range(40):
+        walkers, _, acc = step(walkers, jax.random.PRNGKey(k))
+        if k >= 5:
+            samples.append(np.asarray(walkers))
+    x = np.concatenate(samples).reshape(-1)
+    n_eff = x.size / 4
+    assert abs(x.mean()) < 4 * np.sqrt(s**2 / 2 / n_eff)
+    np.testing.assert_allclose(x.var(), s**2 / 2, rtol=0.02)
+    widths = np.asarray(scale(jnp.asarray([[[0.5, 0.0, 0.0], [3.5, 0.0, 0.0]]])))
+    np.testing.assert_allclose(widths, [[0.2, 2.0]])
 
 
 def test_initial_walkers_follow_atoms_and_spins():

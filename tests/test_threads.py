@@ -25,3 +25,13 @@ def test_long_running_entry_points_limit_blas():
 
     for fn in (api.train, api.evaluate, bench.benchmark):
         assert hasattr(fn, "__wrapped__"), fn.__name__
+
+
+def test_cpu_backend_expected_from_platforms_and_plugins():
+    from nnqmc.backend import cpu_backend_expected
+
+    assert cpu_backend_expected({}, ["numpy", "jax", "jaxlib"])
+    assert not cpu_backend_expected({}, ["jax", "jax-cuda12-plugin"])
+    assert cpu_backend_expected({"JAX_PLATFORMS": "cpu"}, ["jax-cuda12-plugin"])
+    assert not cpu_backend_expected({"JAX_PLATFORMS": "cuda,cpu"}, [])
+    assert cpu_backend_expected(), "this test machine has no accelerator plugin"

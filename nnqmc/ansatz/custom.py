@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import AnsatzConfig
 from . import Ansatz, slater_jastrow_from_part
+from .generalized import generalized_from_options
 from .paulinet import paulinet_from_slater
 from .slater import SlaterPart
 
@@ -64,6 +65,7 @@ def ansatz_from_orbitals(
     *,
     kind: str = "paulinet",
     coords: np.ndarray | None = None,
+    charges: np.ndarray | None = None,
     orbitals_down: OrbitalFunction | None = None,
     options: AnsatzConfig | None = None,
     dtype=jnp.float64,
@@ -71,8 +73,10 @@ def ansatz_from_orbitals(
     """A wavefunction built on user orbitals.
 
     ``kind``: ``"paulinet"`` (neural backflow and Jastrow, sizes from ``options``),
+    ``"generalized"`` (:mod:`nnqmc.ansatz.generalized`, switches from ``options``),
     ``"jastrow"`` (determinant x exp(gamma + simple J)) or ``"hf"`` (the bare determinant).
-    ``coords`` (n_atoms, 3): nuclei the Jastrow/embedding may use (default: none).
+    ``coords`` (n_atoms, 3): nuclei the Jastrow/embedding may use (default: none);
+    ``charges`` (n_atoms,): their charges, which the generalized ansatz's envelopes need.
     ``orbitals_down``: separate spin-down orbitals (default: the same as spin-up).
     """
     options = options or AnsatzConfig(kind=kind)
@@ -80,8 +84,13 @@ def ansatz_from_orbitals(
     coords = np.zeros((0, 3)) if coords is None else np.asarray(coords, np.float64)
     if kind in ("hf", "jastrow"):
         return slater_jastrow_from_part(slater, coords, jastrow=kind == "jastrow", dtype=dtype)
+    if kind == "generalized":
+        if len(coords) and charges is None:
+            raise ValueError("kind 'generalized' with nuclei needs their charges")
+        charges = np.zeros(0) if charges is None else np.asarray(charges, np.float64)
+        return generalized_from_options(slater, coords, charges, options, dtype)
     if kind != "paulinet":
-        raise ValueError(f"kind must be 'paulinet', 'jastrow' or 'hf', got {kind!r}")
+        raise ValueError(f"kind must be 'paulinet', 'generalized', 'jastrow' or 'hf', got {kind!r}")
     return paulinet_from_slater(
         slater,
         coords,

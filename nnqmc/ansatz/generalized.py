@@ -49,7 +49,7 @@ from .slater import SlaterPart
 
 Params = Any
 
-__all__ = ["generalized_from_slater", "copy_rotations", "envelope"]
+__all__ = ["generalized_from_slater", "generalized_from_options", "copy_rotations", "envelope"]
 
 INITIAL_ZETA = 1.0
 
@@ -248,3 +248,27 @@ def generalized_from_slater(
         )
 
     return Ansatz(init, apply, n_up, n_down, kinetic_energy)
+
+
+def generalized_from_options(
+    slater: SlaterPart, coords: np.ndarray, charges: np.ndarray, options: Any, dtype=jnp.float64
+) -> Ansatz:
+    """:func:`generalized_from_slater` with the sizes and switches of an ``[ansatz]``
+    section (:class:`nnqmc.config.AnsatzConfig`)."""
+    return generalized_from_slater(
+        slater,
+        coords,
+        charges,
+        embedding_dim=options.embedding_dim,
+        layers=options.layers,
+        n_rbf=options.n_rbf,
+        cutoff=options.cutoff,
+        jastrow_layers=options.jastrow_layers,
+        backflow_layers=options.backflow_layers,
+        full_determinant=options.full_determinant,
+        envelopes=options.envelopes,
+        en_vectors=options.en_vectors,
+        copies=options.copies,
+        ee_cusp=options.ee_cusp,
+        dtype=dtype,
+    )
