@@ -66,12 +66,15 @@ def main() -> None:
             )
         print("  wall (s)   steps    E - E_ref (mHa, window mean)")
         for k, (t, m, s) in enumerate(zip(ends, means, errors, strict=True)):
-            print(f"  {t:8.0f}  {(k + 1) * args.window:6d}    {(m - ref) * 1e3:+8.2f} ± {s * 1e3:.2f}")
+            print(
+                f"  {t:8.0f}  {(k + 1) * args.window:6d}    {(m - ref) * 1e3:+8.2f} ± {s * 1e3:.2f}"
+            )
         for t in at:
             done = np.flatnonzero(ends <= t)
             if done.size:
                 k = done[-1]
-                print(f"  at {t:.0f} s: {(means[k] - ref) * 1e3:+.2f} mHa (window ending {ends[k]:.0f} s)")
+                delta = (means[k] - ref) * 1e3
+                print(f"  at {t:.0f} s: {delta:+.2f} mHa (window ending {ends[k]:.0f} s)")
             else:
                 print(f"  at {t:.0f} s: no complete window yet")
     if args.plot:

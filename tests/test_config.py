@@ -401,9 +401,11 @@ EXPECTED_SYSTEMS = {
     "lih": (-8.070548, "cc-pvtz", 0, 0),
     "be": (-14.66736, "cc-pvtz", 0, 0),
     "b": (-24.65391, "cc-pvtz", 0, 1),
+    "c": (-37.8450, "cc-pvtz", 0, 2),
     "li2": (-14.9954, "cc-pvtz", 0, 0),  # Pfau et al. 2020, not tabulated in the md file
     "n2": (-109.5423, "cc-pvdz", 0, 0),
     "h2o": (-76.438, "cc-pvdz", 0, 0),
+    "h2o_cpu": (-76.438, "cc-pvdz", 0, 0),
     "h4_rectangle": (-2.0155, "cc-pvtz", 0, 0),
     "h3_plus": (None, "cc-pvtz", 1, 0),
 }
@@ -432,8 +434,9 @@ def test_shipped_system_loads(path):
     assert config.name == path.stem
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and len(first) > 10, "needs a descriptive header comment"
-    # shipped inputs use the default network; only the determinant space may be chosen
-    assert set(config.data.get("ansatz", {})) <= {"cas", "determinants"}
+    # shipped inputs use the default network sizes; only the kind of ansatz and the
+    # determinant space may be chosen
+    assert set(config.data.get("ansatz", {})) <= {"kind", "cas", "determinants"}
     assert config.system.molecule.n_elec > 0
     if path.stem not in EXPECTED_SYSTEMS:
         return

@@ -19,7 +19,8 @@ that commit's JAX package.) Run it from a scratch directory, one configuration p
         --size small --dtype float64 --steps 30
 
 What is timed: FermiNet's own training loop on LiH (Li at the origin, H at (0, 0, 3.015)
-bohr, spin (2, 2)), 256 walkers, no pretraining, its default KFAC optimiser, its default
+bohr, spin (2, 2)) or, with ``--molecule li2``, Li2 at R = 5.051 bohr (spin (3, 3)),
+256 walkers, no pretraining, its default KFAC optimiser, its default
 MCMC (10 moves per iteration after 100 burn-in moves) and its default Laplacian.
 ``--optimizer adam`` or ``none`` (sampling and local energies only) time the parts. ``--size
 default`` is FermiNet's base network (4 x (256, 32) hidden units, 16 determinants: 683 744
@@ -51,10 +52,16 @@ from importlib import metadata  # noqa: E402
 FERMINET_COMMIT = "fa11e8044e5c9eaae5d021521031d6d048a40989"
 SMALL_HIDDEN_DIMS = ((60, 8), (60, 8), (60, 8))
 SMALL_DETERMINANTS = 4
+# name -> (atoms as (symbol, (x, y, z) bohr, charge), electrons (up, down))
+MOLECULES = {
+    "lih": ((("Li", (0.0, 0.0, 0.0), 3.0), ("H", (0.0, 0.0, 3.015), 1.0)), (2, 2)),
+    "li2": ((("Li", (0.0, 0.0, -2.5255), 3.0), ("Li", (0.0, 0.0, 2.5255), 3.0)), (3, 3)),
+}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--molecule", choices=sorted(MOLECULES), default="lih")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     p.add_argument("--size", choices=["small", "default"], default="small")
     p.add_argument("--steps", type=int, default=30, help="training iterations")
@@ -86,11 +93,9 @@ def make_config(args: argparse.Namespace, save_path: str):
     from ferminet.utils import system
 
     cfg = base_config.default()
-    cfg.system.molecule = [
-        system.Atom("Li", (0.0, 0.0, 0.0), charge=3.0),
-        system.Atom("H", (0.0, 0.0, 3.015), charge=1.0),
-    ]
-    cfg.system.electrons = (2, 2)
+    atoms, electrons = MOLECULES[args.molecule]
+    cfg.system.molecule = [system.Atom(sym, xyz, charge=z) for sym, xyz, z in atoms]
+    cfg.system.electrons = electrons
     cfg.batch_size = args.walkers
     cfg.pretrain.iterations = args.pretrain
     cfg.optim.iterations = args.steps
