@@ -148,7 +148,9 @@ class AnsatzConfig:
     cas: tuple[int, int] | None = _f(None, check=_cas)  # [n_orbitals, n_electrons]
     determinants: int = _f(1, check=_positive)
     # kind = "generalized" only (see nnqmc.ansatz.generalized):
-    full_determinant: bool = True  # one n x n determinant over both spins
+    # one n x n determinant over both spins; off by default: started block-diagonal (as the
+    # exact HF start needs) its cross blocks get no gradient (docs/generalized.md)
+    full_determinant: bool = False
     envelopes: bool = True  # learned orbital corrections with exponential envelopes
     en_vectors: bool = True  # r_i - R_I as embedding inputs
     copies: int = _f(1, check=_positive)  # learned copies of each HF/CASSCF determinant

@@ -279,3 +279,19 @@ def test_untrained_generalized_gives_hf_energy():
         result.energy_err,
         run.scf.energy,
     )
+
+
+def test_full_determinant_cross_blocks_get_no_gradient_at_the_start(lih):
+    """At the block-diagonal start the entries across the spin blocks have zero gradient
+    (the inverse of a block-diagonal matrix is block-diagonal): why full determinants are
+    off by default."""
+    mol, scf = lih
+    ansatz = _build(mol, scf, full_determinant=True)
+    params = ansatz.init(jax.random.PRNGKey(0))
+    r = _walkers(mol, 8)
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(jax.vmap(ansatz.log_psi, (None, 0))(p, r))))(params)
+    n, per_col = mol.n_elec, 1 + len(mol.coords)
+    w = np.asarray(grad["orbitals"]["up"][-1]["w"]).reshape(-1, 1, n, per_col)
+    own, cross = w[:, :, : mol.n_up], w[:, :, mol.n_up :]
+    assert np.abs(own).max() > 1e-3
+    np.testing.assert_array_equal(cross, 0.0)
