@@ -43,11 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..laplacian import kinetic_energy_forward_with_features
 from . import Ansatz
 from .determinants import combine_determinants, log_sum_determinants, slogdet
 from .embedding import activation, init_mlp, make_embedding, mlp
-from .embedding_laplacian import make_embedding_laplacian
+from .embedding_laplacian import kinetic_energy_from_jet, make_embedding_laplacian
 from .jastrow import electron_cusp
 from .slater import SlaterPart
 
@@ -244,12 +243,8 @@ def generalized_from_slater(
 
     def kinetic_energy(params: Params, r: jax.Array) -> jax.Array:
         """Forward Laplacian: the embedding's jet by hand, folx for orbitals and heads."""
-        x, jac, lap = emb_jet(params["embedding"], r, coords_j(r))
-        dim_x = x.shape[1]
-        jac = jnp.transpose(jac, (1, 2, 0, 3)).reshape(3 * n, n, dim_x)
-        return kinetic_energy_forward_with_features(
-            lambda y, z: from_embedding(params, y, z)[1], r, (x, jac, lap)
-        )
+        jet = emb_jet(params["embedding"], r, coords_j(r))
+        return kinetic_energy_from_jet(lambda y, z: from_embedding(params, y, z)[1], r, jet)
 
     return Ansatz(init, apply, n_up, n_down, kinetic_energy)
 

@@ -22,12 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..laplacian import kinetic_energy_forward_with_features
 from ..scf import SCFResult
 from . import Ansatz
 from .determinants import log_sum_determinants
 from .embedding import activation, init_mlp, make_embedding, mlp
-from .embedding_laplacian import Jet, make_embedding_laplacian
+from .embedding_laplacian import Jet, kinetic_energy_from_jet, make_embedding_laplacian
 from .jastrow import electron_cusp
 from .slater import SlaterPart, slater_part
 
@@ -218,11 +217,7 @@ def paulinet_from_slater(
     def kinetic_energy(params: Params, r: jax.Array) -> jax.Array:
         """Forward Laplacian with the embedding's jet written out by hand; folx does the rest."""
         coords = jnp.asarray(coords_np, r.dtype)
-        x, jac, lap = net.embedding_jet(params["net"]["embedding"], r, coords)
-        n, dim = x.shape
-        jac = jnp.transpose(jac, (1, 2, 0, 3)).reshape(3 * n, n, dim)
-        return kinetic_energy_forward_with_features(
-            lambda y, z: from_embedding(params, y, z)[1], r, (x, jac, lap)
-        )
+        jet = net.embedding_jet(params["net"]["embedding"], r, coords)
+        return kinetic_energy_from_jet(lambda y, z: from_embedding(params, y, z)[1], r, jet)
 
     return Ansatz(init, apply, n_up, n_down, kinetic_energy)
