@@ -1,3 +1,30 @@
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+
+import pytest  # noqa: E402
+
+from nnqmc.molecule import Molecule  # noqa: E402
+from nnqmc.scf import run_hf  # noqa: E402
+
+# Small molecules with their Hartree-Fock solutions, shared by the ansatz tests.
+
+
+@pytest.fixture(scope="module")
+def lih():
+    mol = Molecule(("Li", "H"), [[0.0, 0.0, 0.0], [0.0, 0.0, 3.015]])
+    return mol, run_hf(mol, "cc-pvdz")
+
+
+@pytest.fixture(scope="module")
+def be_triplet():
+    """Four electrons, open shell: n_up = 3, n_down = 1 (UHF)."""
+    mol = Molecule(("Be",), [[0.0, 0.0, 0.0]], spin=2)
+    return mol, run_hf(mol, "6-31g")
+
+
+@pytest.fixture(scope="module")
+def h_atom():
+    mol = Molecule(("H",), [[0.0, 0.0, 0.0]], spin=1)
+    return mol, run_hf(mol, "6-31g")

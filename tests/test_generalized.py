@@ -10,6 +10,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from test_paulinet import _perturb, _walkers  # noqa: E402
 
 from nnqmc import api  # noqa: E402
 from nnqmc.ansatz import slater_jastrow  # noqa: E402
@@ -23,8 +24,6 @@ from nnqmc.ansatz.jastrow import electron_cusp  # noqa: E402
 from nnqmc.ansatz.slater import slater_part  # noqa: E402
 from nnqmc.config import config_from_dict  # noqa: E402
 from nnqmc.laplacian import kinetic_energy_exact  # noqa: E402
-from nnqmc.molecule import Molecule  # noqa: E402
-from nnqmc.scf import run_hf  # noqa: E402
 
 SMALL = dict(embedding_dim=16, layers=2, n_rbf=8, jastrow_layers=2, backflow_layers=2)
 VARIANTS = {
@@ -35,45 +34,10 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def lih():
-    mol = Molecule(("Li", "H"), [[0.0, 0.0, 0.0], [0.0, 0.0, 3.015]])
-    return mol, run_hf(mol, "cc-pvdz")
-
-
-@pytest.fixture(scope="module")
-def be_triplet():
-    """Open shell, n_up = 3, n_down = 1."""
-    mol = Molecule(("Be",), [[0.0, 0.0, 0.0]], spin=2)
-    return mol, run_hf(mol, "6-31g")
-
-
-@pytest.fixture(scope="module")
-def h_atom():
-    mol = Molecule(("H",), [[0.0, 0.0, 0.0]], spin=1)
-    return mol, run_hf(mol, "6-31g")
-
-
 def _build(mol, scf, ee_cusp=True, **kwargs):
     slater = slater_part(scf, mol.charges)
     options = SMALL | kwargs
     return generalized_from_slater(slater, mol.coords, mol.charges, ee_cusp=ee_cusp, **options)
-
-
-def _walkers(mol, n, seed=0):
-    rng = np.random.default_rng(seed)
-    centre = np.repeat(mol.coords, -(-mol.n_elec // len(mol.coords)), axis=0)[: mol.n_elec]
-    return jnp.asarray(centre + rng.normal(scale=1.0, size=(n, mol.n_elec, 3)))
-
-
-def _perturb(params, scale=0.1, seed=1):
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    noisy = [
-        x + scale * jax.random.normal(k, x.shape, x.dtype)
-        for x, k in zip(leaves, keys, strict=True)
-    ]
-    return jax.tree_util.tree_unflatten(treedef, noisy)
 
 
 def _two_determinants(scf):

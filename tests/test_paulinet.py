@@ -18,30 +18,9 @@ from nnqmc.laplacian import (  # noqa: E402
     kinetic_energy_forward,
     sparsity_threshold,
 )
-from nnqmc.molecule import Molecule  # noqa: E402
-from nnqmc.scf import run_hf  # noqa: E402
 
 # a small network keeps compilation (and the tests) fast; the architecture is the same
 SMALL = dict(embedding_dim=16, layers=2, n_rbf=8, jastrow_layers=2, backflow_layers=2)
-
-
-@pytest.fixture(scope="module")
-def lih():
-    mol = Molecule(("Li", "H"), [[0.0, 0.0, 0.0], [0.0, 0.0, 3.015]])
-    return mol, run_hf(mol, "cc-pvdz")
-
-
-@pytest.fixture(scope="module")
-def be_triplet():
-    """Four electrons, open shell: n_up = 3, n_down = 1 (UHF)."""
-    mol = Molecule(("Be",), [[0.0, 0.0, 0.0]], spin=2)
-    return mol, run_hf(mol, "6-31g")
-
-
-@pytest.fixture(scope="module")
-def h_atom():
-    mol = Molecule(("H",), [[0.0, 0.0, 0.0]], spin=1)
-    return mol, run_hf(mol, "6-31g")
 
 
 def _walkers(mol, n, seed=0):

@@ -96,18 +96,28 @@ def test_local_energy_invariant_under_rotation_and_translation(lih):
         np.testing.assert_allclose(e2, e1, rtol=1e-6)
 
 
-def test_sampler_reproduces_gaussian_distribution():
-    """|psi|^2 = exp(-|r|^2 / s^2) per electron: each coordinate ~ N(0, s^2 / 2)."""
-    s = 1.3
+GAUSSIAN_WIDTH = 1.3
+
+
+def _sample_gaussian(step_scale=None):
+    """Samples of every coordinate from |psi|^2 = exp(-|r|^2 / s^2), two electrons, 2000
+    walkers, 35 x 20 sweeps after a short burn-in; and the last acceptance."""
+    s = GAUSSIAN_WIDTH
     log_psi = jax.vmap(lambda r: -0.5 * jnp.sum(r**2) / s**2)
     walkers = jnp.zeros((2000, 2, 3))
-    step = jax.jit(lambda w, k: sample(log_psi, w, log_psi(w), k, 0.7, 20))
+    step = jax.jit(lambda w, k: sample(log_psi, w, log_psi(w), k, 0.7, 20, step_scale))
     samples = []
     for k in range(40):
         walkers, _, acc = step(walkers, jax.random.PRNGKey(k))
         if k >= 5:
             samples.append(np.asarray(walkers))
-    x = np.concatenate(samples).reshape(-1)
+    return np.concatenate(samples).reshape(-1), acc
+
+
+def test_sampler_reproduces_gaussian_distribution():
+    """|psi|^2 = exp(-|r|^2 / s^2) per electron: each coordinate ~ N(0, s^2 / 2)."""
+    s = GAUSSIAN_WIDTH
+    x, acc = _sample_gaussian()
     n_eff = x.size / 4  # conservative: correlated steps and coordinates of a walker
     assert abs(x.mean()) < 4 * np.sqrt(s**2 / 2 / n_eff)
     np.testing.assert_allclose(x.var(), s**2 / 2, rtol=0.02)
@@ -118,17 +128,9 @@ def test_nucleus_scaled_proposal_samples_the_same_distribution():
     """Steps that grow with the distance to a nucleus (off the Gaussian's centre, so the
     scale varies across it) still sample |psi|^2 = exp(-|r|^2 / s^2): the Hastings ratio
     makes the asymmetric proposal exact. Without it the variance comes out wrong."""
-    s = 1.3
-    log_psi = jax.vmap(lambda r: -0.5 * jnp.sum(r**2) / s**2)
+    s = GAUSSIAN_WIDTH
     scale = nucleus_step_scale(np.array([[0.5, 0.0, 0.0]]))
-    walkers = jnp.zeros((2000, 2, 3))
-    step = jax.jit(lambda w, k: sample(log_psi, w, log_psi(w), k, 0.7, 20, scale))
-    samples = []
-    for k in range(40):
-        walkers, _, acc = step(walkers, jax.random.PRNGKey(k))
-        if k >= 5:
-            samples.append(np.asarray(walkers))
-    x = np.concatenate(samples).reshape(-1)
+    x, _ = _sample_gaussian(scale)
     n_eff = x.size / 4
     assert abs(x.mean()) < 4 * np.sqrt(s**2 / 2 / n_eff)
     np.testing.assert_allclose(x.var(), s**2 / 2, rtol=0.02)
