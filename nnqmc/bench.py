@@ -17,10 +17,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .api import Run, eval_step, initial_walkers
 from .config import LAPLACIANS
 from .optimize import cast_floats, jacobian_blocks, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
+from .phases.evaluation import eval_step
+from .run_setup import Run, initial_walkers
 from .threads import single_threaded_blas
 from .train import (
     TrainState,

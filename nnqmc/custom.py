@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from .ansatz import Ansatz
-from .api import Run, precision_dtype
 from .config import DEFAULT_BASIS, Config, config_from_dict
 from .external import Observable, external_terms, standard_observables
 from .hamiltonian import Hamiltonian, nuclei, with_external
 from .molecule import Molecule
+from .run_setup import Run, precision_dtype
 from .sampler import init_walkers
 
 __all__ = ["WalkerInit", "custom_run", "default_observables", "gaussian_walkers", "settings"]
@@ -97,7 +97,7 @@ def custom_run(
     initial_walkers: WalkerInit | None = None,
     gradient_ansatz: Ansatz | None = None,
 ) -> Run:
-    """A :class:`~nnqmc.api.Run` from objects, for :func:`nnqmc.train`/:func:`nnqmc.evaluate`.
+    """A :class:`~nnqmc.run_setup.Run` from objects, for :func:`nnqmc.train`/:func:`nnqmc.evaluate`.
 
     ``config`` (default ``settings()``) supplies the train/sampler/eval settings; its
     ``[hamiltonian]`` terms are added to ``hamiltonian``. ``initial_walkers`` defaults to

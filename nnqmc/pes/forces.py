@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..api import WaveObservable
 from ..estimate import estimate
+from ..train import WaveObservable
 
 # Observable names in eval.h5 (per step: walker averages, each (n_atoms, 3)).
 FORCE_ZV = "force_zv"

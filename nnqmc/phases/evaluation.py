@@ -1,0 +1,242 @@
+"""The evaluation phase: sample with frozen parameters, energy ± error from a blocking
+analysis, checkpointed and resumable (:func:`evaluate`).
+
+The jitted evaluation step is built by :func:`nnqmc.train.make_eval_step` (:func:`eval_step`
+applies a run's settings); this module owns the loop around it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import io
+from ..custom import default_observables
+from ..errors import RunError
+from ..estimate import estimate
+from ..parallel import (
+    broadcast_from_main,
+    device_keys,
+    first_replica,
+    gather_walkers,
+    is_main_process,
+    replicate,
+    scatter_walkers,
+)
+from ..run_setup import STREAM_EVAL, Run, check_devices
+from ..rundir import (
+    Progress,
+    StopCheck,
+    cannot_write,
+    checkpoint_due,
+    never_stop,
+    on_main,
+    read_rotated,
+    stop_if_asked,
+    warn,
+)
+from ..threads import single_threaded_blas
+from ..train import WaveObservable, make_eval_step
+
+__all__ = ["EvalResult", "eval_step", "evaluate"]
+
+
+@dataclass
+class EvalResult:
+    energy: float
+    energy_err: float
+    variance: float
+    tau: float
+    steps: int
+    energies: np.ndarray
+    wall_seconds: float
+    observables: dict[str, Any] = field(default_factory=dict)
+    records: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _load_eval_checkpoint(
+    run_dir: Path,
+    tag: dict[str, Any],
+    walker_shape: tuple[int, ...],
+    record_shapes: Callable[[], dict[str, Any]],
+) -> dict[str, Any] | None:
+    """Process 0 reads the evaluation checkpoint that belongs to ``tag``; every process gets
+    its walkers and records. None if there is none (or it belongs to another state)."""
+    saved = None
+    if is_main_process():
+        saved, error = read_rotated(
+            run_dir / io.EVAL_CHECKPOINT,
+            run_dir / io.PREVIOUS_EVAL_CHECKPOINT,
+            io.load_eval_checkpoint,
+        )
+        if error:
+            warn(f"{error}; evaluating from the first step")
+        if saved is not None:
+            same = saved["tag"] == tag  # plain values: see io.load_eval_checkpoint
+            if not same or saved["walkers"].shape != walker_shape:
+                saved = None  # another trained state or other settings: start over
+    step = int(broadcast_from_main(np.array(saved["step"] if saved else -1, np.int64)))
+    if step < 0:
+        return None
+    if saved is None:
+        records = {n: np.zeros((step, *s.shape), s.dtype) for n, s in record_shapes().items()}
+        saved = {"walkers": np.zeros(walker_shape), "records": records}
+    payload = {"walkers": np.asarray(saved["walkers"], np.float64), "records": saved["records"]}
+    payload = broadcast_from_main(payload)
+    payload["step"] = step
+    return payload
+
+
+def _write_eval_checkpoint(
+    run_dir: Path, step: int, tag: dict[str, Any], walkers: np.ndarray, records: dict
+) -> None:
+    path = run_dir / io.EVAL_CHECKPOINT
+    try:
+        io.save_eval_checkpoint(
+            path,
+            step=step,
+            tag=tag,
+            walkers=walkers,
+            records={n: np.asarray(v) for n, v in records.items()},
+            previous=run_dir / io.PREVIOUS_EVAL_CHECKPOINT,
+        )
+    except OSError as err:
+        raise RunError(f"{cannot_write(path, err)} at evaluation step {step}") from None
+
+
+def _open_eval_log(run_dir: Path, records: dict[str, list]) -> io.AppendLog:
+    try:
+        return io.AppendLog(run_dir / io.EVAL_LOG, {n: np.asarray(v) for n, v in records.items()})
+    except OSError as err:
+        raise RunError(cannot_write(run_dir / io.EVAL_LOG, err)) from None
+
+
+# --------------------------------------------------------------------------- the loop
+def eval_step(run: Run, observables: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """The run's pmapped evaluation step (:func:`nnqmc.train.make_eval_step` with the
+    config's sweeps, Laplacian engine and chunk)."""
+    cfg = run.config
+    return make_eval_step(
+        run.ansatz,
+        run.hamiltonian,
+        sweeps=cfg.eval.decorrelation,
+        engine=cfg.train.laplacian,
+        chunk=cfg.train.local_energy_chunk,
+        observables=observables,
+        step_scale=run.step_scale(),
+    )
+
+
+@single_threaded_blas
+def evaluate(
+    run: Run,
+    params: Any,
+    walkers: np.ndarray,
+    width: float,
+    steps: int | None = None,
+    progress: Progress | None = None,
+    observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable] | None = None,
+    out_dir: str | Path | None = None,
+    tag: dict[str, Any] | None = None,
+    stop: StopCheck | None = None,
+) -> EvalResult:
+    """Sample with frozen parameters; energy ± standard error from a blocking analysis.
+
+    ``walkers`` are all walkers (of all processes); each process evaluates its share. With
+    ``out_dir``, every step's averages are appended to eval.h5 (flushed) and the walkers are
+    checkpointed every ``train.checkpoint_every`` steps, so an evaluation of the same state
+    (``tag``: e.g. the training step) continues where an earlier one stopped.
+    """
+    cfg = run.config
+    steps = cfg.eval.steps if steps is None else steps
+    stop = stop or never_stop
+    # the dipole moment, unless eval.dipole = false
+    observables = {**default_observables(run), **(observables or {})}
+    t_start = time.perf_counter()
+    n_devices = check_devices(walkers.shape[0])
+    key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), STREAM_EVAL)
+    walkers_d = scatter_walkers(jnp.asarray(walkers, run.dtype), n_devices)
+    width_d = replicate(jnp.asarray(width, run.dtype), n_devices)
+    params_d = replicate(params, n_devices)
+    step_fn = eval_step(run, observables)
+    run_dir = Path(out_dir) if out_dir is not None else None
+    tag = {
+        **(tag or {}),
+        "seed": cfg.train.seed,
+        "decorrelation": cfg.eval.decorrelation,
+        "precision": cfg.precision,
+        "observables": ",".join(sorted(observables or {})),
+    }
+    records: dict[str, list] = {}
+    start = 0
+
+    def record_shapes() -> dict[str, Any]:
+        keys = device_keys(key, 0, n_devices)
+        _, stats = jax.eval_shape(step_fn, params_d, walkers_d, width_d, keys)
+        return {n: jax.ShapeDtypeStruct(s.shape[1:], s.dtype) for n, s in stats.items()}
+
+    if run_dir is not None:
+        saved = _load_eval_checkpoint(run_dir, tag, walkers.shape, record_shapes)
+        if saved is not None:
+            start = saved["step"]
+            walkers_d = scatter_walkers(jnp.asarray(saved["walkers"], run.dtype), n_devices)
+            records = {n: list(v) for n, v in saved["records"].items()}
+
+    def save(k: int) -> None:
+        if run_dir is None:
+            return
+        all_walkers = gather_walkers(walkers_d)  # collective: every process
+        on_main(lambda: _write_eval_checkpoint(run_dir, k, tag, all_walkers, records))
+
+    checkpoint = run_dir / io.EVAL_CHECKPOINT if run_dir is not None else None
+    log = on_main(lambda: _open_eval_log(run_dir, records)) if run_dir is not None else None
+    try:
+        for k in range(start, steps):
+            stop_if_asked(stop, save, k, f"evaluation step {k} of {steps}", checkpoint)
+            walkers_d, stats = step_fn(params_d, walkers_d, width_d, device_keys(key, k, n_devices))
+            stats = first_replica(stats)
+            for name, value in stats.items():
+                records.setdefault(name, []).append(np.asarray(value))
+            if log is not None:
+                try:
+                    log.append(stats)
+                except OSError as err:
+                    warn(f"{cannot_write(run_dir / io.EVAL_LOG, err)}; no longer appending")
+                    log.close()
+                    log = None
+            done = k + 1
+            if checkpoint_due(done, cfg.train.checkpoint_every, steps):
+                save(done)
+            if progress:
+                progress("eval", done, steps, {n: float(np.mean(v)) for n, v in stats.items()})
+    finally:
+        if log is not None:
+            log.close()
+    records = {n: np.asarray(v[:steps]) for n, v in records.items()}
+    energies = np.asarray(records["energy"], dtype=np.float64)
+    est = estimate(energies)
+    variance = float(np.mean(records["energy_sq"]) - np.mean(energies) ** 2)
+    extra = {}
+    for name in observables or {}:
+        series = np.asarray(records[name], dtype=np.float64).reshape(steps, -1)
+        parts = [estimate(series[:, i]) for i in range(series.shape[1])]
+        extra[name] = {"value": [p.mean for p in parts], "error": [p.error for p in parts]}
+    return EvalResult(
+        energy=est.mean,
+        energy_err=est.error,
+        variance=variance,
+        tau=est.tau,
+        steps=steps,
+        energies=energies,
+        wall_seconds=time.perf_counter() - t_start,
+        observables=extra,
+        records=records,
+    )

@@ -1,0 +1,214 @@
+"""One ``nnqmc run`` (:func:`run`) and ``nnqmc eval`` (:func:`evaluate_run`): the phases
+chained in a locked run directory, then result.json, the logs and the plot."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import io
+from .config import Config, load_config
+from .errors import RunError
+from .parallel import global_device_count, process_count
+from .phases.evaluation import EvalResult, evaluate
+from .phases.training import (
+    StepHook,
+    TrainResult,
+    initial_parameters,
+    load_checkpoint,
+    train,
+    train_log_attrs,
+)
+from .plot import plot_training
+from .run_setup import Run, check_devices, prepare
+from .rundir import (
+    Progress,
+    cannot_write,
+    check_run_directory,
+    has_checkpoint,
+    lock_directory,
+    on_main,
+    open_run_directory,
+    release,
+    run_directory,
+    stop_on_signals,
+)
+
+__version__ = "0.1.0"
+
+__all__ = ["correlation_fraction", "evaluate_run", "release_compiled", "run", "summarize"]
+
+
+def correlation_fraction(energy: float, hf_energy: float, exact: float | None) -> float | None:
+    """(E_HF - E) / (E_HF - E_exact)."""
+    if exact is None or hf_energy == exact:
+        return None
+    return (hf_energy - energy) / (hf_energy - exact)
+
+
+def summarize(run: Run, trained: TrainResult, evaluated: EvalResult) -> dict[str, Any]:
+    """The contents of result.json."""
+    cfg = run.config
+    ref = cfg.reference_energy
+    finite = np.asarray(trained.history.get("finite", []))
+    return {
+        "name": cfg.name,
+        "energy": evaluated.energy,
+        "energy_err": evaluated.energy_err,
+        "variance": evaluated.variance,
+        "autocorrelation_time": evaluated.tau,
+        "hf_energy": run.scf.energy,
+        "hf_method": run.scf.hf_method or run.scf.method,
+        "cas_energy": run.scf.cas_energy,
+        "basis": cfg.system.basis,
+        "reference_energy": ref,
+        "error_vs_reference": None if ref is None else evaluated.energy - ref,
+        "correlation_fraction": correlation_fraction(evaluated.energy, run.scf.energy, ref),
+        "ansatz": cfg.ansatz.kind,
+        "optimizer": cfg.train.optimizer,
+        "steps": trained.steps,
+        "rejected_steps": int(np.sum(finite == 0)),
+        "eval_steps": evaluated.steps,
+        "walkers": cfg.train.walkers,
+        "devices": global_device_count(),
+        "processes": process_count(),
+        "precision": cfg.precision,
+        "train_seconds": trained.wall_seconds,
+        "eval_seconds": evaluated.wall_seconds,
+        "wall_seconds": trained.wall_seconds + evaluated.wall_seconds,
+        "observables": evaluated.observables,
+        "version": __version__,
+    }
+
+
+def _write_results(path: Path, evaluated: EvalResult, result: dict, history: dict) -> None:
+    try:
+        io.write_table(path / io.TRAIN_LOG, history, train_log_attrs(history))
+        attrs = {"energy": evaluated.energy, "energy_err": evaluated.energy_err}
+        io.write_table(path / io.EVAL_LOG, evaluated.records, attrs)
+        io.write_json_atomic(path / io.RESULT, result)
+        plot_training(path / io.PLOT, history, result)
+    except OSError as err:
+        raise RunError(cannot_write(path, err)) from None
+
+
+def run(
+    config: Config,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    on_step: StepHook | None = None,
+    force: bool = False,
+    *,
+    initial: Callable[[Run], tuple[Any, np.ndarray]] | None = None,
+    observables: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and write the run directory; returns the contents of result.json.
+
+    ``initial(prepared_run) -> (params, walkers)``: a warm start for a fresh training (see
+    :func:`train`; ignored when resuming from a checkpoint). ``observables``: extra ones
+    for :func:`evaluate`.
+
+    The directory is locked while the run lives; SIGINT/SIGTERM stop it at the next step
+    with a checkpoint (:class:`Interrupted`). ``force`` starts a finished run over.
+    With several processes (see ``parallel.initialize_distributed``) every process calls this
+    and gets the same result; only process 0 creates the directory and writes files.
+    """
+    path = run_directory(config, out_dir)
+    check_devices(config.train.walkers)
+    on_main(lambda: check_run_directory(path, resume, force))
+    prepared = prepare(config)
+    try:
+        on_main(lambda: open_run_directory(path, config, resume, force))
+        with stop_on_signals() as stop:
+            start = None
+            if initial is not None and not (resume and has_checkpoint(path)):
+                start = initial(prepared)
+            trained = train(prepared, path, resume, progress, on_step, stop, start)
+            evaluated = evaluate(
+                prepared,
+                trained.params,
+                trained.walkers,
+                trained.width,
+                progress=progress,
+                observables=observables,
+                out_dir=path,
+                tag={"train_step": trained.steps},
+                stop=stop,
+            )
+            result = summarize(prepared, trained, evaluated)
+            on_main(lambda: _write_results(path, evaluated, result, trained.history))
+    finally:
+        release(path)
+        release_compiled()
+    return result
+
+
+def release_compiled() -> None:
+    """Free the compiled programs of a finished run.
+
+    Each run compiles its own programs (its molecule and orbitals are constants in them)
+    and JAX keeps them cached; on the CPU each holds thousands of memory maps, so a process
+    that runs many geometries or settings one after another (``nnqmc scan``, a Python loop)
+    would reach the kernel's limit (``vm.max_map_count``, 65530) after about fifteen runs
+    and crash inside LLVM."""
+    jax.clear_caches()
+    gc.collect()
+
+
+def evaluate_run(
+    run_dir: str | Path, steps: int | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Continue (or extend to ``steps``) the evaluation of a trained run directory and
+    rewrite its result.json; returns its contents."""
+    path = Path(run_dir)
+    if not (path / io.CONFIG_COPY).is_file():
+        raise RunError(f"{path} holds no run ({io.CONFIG_COPY} is missing)")
+    config = load_config(path / io.CONFIG_COPY, [] if steps is None else [f"eval.steps={steps}"])
+    check_devices(config.train.walkers)
+    on_main(lambda: check_run_directory(path, resume=True))
+    prepared = prepare(config)
+    try:
+        on_main(lambda: lock_directory(path))
+        _, params, _, opt_state = initial_parameters(prepared)
+        shape = (config.train.walkers, prepared.molecule.n_elec, 3)
+        saved = load_checkpoint(path, params, opt_state, shape)
+        if saved is None:
+            raise RunError(f"{path} holds no checkpoint to evaluate")
+        if saved["step"] < config.train.steps:
+            raise RunError(
+                f"{path}: training stopped at step {saved['step']} of {config.train.steps}; "
+                "finish it first with nnqmc run FILE --out DIR --resume"
+            )
+        history = saved["history"]
+        wall = history["wall_time"]
+        trained = TrainResult(
+            params=saved["params"],
+            walkers=saved["walkers"],
+            width=saved["width"],
+            history=history,
+            steps=saved["step"],
+            wall_seconds=float(wall[-1]) if len(wall) else 0.0,
+        )
+        with stop_on_signals() as stop:
+            evaluated = evaluate(
+                prepared,
+                trained.params,
+                trained.walkers,
+                trained.width,
+                progress=progress,
+                out_dir=path,
+                tag={"train_step": trained.steps},
+                stop=stop,
+            )
+            result = summarize(prepared, trained, evaluated)
+            on_main(lambda: _write_results(path, evaluated, result, trained.history))
+    finally:
+        release(path)
+        release_compiled()
+    return result
