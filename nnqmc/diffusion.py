@@ -1,0 +1,272 @@
+"""Fixed-node diffusion Monte Carlo: the jitted, pmapped step and its pieces.
+
+The population is fixed: ``W`` walkers with weights. One step moves every walker by an
+importance-sampled drift–diffusion proposal
+
+    R' = R + v̄(R) τ + sqrt(τ) χ,   χ ~ N(0, 1),
+
+accepted with the Metropolis–Hastings probability of the drift–diffusion Green's function
+``G(R -> R') ∝ exp(-|R' - R - v̄(R) τ|² / 2τ)``
+
+    p = min(1, |ψ(R')/ψ(R)|² G(R' -> R) / G(R -> R')),   p = 0 if sign ψ(R') ≠ sign ψ(R),
+
+so that no move crosses a node of the trial wavefunction. The drift ``v = ∇ log|ψ|`` is
+limited per electron as Umrigar, Nightingale & Runge (J. Chem. Phys. 99, 2865 (1993)):
+``v̄ = v (-1 + sqrt(1 + 2 a v² τ)) / (a v² τ)``, which is ``v`` where ``v² τ`` is small and
+at most ``sqrt(2/(a τ))`` long near a node or a nucleus. Each weight is multiplied by the
+expectation over accept/reject of the branching factor,
+
+    w <- w exp(τ_eff [p (S(R') + S(R)) / 2 + (1 - p) S(R)]),   S = E_ref - E_L,
+
+with the local energy limited to ``E_avg ± 0.2 sqrt(N_elec / τ)`` in ``S`` only (Zen,
+Sorella, Gillan, Michaelides & Alfè, Phys. Rev. B 93, 241118 (2016)), and the effective
+time step ``τ_eff = τ <p |χ|²> / <|χ|²>`` (population average). The step's energy is the
+weighted mean of ``p E_L(R') + (1 - p) E_L(R)``. Then a comb (systematic resampling) over
+the whole population draws ``W`` walkers with probabilities ``w / Σw``; each new walker
+carries the weight ``Σw / W``, so the total weight is kept and the feedback
+
+    E_ref = E_avg - log(Σw / W) / (T_fb τ)
+
+pulls it back towards ``W`` over ``T_fb`` steps (population control).
+
+Every random number of walker ``g`` comes from ``fold_in(key, g)`` with its index ``g`` in
+the whole population, and every population sum is taken over the gathered population in
+the same order, so the step gives the same numbers on 1 and on several devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .ansatz import Ansatz
+from .hamiltonian import Hamiltonian
+from .optimize import AXIS
+from .train import batch_local_energy
+
+ENERGY_CUTOFF_ALPHA = 0.2
+"""``E_cut = α sqrt(N_elec / τ)`` (Zen et al. 2016)."""
+
+FEEDBACK_STEPS = 10.0
+"""Steps over which the population-control feedback restores the total weight."""
+
+AVERAGE_STEPS = 100
+"""Memory (steps) of the running energy average ``E_avg`` used by the feedback."""
+
+
+class DMCWalkers(NamedTuple):
+    """One device's walkers and what the next step needs of them (leading axis: walkers)."""
+
+    r: jax.Array
+    sign: jax.Array
+    log_psi: jax.Array
+    grad: jax.Array
+    e_local: jax.Array
+    weight: jax.Array
+
+
+class DMCControl(NamedTuple):
+    """Replicated scalars of the population: reference and running average energies, and
+    the number of steps the average has seen."""
+
+    e_ref: jax.Array
+    e_avg: jax.Array
+    count: jax.Array
+
+
+def limited_drift(grad: jax.Array, tau: float | jax.Array, a: float = 1.0) -> jax.Array:
+    """Per-electron drift ``v (-1 + sqrt(1 + 2 a v² τ)) / (a v² τ)`` for ``grad`` (..., 3).
+
+    Tends to ``v`` where ``a v² τ -> 0`` and has length at most ``sqrt(2 / (a τ))``.
+    """
+    v2 = jnp.sum(grad * grad, axis=-1, keepdims=True)
+    x = a * v2 * tau
+    safe = jnp.where(x > 1e-8, x, 1.0)
+    factor = jnp.where(x > 1e-8, (jnp.sqrt(1.0 + 2.0 * safe) - 1.0) / safe, 1.0 - 0.5 * x)
+    return grad * factor
+
+
+def energy_cutoff(n_elec: int, tau: float | jax.Array) -> jax.Array:
+    """The limit on ``|E_L - E_avg|`` in the branching factor."""
+    return ENERGY_CUTOFF_ALPHA * jnp.sqrt(n_elec / tau)
+
+
+def comb_indices(weights: jax.Array, u: jax.Array) -> jax.Array:
+    """Systematic resampling: ``W`` indices drawn with probabilities ``weights / Σ weights``
+    by one comb of ``W`` evenly spaced teeth shifted by ``u`` in [0, 1).
+
+    Walker ``i`` is drawn ``floor`` or ``ceil`` of ``W w_i / Σw`` times, so every weighted
+    mean over the population is kept in expectation.
+    """
+    n = weights.shape[0]
+    cumulative = jnp.cumsum(weights)
+    teeth = (u + jnp.arange(n, dtype=weights.dtype)) * (cumulative[-1] / n)
+    return jnp.minimum(jnp.searchsorted(cumulative, teeth, side="right"), n - 1)
+
+
+def reference_energy(e_avg: jax.Array, total_weight: jax.Array, n_walkers: int, tau) -> jax.Array:
+    """``E_avg - log(Σw / W) / (T_fb τ)``: population-control feedback."""
+    return e_avg - jnp.log(total_weight / n_walkers) / (FEEDBACK_STEPS * tau)
+
+
+def value_sign_grad(ansatz: Ansatz) -> Callable[[Any, jax.Array], tuple[jax.Array, ...]]:
+    """Batched ``(params, r) -> (sign ψ, log|ψ|, ∇ log|ψ|)``."""
+
+    def one(params, r):
+        def log_abs(x):
+            sign, log_psi = ansatz.apply(params, x)
+            return log_psi, sign
+
+        (log_psi, sign), grad = jax.value_and_grad(log_abs, has_aux=True)(r)
+        return sign, log_psi, grad
+
+    return jax.vmap(one, in_axes=(None, 0))
+
+
+def _gather(x: jax.Array) -> jax.Array:
+    return jax.lax.all_gather(x, AXIS, tiled=True)
+
+
+def _walker_keys(key: jax.Array, n_local: int) -> jax.Array:
+    first = jax.lax.axis_index(AXIS) * n_local
+    return jax.vmap(lambda g: jax.random.fold_in(key, g))(first + jnp.arange(n_local))
+
+
+def _local_slice(x: jax.Array, n_local: int) -> jax.Array:
+    start = jax.lax.axis_index(AXIS) * n_local
+    return jax.lax.dynamic_slice_in_dim(x, start, n_local)
+
+
+def make_walkers(ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str = "forward"):
+    """A pmapped ``(params, r) -> DMCWalkers`` with unit weights (start of a DMC run)."""
+    values = value_sign_grad(ansatz)
+    energies = batch_local_energy(ansatz, hamiltonian, engine)
+
+    def start(params, r):
+        sign, log_psi, grad = values(params, r)
+        e = energies(params, r)
+        return DMCWalkers(r, sign, log_psi, grad, e, jnp.ones_like(e))
+
+    return jax.pmap(start, axis_name=AXIS)
+
+
+def make_dmc_step(
+    ansatz: Ansatz,
+    hamiltonian: Hamiltonian,
+    *,
+    engine: str = "forward",
+    drift_a: float = 1.0,
+) -> Callable[..., tuple[DMCWalkers, DMCControl, dict[str, jax.Array]]]:
+    """A pmapped ``step(params, walkers, control, key, tau) -> (walkers, control, stats)``.
+
+    ``key`` and ``tau`` are the same on every device. ``stats`` (replicated): ``energy``
+    (the step's weighted mixed estimate), ``total_weight`` (Σw before resampling, over W),
+    ``acceptance``, ``tau_eff``, ``e_ref``, ``n_nonfinite`` (proposals rejected for a
+    non-finite local energy or log|ψ|).
+    """
+    values = value_sign_grad(ansatz)
+    energies = batch_local_energy(ansatz, hamiltonian, engine)
+    n_elec = ansatz.n_up + ansatz.n_down
+
+    def step(params, walkers: DMCWalkers, control: DMCControl, key, tau):
+        n_local = walkers.r.shape[0]
+        dtype = walkers.r.dtype
+        tau = tau.astype(dtype)
+        keys = _walker_keys(jax.random.fold_in(key, 0), n_local)
+        noise = jax.vmap(lambda k: jax.random.normal(k, walkers.r.shape[1:], dtype))(keys)
+        u_accept = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1), (), dtype))(keys)
+        drift = limited_drift(walkers.grad, tau, drift_a)
+        proposal = walkers.r + drift * tau + jnp.sqrt(tau) * noise
+        sign_new, log_psi_new, grad_new = values(params, proposal)
+        e_new = energies(params, proposal)
+        drift_back = limited_drift(grad_new, tau, drift_a)
+        forward = jnp.sum((proposal - walkers.r - drift * tau) ** 2, axis=(1, 2))
+        backward = jnp.sum((walkers.r - proposal - drift_back * tau) ** 2, axis=(1, 2))
+        log_ratio = 2.0 * (log_psi_new - walkers.log_psi) + (forward - backward) / (2.0 * tau)
+        finite = jnp.isfinite(e_new) & jnp.isfinite(log_psi_new)
+        finite &= jnp.all(jnp.isfinite(grad_new), axis=(1, 2))
+        same_side = sign_new == walkers.sign
+        p = jnp.where(finite & same_side, jnp.exp(jnp.minimum(log_ratio, 0.0)), 0.0)
+        accept = u_accept < p
+
+        chi2 = jnp.sum(noise * noise, axis=(1, 2))
+        g_p, g_chi2, g_w = _gather(p), _gather(chi2), _gather(walkers.weight)
+        tau_eff = tau * jnp.sum(g_w * g_p * g_chi2) / jnp.sum(g_w * g_chi2)
+
+        cutoff = energy_cutoff(n_elec, tau)
+        e_new_safe = jnp.where(finite, e_new, walkers.e_local)
+
+        def limited(e):
+            return jnp.clip(e, control.e_avg - cutoff, control.e_avg + cutoff)
+
+        s_old = control.e_ref - limited(walkers.e_local)
+        s_new = control.e_ref - limited(e_new_safe)
+        log_branch = tau_eff * (p * 0.5 * (s_new + s_old) + (1.0 - p) * s_old)
+        weight = walkers.weight * jnp.exp(log_branch)
+        e_mixed = p * e_new_safe + (1.0 - p) * walkers.e_local
+
+        moved = DMCWalkers(
+            jnp.where(accept[:, None, None], proposal, walkers.r),
+            jnp.where(accept, sign_new, walkers.sign),
+            jnp.where(accept, log_psi_new, walkers.log_psi),
+            jnp.where(accept[:, None, None], grad_new, walkers.grad),
+            jnp.where(accept, e_new_safe, walkers.e_local),
+            weight,
+        )
+        population = jax.tree_util.tree_map(_gather, moved)
+        g_weight, g_mixed = population.weight, _gather(e_mixed)
+        n_total = g_weight.shape[0]
+        total = jnp.sum(g_weight)
+        energy = jnp.sum(g_weight * g_mixed) / total
+
+        u_comb = jax.random.uniform(jax.random.fold_in(key, 1), (), dtype)
+        chosen = _local_slice(comb_indices(g_weight, u_comb), n_local)
+        resampled = jax.tree_util.tree_map(lambda x: x[chosen], population)
+        resampled = resampled._replace(weight=jnp.full((n_local,), total / n_total, dtype))
+
+        count = control.count + 1
+        memory = jnp.minimum(count, AVERAGE_STEPS).astype(dtype)
+        e_avg = control.e_avg + (energy - control.e_avg) / memory
+        e_ref = reference_energy(e_avg, total, n_total, tau)
+        stats = {
+            "energy": energy,
+            "total_weight": total / n_total,
+            "acceptance": jnp.sum(_gather(accept.astype(dtype))) / n_total,
+            "tau_eff": tau_eff,
+            "e_ref": control.e_ref,
+            "n_nonfinite": jnp.sum(_gather((~finite).astype(jnp.int32))),
+        }
+        return resampled, DMCControl(e_ref, e_avg, count), stats
+
+    pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, 0, None, None))
+
+    def run_step(params, walkers: DMCWalkers, control: DMCControl, key: jax.Array, tau: float):
+        return pmapped(params, walkers, control, key, jnp.asarray(tau, jnp.float64))
+
+    return run_step
+
+
+def initial_control(energy: float, n_devices: int) -> DMCControl:
+    """Reference and running average both at ``energy`` (e.g. the VMC energy), replicated."""
+    one = DMCControl(jnp.asarray(energy), jnp.asarray(energy), jnp.asarray(0, jnp.int32))
+    return jax.tree_util.tree_map(lambda x: jnp.stack([x] * n_devices), one)
+
+
+def extrapolate_timestep(
+    taus: np.ndarray, energies: np.ndarray, errors: np.ndarray
+) -> tuple[float, float, float]:
+    """Weighted least-squares line ``E(τ) = E_0 + b τ``; returns ``(E_0, σ(E_0), b)``.
+
+    With one time step there is nothing to extrapolate: its energy and error come back.
+    """
+    taus, energies, errors = (np.asarray(x, np.float64) for x in (taus, energies, errors))
+    if taus.size == 1:
+        return float(energies[0]), float(errors[0]), 0.0
+    design = np.stack([np.ones_like(taus), taus], axis=1) / errors[:, None]
+    covariance = np.linalg.inv(design.T @ design)
+    coef = covariance @ design.T @ (energies / errors)
+    return float(coef[0]), float(np.sqrt(covariance[0, 0])), float(coef[1])
