@@ -48,7 +48,7 @@ from .config_schema import (
     suggest,
 )
 from .config_toml import TOMLDecodeError, loads, parse_value, to_toml, toml_location
-from .molecule import Molecule, MoleculeError
+from .molecule import MIN_NUCLEAR_DISTANCE, Molecule, MoleculeError, closest_overlap
 
 __all__ = [
     "ANSATZ_KINDS",
@@ -273,6 +273,17 @@ def _cross_check(values: dict[str, Any], fail) -> None:
             )
         if (n_elec - molecule.spin) % 2 or n_elec < molecule.spin:
             raise fail("ansatz.cas", f"{n_elec} active electrons cannot carry spin {molecule.spin}")
+    charges = values["hamiltonian"].point_charges  # rows [q, x, y, z], bohr
+    close = closest_overlap([row[1:] for row in charges], molecule.coords)
+    if close is not None:
+        c, i, d = close
+        where = ", ".join(f"{x:g}" for x in charges[c][1:])
+        raise fail(
+            "hamiltonian.point_charges",
+            f"point charge {c + 1} at ({where}) lies {d:.3g} bohr from atom {i + 1} "
+            f"({molecule.symbols[i]}); point charges must be at least "
+            f"{MIN_NUCLEAR_DISTANCE:g} bohr from every nucleus",
+        )
 
 
 def _check_scan(scan: ScanConfig, table: dict, system, base_dir: Path, fail) -> ScanConfig:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .hamiltonian import ExternalPotential, Hamiltonian, nuclei
+from .molecule import MIN_NUCLEAR_DISTANCE, closest_overlap
 
 __all__ = [
     "HarmonicTrap",
@@ -90,6 +91,18 @@ class PointCharges:
         object.__setattr__(self, "charges", tuple(q.tolist()))
         object.__setattr__(self, "coords", tuple(map(tuple, c.tolist())))
 
+    def check_nuclei(self, coords: np.ndarray) -> None:
+        """ValueError if a charge sits on a nucleus (closer than the limit for two atoms,
+        :data:`nnqmc.molecule.MIN_NUCLEAR_DISTANCE`): its energy would be infinite."""
+        close = closest_overlap(np.asarray(self.coords), coords)
+        if close is not None:
+            c, i, d = close
+            where = ", ".join(f"{x:g}" for x in self.coords[c])
+            raise ValueError(
+                f"point charge {c + 1} at ({where}) lies {d:.3g} bohr from nucleus {i + 1}; "
+                f"point charges must be at least {MIN_NUCLEAR_DISTANCE:g} bohr from every nucleus"
+            )
+
     def electron_potential(self, r: jax.Array) -> jax.Array:
         """``- sum_{i,c} q_c / |r_i - R_c|``."""
         q = jnp.asarray(self.charges, r.dtype)
@@ -97,7 +110,8 @@ class PointCharges:
         return -jnp.sum(q / jnp.sqrt(jnp.sum(d * d, axis=-1)))
 
     def nuclear_energy(self, charges: np.ndarray, coords: np.ndarray) -> float:
-        """``sum_{I,c} Z_I q_c / |R_I - R_c|``."""
+        """``sum_{I,c} Z_I q_c / |R_I - R_c|``; ValueError for a charge on a nucleus."""
+        self.check_nuclei(coords)
         c = np.asarray(self.coords).reshape(-1, 3)
         d = np.linalg.norm(coords[:, None, :] - c[None], axis=-1)
         return float(np.sum(charges[:, None] * np.asarray(self.charges)[None] / d))

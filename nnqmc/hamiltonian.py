@@ -85,6 +85,17 @@ def nuclei(hamiltonian: Hamiltonian) -> tuple[np.ndarray, np.ndarray]:
     return charges, coords.reshape(-1, 3)
 
 
+def _check_external(
+    external: Sequence[ExternalPotential], charges: np.ndarray, coords: np.ndarray
+) -> None:
+    """Let each term refuse the nuclei it is placed with (``check_nuclei``, optional: e.g.
+    a point charge on a nucleus), so that the error comes when the Hamiltonian is built."""
+    for term in external:
+        check = getattr(term, "check_nuclei", None)
+        if check is not None and len(charges):
+            check(coords)
+
+
 def _external_energy(
     external: Sequence[ExternalPotential], r: jax.Array, charges: np.ndarray, coords: np.ndarray
 ) -> jax.Array:
@@ -107,6 +118,10 @@ class MolecularHamiltonian:
     n_up: int
     n_down: int
     external: tuple[ExternalPotential, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.external:
+            _check_external(self.external, *nuclei(self))
 
     @classmethod
     def without_nuclei(
@@ -139,6 +154,10 @@ class ExtendedHamiltonian:
 
     base: Hamiltonian
     external: tuple[ExternalPotential, ...]
+
+    def __post_init__(self) -> None:
+        if self.external:
+            _check_external(self.external, *nuclei(self.base))
 
     @property
     def n_up(self) -> int:

@@ -98,6 +98,21 @@ class Molecule:
         )
 
 
+def closest_overlap(points: np.ndarray, coords: np.ndarray) -> tuple[int, int, float] | None:
+    """The first ``(point, nucleus, distance)`` closer than :data:`MIN_NUCLEAR_DISTANCE`
+    (the limit for two atoms, here for e.g. point charges), else None."""
+    points = np.asarray(points, np.float64).reshape(-1, 3)
+    coords = np.asarray(coords, np.float64).reshape(-1, 3)
+    if not len(points) or not len(coords):
+        return None
+    d = np.linalg.norm(points[:, None, :] - coords[None, :, :], axis=-1)
+    close = np.argwhere(d < MIN_NUCLEAR_DISTANCE)
+    if not len(close):
+        return None
+    c, i = (int(v) for v in close[0])
+    return c, i, float(d[c, i])
+
+
 def _parse_atom_lines(lines: list[str]) -> tuple[list[str], np.ndarray]:
     symbols, coords = [], []
     for line in lines:

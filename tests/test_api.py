@@ -20,7 +20,7 @@ import pytest
 
 import nnqmc
 from nnqmc.api import RunError, initial_walkers
-from nnqmc.config import ConfigError, load_config
+from nnqmc.config import ConfigError, config_from_dict, load_config
 from nnqmc.estimate import estimate
 from nnqmc.hamiltonian import local_energy
 
@@ -87,6 +87,29 @@ def test_invalid_external_terms_are_refused():
         nnqmc.HarmonicTrap(-1.0)
     with pytest.raises(ValueError):
         nnqmc.PointCharges((1.0,), ((0.0, 0.0, 0.0), (1.0, 0.0, 0.0)))
+
+
+def test_point_charge_on_a_nucleus_is_refused_at_input():
+    """Closer than two atoms may be (0.1 bohr): in the config, and in the Python API."""
+    system = {"atoms": "H 0 0 0\nH 0 0 1.4", "unit": "bohr"}
+    near = {"point_charges": [[0.5, 0.0, 0.0, 8.0], [1.0, 0.0, 0.0, 1.45]]}
+    with pytest.raises(ConfigError, match="hamiltonian.point_charges") as info:
+        config_from_dict({"name": "x", "system": system, "hamiltonian": near})
+    assert "point charge 2" in str(info.value) and "atom 2 (H)" in str(info.value)
+    assert "\n" not in str(info.value)
+    far = {"point_charges": [[1.0, 0.0, 0.0, 1.6]]}
+    config_from_dict({"name": "x", "system": system, "hamiltonian": far})
+
+    on_nucleus = nnqmc.PointCharges((1.0,), (tuple(COORDS[1]),))
+    with pytest.raises(ValueError, match="point charge 1 .* nucleus 2"):
+        nnqmc.MolecularHamiltonian(CHARGES, COORDS, 1, 1, (on_nucleus,))
+    plain = nnqmc.MolecularHamiltonian(CHARGES, COORDS, 1, 1)
+    with pytest.raises(ValueError, match="nucleus 2"):
+        nnqmc.with_external(plain, [on_nucleus])
+    with pytest.raises(ValueError, match="nucleus 2"):
+        on_nucleus.nuclear_energy(CHARGES, COORDS)
+    # without nuclei (Hooke's atom) a charge may sit anywhere
+    nnqmc.with_external(HookeAtom(), [nnqmc.PointCharges((1.0,), ((0.0, 0.0, 0.0),))])
 
 
 def test_dipole_observable_on_a_fixed_configuration():

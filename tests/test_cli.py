@@ -118,6 +118,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
     assert not out.exists()
 
 
+def test_point_charge_on_a_nucleus_is_one_line_exit_2(tmp_path, capsys):
+    path = tmp_path / "charged.toml"
+    path.write_text(H2_TEXT + "[hamiltonian]\npoint_charges = [[1.0, 0.0, 0.0, 1.4]]\n")
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("nnqmc: error: ")
+    assert "charged.toml: hamiltonian.point_charges: point charge 1" in err
+    assert "0.1 bohr from every nucleus" in err
+    assert not out.exists()
+
+
 def test_missing_file_and_bad_override(tmp_path, capsys):
     assert main(["run", str(tmp_path / "missing.toml")]) == 2
     assert "missing.toml" in capsys.readouterr().err
