@@ -7,8 +7,9 @@ The public Python API (see README, "Python API"):
   :func:`with_external`;
 * wavefunctions: :func:`prepare` (HF of a molecule -> PauliNet/Jastrow/HF, as the CLI),
   :func:`ansatz_from_orbitals` (PauliNet etc. on user orbitals);
-* runs: :func:`settings`, :func:`custom_run`, :func:`train`, :func:`evaluate`, :func:`run`,
-  with results :class:`TrainResult`, :class:`EvalResult`;
+* runs: :func:`settings`, :func:`custom_run`, :func:`train`, :func:`evaluate`, :func:`dmc`
+  (fixed-node diffusion Monte Carlo), :func:`run`, with results :class:`TrainResult`,
+  :class:`EvalResult`, :class:`DMCResult`;
 * observables: :func:`dipole_moment`, :func:`default_observables`.
 """
 
@@ -24,7 +25,17 @@ _jax.config.update("jax_enable_x64", True)
 
 from .ansatz import Ansatz  # noqa: E402
 from .ansatz.custom import ansatz_from_orbitals  # noqa: E402
-from .api import EvalResult, Run, TrainResult, evaluate, prepare, run, train  # noqa: E402
+from .api import (  # noqa: E402
+    DMCResult,
+    EvalResult,
+    Run,
+    TrainResult,
+    dmc,
+    evaluate,
+    prepare,
+    run,
+    train,
+)
 from .config import Config, ConfigError, load_config  # noqa: E402
 from .custom import custom_run, default_observables, gaussian_walkers, settings  # noqa: E402
 from .external import HarmonicTrap, PointCharges, UniformField, dipole_moment  # noqa: E402
@@ -42,6 +53,7 @@ __all__ = [
     "Ansatz",
     "Config",
     "ConfigError",
+    "DMCResult",
     "EvalResult",
     "ExternalPotential",
     "Hamiltonian",
@@ -56,6 +68,7 @@ __all__ = [
     "custom_run",
     "default_observables",
     "dipole_moment",
+    "dmc",
     "evaluate",
     "gaussian_walkers",
     "load_config",

@@ -4,13 +4,15 @@ these. Only a surface: each name lives in the module that owns its concern
 
 * :mod:`nnqmc.run_setup`: the prepared run (:class:`Run`, :func:`prepare`, ...);
 * :mod:`nnqmc.rundir`: the run directory, locks, signals, checkpoint rotation, NaN guard;
-* :mod:`nnqmc.phases.training` and :mod:`nnqmc.phases.evaluation`: the two phases;
-* :mod:`nnqmc.runner`: one ``nnqmc run`` / ``nnqmc eval`` (phases chained, result.json).
+* :mod:`nnqmc.phases.training`, :mod:`nnqmc.phases.evaluation` and :mod:`nnqmc.phases.dmc`:
+  the phases (VMC training, VMC evaluation, fixed-node diffusion Monte Carlo);
+* :mod:`nnqmc.runner`: one ``nnqmc run`` / ``eval`` / ``dmc`` (phases chained, result.json).
 """
 
 from __future__ import annotations
 
 from .errors import Interrupted, RunError
+from .phases.dmc import DMCResult, dmc
 from .phases.evaluation import EvalResult, eval_step, evaluate
 from .phases.training import StepHook, TrainResult, train, trained_state
 from .run_setup import Run, build_ansatz, check_devices, initial_walkers, precision_dtype, prepare
@@ -18,6 +20,7 @@ from .rundir import Progress, StopCheck, check_run_directory, run_directory, sto
 from .runner import (
     __version__,
     correlation_fraction,
+    dmc_run,
     evaluate_run,
     release_compiled,
     run,
@@ -26,6 +29,7 @@ from .runner import (
 from .train import WaveObservable
 
 __all__ = [
+    "DMCResult",
     "EvalResult",
     "Interrupted",
     "Progress",
@@ -40,6 +44,8 @@ __all__ = [
     "check_devices",
     "check_run_directory",
     "correlation_fraction",
+    "dmc",
+    "dmc_run",
     "eval_step",
     "evaluate",
     "evaluate_run",

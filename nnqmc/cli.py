@@ -62,7 +62,30 @@ def format_result(result: dict[str, Any]) -> str:
             lines.append(
                 f"  correlation energy recovered: {100 * result['correlation_fraction']:.1f} %"
             )
+    if result.get("dmc_energy") is not None:
+        lines.extend(_format_dmc(result))
     return "\n".join(lines)
+
+
+def _format_dmc(result: dict[str, Any]) -> list[str]:
+    """VMC and DMC side by side, then E(τ) per time step."""
+    ref = result["reference_energy"]
+    rows = [("VMC", result["energy"], result["energy_err"])]
+    several = len(result["dmc"]) > 1
+    rows.append(("DMC τ->0" if several else "DMC", result["dmc_energy"], result["dmc_energy_err"]))
+    lines = [f"  {'':9s}{'E (Ha)':>24s}" + ("   E - E_ref (mHa)" if ref is not None else "")]
+    for name, e, err in rows:
+        line = f"  {name:9s}{e:14.6f} ± {err:.6f}"
+        if ref is not None:
+            line += f"   {(e - ref) * 1000:+8.2f} ± {err * 1000:.2f}"
+        lines.append(line)
+    for row in result["dmc"]:
+        lines.append(
+            f"    τ = {row['timestep']:<8g} E = {row['energy']:.6f} ± {row['energy_err']:.6f}"
+            f"  acceptance {row['acceptance']:.4f}  {row['steps']} steps"
+        )
+    lines.append(f"  DMC: {result['dmc_walkers']} walkers, {result['dmc_seconds']:.0f} s")
+    return lines
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,6 +134,21 @@ def _parser() -> argparse.ArgumentParser:
         "--steps", type=int, metavar="N", help="evaluation steps in all (default: eval.steps)"
     )
     _add_distributed(evaluate)
+    diffuse = sub.add_parser(
+        "dmc", help="run, continue or extend fixed-node DMC on a trained run directory"
+    )
+    diffuse.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
+    diffuse.add_argument(
+        "--steps", type=int, metavar="N", help="steps per time step (default: dmc.steps)"
+    )
+    diffuse.add_argument(
+        "--timestep",
+        type=float,
+        nargs="+",
+        metavar="TAU",
+        help="time step(s) in 1/Ha; several: extrapolate to 0 (default: dmc.timestep)",
+    )
+    _add_distributed(diffuse)
     bench = sub.add_parser("bench", help="time training steps and local energies")
     bench.add_argument("file", help="input TOML file")
     bench.add_argument("--walkers", type=int, help="walkers (default: train.walkers)")
@@ -300,7 +338,7 @@ def _execute(args) -> int:
     """``run`` or ``eval`` after joining the processes of a distributed run."""
     import shlex
 
-    from .api import Interrupted, RunError, evaluate_run, run, run_directory
+    from .api import Interrupted, RunError, dmc_run, evaluate_run, run, run_directory
     from .config import ConfigError, load_config
     from .parallel import is_main_process
 
@@ -313,6 +351,13 @@ def _execute(args) -> int:
             if args.steps is not None:
                 how += f" --steps {args.steps}"
             result = evaluate_run(args.run_dir, args.steps, progress=progress)
+        elif args.command == "dmc":
+            if args.steps is not None and args.steps <= 0:
+                return _fail(f"--steps must be positive, got {args.steps}")
+            if args.timestep is not None and min(args.timestep) <= 0:
+                return _fail(f"--timestep must be positive, got {min(args.timestep):g}")
+            how = f"nnqmc dmc {shlex.quote(args.run_dir)}"
+            result = dmc_run(args.run_dir, args.steps, args.timestep, progress=progress)
         else:
             config = load_config(args.file, args.set)
             out = run_directory(config, args.out)

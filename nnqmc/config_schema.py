@@ -92,9 +92,23 @@ def _cas(v: Any) -> str | None:
     return None
 
 
-def _f(default: Any = dataclasses.MISSING, *, check: Check | None = None, choices=None):
-    """A dataclass field carrying its validation rule as metadata."""
-    return field(default=default, metadata={"check": check, "choices": choices})
+def _all_positive(v: Any) -> str | None:
+    if not v:
+        return "must hold at least one value"
+    return None if all(x > 0 for x in v) else f"must all be > 0, got {list(v)}"
+
+
+def _f(
+    default: Any = dataclasses.MISSING,
+    *,
+    check: Check | None = None,
+    choices=None,
+    one_or_many: bool = False,
+):
+    """A dataclass field carrying its validation rule as metadata (``one_or_many``: a
+    list field that also takes a single value)."""
+    metadata = {"check": check, "choices": choices, "one_or_many": one_or_many}
+    return field(default=default, metadata=metadata)
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -165,6 +179,20 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class DMCConfig:
+    """``[dmc]``: fixed-node diffusion Monte Carlo after the evaluation (its presence in the
+    input asks for it; :mod:`nnqmc.diffusion`). ``timestep``: one τ (Ha⁻¹) or several, run
+    one after the other from the largest, for the τ -> 0 extrapolation; ``steps`` and
+    ``equilibration``: per time step; ``walkers``: the fixed population (0: the training
+    walkers)."""
+
+    steps: int = _f(2000, check=_positive)
+    timestep: tuple[float, ...] = _f((0.01,), check=_all_positive, one_or_many=True)
+    walkers: int = _f(0, check=_non_negative)
+    equilibration: int = _f(500, check=_non_negative)
+
+
+@dataclass(frozen=True)
 class HamiltonianConfig:
     """External potentials added to the molecular Hamiltonian (and to its SCF), a.u./bohr.
 
@@ -231,6 +259,7 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dmc: DMCConfig = field(default_factory=DMCConfig)  # run only if [dmc] is in the input
     scan: ScanConfig = field(default_factory=ScanConfig)  # kind None: no [scan]
     source: Path | None = None
     data: dict = field(default_factory=dict, repr=False)
@@ -367,8 +396,11 @@ def read_fields(
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise fail(key, "missing required key")
             continue
+        raw = table[f.name]
+        if f.metadata.get("one_or_many") and not isinstance(raw, (list, tuple, dict)):
+            raw = [raw]
         try:
-            value = _convert(table[f.name], hints[f.name])
+            value = _convert(raw, hints[f.name])
         except TypeError as exc:
             raise fail(key, str(exc)) from None
         choices = f.metadata.get("choices")

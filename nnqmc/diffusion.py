@@ -250,9 +250,10 @@ def make_dmc_step(
     return run_step
 
 
-def initial_control(energy: float, n_devices: int) -> DMCControl:
+def initial_control(energy: float, n_devices: int, dtype: Any = jnp.float64) -> DMCControl:
     """Reference and running average both at ``energy`` (e.g. the VMC energy), replicated."""
-    one = DMCControl(jnp.asarray(energy), jnp.asarray(energy), jnp.asarray(0, jnp.int32))
+    e = jnp.asarray(energy, dtype)
+    one = DMCControl(e, e, jnp.asarray(0, jnp.int32))
     return jax.tree_util.tree_map(lambda x: jnp.stack([x] * n_devices), one)
 
 

@@ -28,6 +28,9 @@ CHECKPOINT = "checkpoint.h5"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.h5"
 EVAL_CHECKPOINT = "eval-checkpoint.h5"
 PREVIOUS_EVAL_CHECKPOINT = "eval-checkpoint.prev.h5"
+DMC_LOG = "dmc.h5"
+DMC_CHECKPOINT = "dmc-checkpoint.h5"
+PREVIOUS_DMC_CHECKPOINT = "dmc-checkpoint.prev.h5"
 RESULT = "result.json"
 CONFIG_COPY = "config.toml"
 INPUT_COPY = "input.toml"
@@ -41,8 +44,11 @@ RUN_FILES = (
     PREVIOUS_CHECKPOINT,
     EVAL_CHECKPOINT,
     PREVIOUS_EVAL_CHECKPOINT,
+    DMC_CHECKPOINT,
+    PREVIOUS_DMC_CHECKPOINT,
     TRAIN_LOG,
     EVAL_LOG,
+    DMC_LOG,
     RESULT,
     PLOT,
     INPUT_COPY,

@@ -37,6 +37,11 @@ def plot_training(path: str | Path, history: dict[str, np.ndarray], result: dict
     e, err = result["energy"], result["energy_err"]
     ax.axhspan(e - err, e + err, color="C2", alpha=0.3)
     ax.axhline(e, color="C2", lw=1, label=f"evaluated {e:.5f} ± {err:.5f}")
+    if result.get("dmc_energy") is not None:
+        d, d_err = result["dmc_energy"], result["dmc_energy_err"]
+        ax.axhspan(d - d_err, d + d_err, color="C1", alpha=0.3)
+        ax.axhline(d, color="C1", lw=1, label=f"DMC {d:.5f} ± {d_err:.5f}")
+        e = min(e, d)
     low = min(ref if ref is not None else e, e) - 0.01 * abs(result["hf_energy"] - e) - 0.005
     high = result["hf_energy"] + 0.25 * abs(result["hf_energy"] - low)
     ax.set_ylim(low, high)

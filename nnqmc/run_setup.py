@@ -33,7 +33,7 @@ __all__ = [
 
 # Keys of the independent random streams of one run, all folded into the seed's key; a new
 # phase takes the next number.
-STREAM_INIT, STREAM_WALKERS, STREAM_BURN_IN, STREAM_TRAIN, STREAM_EVAL = range(5)
+STREAM_INIT, STREAM_WALKERS, STREAM_BURN_IN, STREAM_TRAIN, STREAM_EVAL, STREAM_DMC = range(6)
 
 
 @dataclass

@@ -12,9 +12,10 @@ import jax
 import numpy as np
 
 from . import io
-from .config import Config, load_config
+from .config import Config, load_config, to_toml
 from .errors import RunError
 from .parallel import global_device_count, process_count
+from .phases.dmc import DMCResult, dmc
 from .phases.evaluation import EvalResult, evaluate
 from .phases.training import (
     StepHook,
@@ -41,7 +42,20 @@ from .rundir import (
 
 __version__ = "0.1.0"
 
-__all__ = ["correlation_fraction", "evaluate_run", "release_compiled", "run", "summarize"]
+__all__ = [
+    "correlation_fraction",
+    "dmc_run",
+    "evaluate_run",
+    "release_compiled",
+    "run",
+    "summarize",
+    "wants_dmc",
+]
+
+
+def wants_dmc(config: Config) -> bool:
+    """Whether the input asks for diffusion Monte Carlo (it has a ``[dmc]`` section)."""
+    return "dmc" in config.data
 
 
 def correlation_fraction(energy: float, hf_energy: float, exact: float | None) -> float | None:
@@ -51,8 +65,10 @@ def correlation_fraction(energy: float, hf_energy: float, exact: float | None) -
     return (hf_energy - energy) / (hf_energy - exact)
 
 
-def summarize(run: Run, trained: TrainResult, evaluated: EvalResult) -> dict[str, Any]:
-    """The contents of result.json."""
+def summarize(
+    run: Run, trained: TrainResult, evaluated: EvalResult, diffused: DMCResult | None = None
+) -> dict[str, Any]:
+    """The contents of result.json (with ``dmc_*`` keys after a DMC phase)."""
     cfg = run.config
     ref = cfg.reference_energy
     finite = np.asarray(trained.history.get("finite", []))
@@ -83,14 +99,38 @@ def summarize(run: Run, trained: TrainResult, evaluated: EvalResult) -> dict[str
         "wall_seconds": trained.wall_seconds + evaluated.wall_seconds,
         "observables": evaluated.observables,
         "version": __version__,
+        **(_dmc_summary(run, diffused) if diffused is not None else {}),
     }
 
 
-def _write_results(path: Path, evaluated: EvalResult, result: dict, history: dict) -> None:
+def _dmc_summary(run: Run, diffused: DMCResult) -> dict[str, Any]:
+    ref = run.config.reference_energy
+    return {
+        "dmc_energy": diffused.energy,
+        "dmc_energy_err": diffused.energy_err,
+        "dmc_error_vs_reference": None if ref is None else diffused.energy - ref,
+        "dmc_correlation_fraction": correlation_fraction(diffused.energy, run.scf.energy, ref),
+        "dmc_timestep_slope": diffused.slope,
+        "dmc_walkers": diffused.walkers,
+        "dmc_seconds": diffused.wall_seconds,
+        "dmc": diffused.rows,
+    }
+
+
+def _write_results(
+    path: Path,
+    evaluated: EvalResult,
+    result: dict,
+    history: dict,
+    diffused: DMCResult | None = None,
+) -> None:
     try:
         io.write_table(path / io.TRAIN_LOG, history, train_log_attrs(history))
         attrs = {"energy": evaluated.energy, "energy_err": evaluated.energy_err}
         io.write_table(path / io.EVAL_LOG, evaluated.records, attrs)
+        if diffused is not None:
+            attrs = {"energy": diffused.energy, "energy_err": diffused.energy_err}
+            io.write_table(path / io.DMC_LOG, diffused.records, attrs)
         io.write_json_atomic(path / io.RESULT, result)
         plot_training(path / io.PLOT, history, result)
     except OSError as err:
@@ -130,19 +170,7 @@ def run(
             if initial is not None and not (resume and has_checkpoint(path)):
                 start = initial(prepared)
             trained = train(prepared, path, resume, progress, on_step, stop, start)
-            evaluated = evaluate(
-                prepared,
-                trained.params,
-                trained.walkers,
-                trained.width,
-                progress=progress,
-                observables=observables,
-                out_dir=path,
-                tag={"train_step": trained.steps},
-                stop=stop,
-            )
-            result = summarize(prepared, trained, evaluated)
-            on_main(lambda: _write_results(path, evaluated, result, trained.history))
+            result = _after_training(prepared, trained, path, progress, stop, observables)
     finally:
         release(path)
         release_compiled()
@@ -161,54 +189,128 @@ def release_compiled() -> None:
     gc.collect()
 
 
-def evaluate_run(
-    run_dir: str | Path, steps: int | None = None, progress: Progress | None = None
+def _after_training(
+    prepared: Run,
+    trained: TrainResult,
+    path: Path,
+    progress: Progress | None,
+    stop,
+    observables: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Continue (or extend to ``steps``) the evaluation of a trained run directory and
-    rewrite its result.json; returns its contents."""
-    path = Path(run_dir)
+    """Evaluate (and run DMC if the input asks for it) a trained state, each phase going
+    on from its checkpoint; write result.json, the logs and the plot."""
+    tag = {"train_step": trained.steps}
+    evaluated = evaluate(
+        prepared,
+        trained.params,
+        trained.walkers,
+        trained.width,
+        progress=progress,
+        observables=observables,
+        out_dir=path,
+        tag=tag,
+        stop=stop,
+    )
+    diffused = None
+    if wants_dmc(prepared.config):
+        diffused = dmc(
+            prepared,
+            trained.params,
+            trained.walkers,
+            energy=evaluated.energy,
+            progress=progress,
+            out_dir=path,
+            tag=tag,
+            stop=stop,
+        )
+    result = summarize(prepared, trained, evaluated, diffused)
+    on_main(lambda: _write_results(path, evaluated, result, trained.history, diffused))
+    return result
+
+
+def _trained(path: Path, prepared: Run) -> TrainResult:
+    """The finished training state of a run directory."""
+    config = prepared.config
+    _, params, _, opt_state = initial_parameters(prepared)
+    shape = (config.train.walkers, prepared.molecule.n_elec, 3)
+    saved = load_checkpoint(path, params, opt_state, shape)
+    if saved is None:
+        raise RunError(f"{path} holds no checkpoint to evaluate")
+    if saved["step"] < config.train.steps:
+        raise RunError(
+            f"{path}: training stopped at step {saved['step']} of {config.train.steps}; "
+            "finish it first with nnqmc run FILE --out DIR --resume"
+        )
+    history = saved["history"]
+    wall = history["wall_time"]
+    return TrainResult(
+        params=saved["params"],
+        walkers=saved["walkers"],
+        width=saved["width"],
+        history=history,
+        steps=saved["step"],
+        wall_seconds=float(wall[-1]) if len(wall) else 0.0,
+    )
+
+
+def _continue(path: Path, overrides: list[str], progress: Progress | None) -> dict[str, Any]:
+    """Evaluation (and DMC) of a trained run directory with ``overrides`` of its settings,
+    which are written into the directory's config.toml first."""
     if not (path / io.CONFIG_COPY).is_file():
         raise RunError(f"{path} holds no run ({io.CONFIG_COPY} is missing)")
-    config = load_config(path / io.CONFIG_COPY, [] if steps is None else [f"eval.steps={steps}"])
+    config = load_config(path / io.CONFIG_COPY, overrides)
     check_devices(config.train.walkers)
     on_main(lambda: check_run_directory(path, resume=True))
     prepared = prepare(config)
     try:
         on_main(lambda: lock_directory(path))
-        _, params, _, opt_state = initial_parameters(prepared)
-        shape = (config.train.walkers, prepared.molecule.n_elec, 3)
-        saved = load_checkpoint(path, params, opt_state, shape)
-        if saved is None:
-            raise RunError(f"{path} holds no checkpoint to evaluate")
-        if saved["step"] < config.train.steps:
-            raise RunError(
-                f"{path}: training stopped at step {saved['step']} of {config.train.steps}; "
-                "finish it first with nnqmc run FILE --out DIR --resume"
-            )
-        history = saved["history"]
-        wall = history["wall_time"]
-        trained = TrainResult(
-            params=saved["params"],
-            walkers=saved["walkers"],
-            width=saved["width"],
-            history=history,
-            steps=saved["step"],
-            wall_seconds=float(wall[-1]) if len(wall) else 0.0,
-        )
+        trained = _trained(path, prepared)
+        if overrides:
+            on_main(lambda: _rewrite_config(path, config))
         with stop_on_signals() as stop:
-            evaluated = evaluate(
-                prepared,
-                trained.params,
-                trained.walkers,
-                trained.width,
-                progress=progress,
-                out_dir=path,
-                tag={"train_step": trained.steps},
-                stop=stop,
-            )
-            result = summarize(prepared, trained, evaluated)
-            on_main(lambda: _write_results(path, evaluated, result, trained.history))
+            return _after_training(prepared, trained, path, progress, stop)
     finally:
         release(path)
         release_compiled()
-    return result
+
+
+def _rewrite_config(path: Path, config: Config) -> None:
+    try:
+        io.write_text_atomic(path / io.CONFIG_COPY, to_toml(config.data))
+    except OSError as err:
+        raise RunError(cannot_write(path / io.CONFIG_COPY, err)) from None
+
+
+def evaluate_run(
+    run_dir: str | Path, steps: int | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Continue (or extend to ``steps``) the evaluation of a trained run directory and
+    rewrite its result.json; returns its contents."""
+    return _continue(Path(run_dir), [] if steps is None else [f"eval.steps={steps}"], progress)
+
+
+def dmc_run(
+    run_dir: str | Path,
+    steps: int | None = None,
+    timesteps: list[float] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run, continue or extend fixed-node DMC on a trained run directory (``steps`` per
+    time step, ``timesteps``: default its ``[dmc]`` settings, else the defaults) and rewrite
+    its result.json; returns its contents. The directory's config.toml records the DMC
+    settings used."""
+    path = Path(run_dir)
+    overrides = []
+    if steps is not None:
+        overrides.append(f"dmc.steps={steps}")
+    if timesteps:
+        overrides.append("dmc.timestep=[" + ", ".join(repr(float(t)) for t in timesteps) + "]")
+    if not overrides:
+        overrides.append(f"dmc.steps={_current_dmc_steps(path)}")
+    return _continue(path, overrides, progress)
+
+
+def _current_dmc_steps(path: Path) -> int:
+    if not (path / io.CONFIG_COPY).is_file():
+        raise RunError(f"{path} holds no run ({io.CONFIG_COPY} is missing)")
+    return load_config(path / io.CONFIG_COPY).dmc.steps

@@ -1,0 +1,341 @@
+"""The diffusion Monte Carlo phase: fixed-node DMC on a trained wavefunction, one block of
+equilibration and production steps per time step, checkpointed and resumable (:func:`dmc`).
+
+The jitted step is :func:`nnqmc.diffusion.make_dmc_step`; this module owns the loop around
+it: the schedule over time steps, the per-step log (dmc.h5), checkpoints through
+:mod:`nnqmc.rundir`, the energy of each time step by a blocking analysis, and the τ -> 0
+extrapolation.
+
+After every step all walkers carry the same weight (the comb), so a checkpoint holds the
+walkers' positions and, per step, the rows of the log, from which the weight and the
+population-control state are restored; sign, log|ψ|, drift and local energy are recomputed
+from the positions with the same functions, so a resumed run gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import io
+from ..diffusion import DMCControl, extrapolate_timestep, make_dmc_step, make_walkers
+from ..errors import RunError
+from ..estimate import estimate
+from ..parallel import (
+    broadcast_from_main,
+    first_replica,
+    gather_walkers,
+    is_main_process,
+    replicate,
+    scatter_walkers,
+)
+from ..run_setup import STREAM_DMC, Run, check_devices
+from ..rundir import (
+    NanGuard,
+    Progress,
+    StopCheck,
+    cannot_write,
+    checkpoint_due,
+    never_stop,
+    on_main,
+    read_rotated,
+    stop_if_asked,
+    warn,
+)
+from ..threads import single_threaded_blas
+
+__all__ = ["DMCResult", "dmc", "dmc_schedule"]
+
+COLUMNS = {
+    "timestep": np.float64,
+    "energy": np.float64,
+    "total_weight": np.float64,
+    "acceptance": np.float64,
+    "tau_eff": np.float64,
+    "e_ref": np.float64,
+    "n_nonfinite": np.int64,
+    "e_ref_next": np.float64,
+    "e_avg": np.float64,
+    "production": np.int8,
+    "wall_time": np.float64,
+}
+"""The columns of dmc.h5, one row per step (``e_ref``: the reference energy the step used;
+``e_ref_next``, ``e_avg``: the population-control state after it; ``total_weight``: Σw / W
+before resampling; ``production``: 0 for equilibration steps)."""
+
+
+@dataclass
+class DMCResult:
+    """``energy`` ± ``energy_err``: extrapolated to τ -> 0 when there are several time
+    steps; ``rows``: one per time step; ``records``: one row per step (dmc.h5)."""
+
+    energy: float
+    energy_err: float
+    slope: float
+    rows: list[dict[str, float]]
+    steps: int
+    walkers: int
+    wall_seconds: float
+    records: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def dmc_schedule(timesteps: list[float], equilibration: int, steps: int) -> np.ndarray:
+    """The time step of every DMC step, in order: each τ for ``equilibration`` + ``steps``."""
+    return np.repeat(np.asarray(timesteps, np.float64), equilibration + steps)
+
+
+def timestep_rows(
+    records: dict[str, np.ndarray], timesteps: list[float], equilibration: int, steps: int
+) -> list[dict[str, float]]:
+    """One row per time step from the per-step records (production steps only)."""
+    rows = []
+    block = equilibration + steps
+    for j, tau in enumerate(timesteps):
+        part = slice(j * block + equilibration, (j + 1) * block)
+        est = estimate(np.asarray(records["energy"][part], np.float64))
+        rows.append(
+            {
+                "timestep": float(tau),
+                "energy": est.mean,
+                "energy_err": est.error,
+                "autocorrelation_time": est.tau,
+                "acceptance": float(np.mean(records["acceptance"][part])),
+                "timestep_eff": float(np.mean(records["tau_eff"][part])),
+                "steps": int(steps),
+            }
+        )
+    return rows
+
+
+def _write_checkpoint(run_dir: Path, step: int, tag: dict, walkers: np.ndarray, records: dict):
+    path = run_dir / io.DMC_CHECKPOINT
+    try:
+        io.save_eval_checkpoint(
+            path,
+            step=step,
+            tag=tag,
+            walkers=walkers,
+            records={n: np.asarray(v) for n, v in records.items()},
+            previous=run_dir / io.PREVIOUS_DMC_CHECKPOINT,
+        )
+    except OSError as err:
+        raise RunError(f"{cannot_write(path, err)} at DMC step {step}") from None
+
+
+def _start_walkers(walkers: np.ndarray, n_walkers: int) -> np.ndarray:
+    """``n_walkers`` of the VMC walkers (repeated in order if more are asked for)."""
+    return np.asarray(walkers)[np.arange(n_walkers) % walkers.shape[0]]
+
+
+@single_threaded_blas
+def dmc(
+    run: Run,
+    params: Any,
+    walkers: np.ndarray,
+    *,
+    timesteps: list[float] | None = None,
+    steps: int | None = None,
+    equilibration: int | None = None,
+    n_walkers: int | None = None,
+    energy: float | None = None,
+    progress: Progress | None = None,
+    out_dir: str | Path | None = None,
+    tag: dict[str, Any] | None = None,
+    stop: StopCheck | None = None,
+) -> DMCResult:
+    """Fixed-node DMC from the VMC ``walkers`` of the trained ``params``.
+
+    Defaults come from the run's ``[dmc]`` section; ``n_walkers`` (default: all of
+    ``walkers``) is the fixed population; ``energy`` (default: the mean local energy of
+    the starting walkers) starts the reference energy. With ``out_dir``, every step is
+    appended to dmc.h5 and the walkers are checkpointed every ``train.checkpoint_every``
+    steps, so a DMC of the same trained state and settings (``tag``) continues where an
+    earlier one stopped; a longer schedule extends it.
+    """
+    cfg = run.config.dmc
+    timesteps = sorted(cfg.timestep if timesteps is None else timesteps, reverse=True)
+    steps = cfg.steps if steps is None else steps
+    equilibration = cfg.equilibration if equilibration is None else equilibration
+    n_walkers = n_walkers or cfg.walkers or walkers.shape[0]
+    stop = stop or never_stop
+    t_start = time.perf_counter()
+    n_devices = check_devices(n_walkers)
+    schedule = dmc_schedule(timesteps, equilibration, steps)
+    total = len(schedule)
+    key = jax.random.fold_in(jax.random.PRNGKey(run.config.train.seed), STREAM_DMC)
+    engine = run.config.train.laplacian
+    start_fn = make_walkers(run.ansatz, run.hamiltonian, engine)
+    step_fn = make_dmc_step(run.ansatz, run.hamiltonian, engine=engine)
+    params_d = replicate(params, n_devices)
+    positions = _start_walkers(walkers, n_walkers)
+    run_dir = Path(out_dir) if out_dir is not None else None
+    tag = {
+        **(tag or {}),
+        "seed": run.config.train.seed,
+        "walkers": n_walkers,
+        "precision": run.config.precision,
+        "equilibration": equilibration,
+    }
+    records: dict[str, list] = {}
+    start = 0
+    if run_dir is not None:
+        saved = _load_checkpoint(run_dir, tag, positions.shape, schedule)
+        if saved is not None:
+            start = saved["step"]
+            positions = saved["walkers"]
+            records = {n: list(v) for n, v in saved["records"].items()}
+    walkers_d = start_fn(params_d, scatter_walkers(jnp.asarray(positions, run.dtype), n_devices))
+    if start == 0:
+        e0 = np.asarray(gather_walkers(walkers_d.e_local))
+        if not np.all(np.isfinite(e0)):
+            raise RunError("DMC: a starting walker has a non-finite local energy")
+        e_ref = float(np.mean(e0)) if energy is None else float(energy)
+        control = DMCControl(
+            jnp.asarray(e_ref, run.dtype), jnp.asarray(e_ref, run.dtype), jnp.asarray(0, jnp.int32)
+        )
+    else:
+        weight = float(records["total_weight"][-1])
+        walkers_d = walkers_d._replace(weight=jnp.full_like(walkers_d.weight, weight))
+        control = DMCControl(
+            jnp.asarray(float(records["e_ref_next"][-1]), run.dtype),
+            jnp.asarray(float(records["e_avg"][-1]), run.dtype),
+            jnp.asarray(start, jnp.int32),
+        )
+    control_d = replicate(control, n_devices)
+
+    def save(k: int) -> None:
+        if run_dir is None:
+            return
+        all_walkers = gather_walkers(walkers_d.r)
+        on_main(lambda: _write_checkpoint(run_dir, k, tag, all_walkers, records))
+
+    checkpoint = run_dir / io.DMC_CHECKPOINT if run_dir is not None else None
+    log = on_main(lambda: _open_log(run_dir, records)) if run_dir is not None else None
+    guard = NanGuard(run.config.train.max_bad_steps, "train.max_bad_steps")
+    try:
+        k = start
+        attempt = 0
+        while k < total:
+            stop_if_asked(stop, save, k, f"DMC step {k} of {total}", checkpoint)
+            step_key = jax.random.fold_in(jax.random.fold_in(key, k), attempt)
+            new_walkers, new_control, stats = step_fn(
+                params_d, walkers_d, control_d, step_key, float(schedule[k])
+            )
+            stats = {n: np.asarray(v) for n, v in first_replica(stats).items()}
+            finite = bool(np.isfinite(stats["energy"]) and np.isfinite(stats["total_weight"]))
+            if guard.check(finite, k, "non-finite DMC energy or weights", "nothing"):
+                save(k)
+                raise guard.error("DMC", k, f"checkpoint: {checkpoint}")
+            if not finite:
+                attempt += 1
+                continue
+            attempt = 0
+            walkers_d, control_d = new_walkers, new_control
+            control_now = first_replica(control_d)
+            values = {
+                **stats,
+                "timestep": schedule[k],
+                "e_ref_next": control_now.e_ref,
+                "e_avg": control_now.e_avg,
+                "production": _is_production(k, equilibration, steps),
+                "wall_time": time.perf_counter() - t_start,
+            }
+            row = {n: np.asarray(values[n], dtype) for n, dtype in COLUMNS.items()}
+            for name, value in row.items():
+                records.setdefault(name, []).append(np.asarray(value))
+            if log is not None:
+                log = _append(log, run_dir, row)
+            k += 1
+            if checkpoint_due(k, run.config.train.checkpoint_every, total):
+                save(k)
+            if progress:
+                progress("dmc", k, total, {n: float(stats[n]) for n in ("energy", "acceptance")})
+    finally:
+        if log is not None:
+            log.close()
+    records_np = {n: np.asarray(v) for n, v in records.items()}
+    rows = timestep_rows(records_np, timesteps, equilibration, steps)
+    e0, err0, slope = extrapolate_timestep(
+        np.array([r["timestep"] for r in rows]),
+        np.array([r["energy"] for r in rows]),
+        np.array([r["energy_err"] for r in rows]),
+    )
+    return DMCResult(
+        energy=e0,
+        energy_err=err0,
+        slope=slope,
+        rows=rows,
+        steps=total,
+        walkers=n_walkers,
+        wall_seconds=time.perf_counter() - t_start,
+        records=records_np,
+    )
+
+
+def _is_production(k: int, equilibration: int, steps: int) -> bool:
+    return k % (equilibration + steps) >= equilibration
+
+
+def _load_checkpoint(
+    run_dir: Path, tag: dict[str, Any], walker_shape: tuple[int, ...], schedule: np.ndarray
+) -> dict[str, Any] | None:
+    """Process 0 reads the DMC checkpoint; every process gets its walkers and records.
+
+    It continues this DMC if it belongs to the same trained state and settings (``tag``)
+    and its steps so far ran the same time steps as the start of ``schedule`` (so a longer
+    last block, or more time steps after the saved ones, extend it). None otherwise.
+    """
+    saved = None
+    if is_main_process():
+        saved, error = read_rotated(
+            run_dir / io.DMC_CHECKPOINT,
+            run_dir / io.PREVIOUS_DMC_CHECKPOINT,
+            io.load_eval_checkpoint,
+        )
+        if error:
+            warn(f"{error}; running DMC from its first step")
+        if saved is not None:
+            done = saved["records"].get("timestep", np.zeros(0))
+            same = (
+                saved["tag"] == tag
+                and saved["walkers"].shape == walker_shape
+                and set(saved["records"]) == set(COLUMNS)
+                and len(done) == saved["step"] <= len(schedule)
+                and np.array_equal(done, schedule[: len(done)])
+            )
+            if not same:
+                warn("the saved DMC belongs to other settings; running DMC from its first step")
+                saved = None
+    step = int(broadcast_from_main(np.array(saved["step"] if saved else -1, np.int64)))
+    if step < 0:
+        return None
+    if saved is None:
+        records = {n: np.zeros(step, dtype) for n, dtype in COLUMNS.items()}
+        saved = {"walkers": np.zeros(walker_shape), "records": records}
+    payload = {"walkers": np.asarray(saved["walkers"], np.float64), "records": saved["records"]}
+    payload = broadcast_from_main(payload)
+    payload["step"] = step
+    return payload
+
+
+def _open_log(run_dir: Path, records: dict[str, list]) -> io.AppendLog:
+    try:
+        return io.AppendLog(run_dir / io.DMC_LOG, {n: np.asarray(v) for n, v in records.items()})
+    except OSError as err:
+        raise RunError(cannot_write(run_dir / io.DMC_LOG, err)) from None
+
+
+def _append(log: io.AppendLog, run_dir: Path, row: dict[str, Any]) -> io.AppendLog | None:
+    try:
+        log.append(row)
+        return log
+    except OSError as err:
+        warn(f"{cannot_write(run_dir / io.DMC_LOG, err)}; no longer appending")
+        log.close()
+        return None
