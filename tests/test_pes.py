@@ -119,6 +119,28 @@ def test_normal_modes_are_orthogonal_to_translations_and_rotations():
         assert np.allclose(torque, 0, atol=1e-8)  # no rotation (Eckart)
 
 
+def test_normal_mode_signs_do_not_depend_on_the_eigensolver(monkeypatch):
+    """An eigenvector's sign is arbitrary (it changed between runs with BLAS threads): every
+    mode comes out with its largest component, the last of equal ones, positive."""
+    from nnqmc.pes import geometry
+    from nnqmc.scf import hf_hessian
+
+    hessian, masses = hf_hessian(WATER, "sto-3g")
+    modes, _ = normal_modes(WATER.coords, masses, hessian)
+    real_eigh = np.linalg.eigh
+
+    def flipped(a):
+        values, vectors = real_eigh(a)
+        return values, -vectors
+
+    monkeypatch.setattr(geometry.np.linalg, "eigh", flipped)
+    again, _ = normal_modes(WATER.coords, masses, hessian)
+    np.testing.assert_allclose(again, modes, atol=1e-12)
+    for mode in modes.reshape(len(modes), -1):
+        size = np.round(np.abs(mode), 8)
+        assert mode[len(mode) - 1 - np.argmax(size[::-1])] > 0
+
+
 def test_random_displacements_are_reproducible():
     a, _ = random_displacements(WATER.coords, 4, 0.05, seed=3)
     b, _ = random_displacements(WATER.coords, 4, 0.05, seed=3)

@@ -114,7 +114,11 @@ def normal_modes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Vibrational modes of a Cartesian Hessian (hartree/bohr², (3N, 3N)): the eigenvectors
     of the mass-weighted Hessian with translations and rotations projected out, as
-    Cartesian displacements normalised to 1 bohr, softest first; and their eigenvalues."""
+    Cartesian displacements normalised to 1 bohr, softest first; and their eigenvalues.
+
+    Each mode's sign is fixed (an eigenvector's is arbitrary and may differ between LAPACK
+    builds and thread counts): its largest component, the last of equal ones, is positive.
+    """
     n = len(masses)
     inv_sqrt = np.repeat(1.0 / np.sqrt(masses), 3)
     h = hessian.reshape(3 * n, 3 * n) * inv_sqrt[:, None] * inv_sqrt[None, :]
@@ -126,7 +130,14 @@ def normal_modes(
     keep = keep[np.argsort(values[keep])]
     cart = (vectors[:, keep] * inv_sqrt[:, None]).T.reshape(len(keep), n, 3)
     cart /= np.linalg.norm(cart.reshape(len(keep), -1), axis=1)[:, None, None]
-    return cart, values[keep]
+    return cart * _mode_signs(cart.reshape(len(keep), -1))[:, None, None], values[keep]
+
+
+def _mode_signs(flat: np.ndarray) -> np.ndarray:
+    """+1 or -1 per row so that its largest-magnitude entry (the last of ties) is positive."""
+    size = np.round(np.abs(flat), 8)[:, ::-1]
+    last_max = flat.shape[1] - 1 - np.argmax(size, axis=1)
+    return np.where(flat[np.arange(len(flat)), last_max] < 0, -1.0, 1.0)
 
 
 def mode_displacements(
