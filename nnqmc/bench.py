@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from .config import LAPLACIANS
+from .diffusion import initial_control, make_dmc_step, make_walkers
 from .optimize import cast_floats, jacobian_blocks, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
 from .phases.evaluation import eval_step
@@ -56,7 +57,9 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     configured Laplacian engine), the per-walker parameter gradients
     O = d log|psi| / d theta (SPRING's Jacobian), and the SPRING solve from O; and a whole
     evaluation step (``eval.decorrelation`` sweeps and the local energies: what one step of
-    the evaluation phase, or a training step without its optimiser, costs)."""
+    the evaluation phase, or a training step without its optimiser, costs); and one fixed-node
+    DMC step (one drift-diffusion move: log|psi|, its gradient and the local energy at the
+    proposals, then the comb), at ``dmc.timestep``'s first value."""
     cfg = run.config
     sampling = make_sample_step(
         run.ansatz,
@@ -84,8 +87,19 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     width = jnp.asarray(cfg.sampler.initial_width, walkers.dtype)
     key = jax.random.PRNGKey(cfg.train.seed)
     device_args = (replicate(params, 1), walkers[None], width[None], device_keys(key, 0, 1))
+    dmc_start = make_walkers(run.ansatz, run.hamiltonian, cfg.train.laplacian)
+    dmc_walkers = dmc_start(replicate(params, 1), walkers[None])
+    dmc_step = make_dmc_step(run.ansatz, run.hamiltonian, engine=cfg.train.laplacian)
+    dmc_args = (
+        replicate(params, 1),
+        dmc_walkers,
+        initial_control(float(jnp.mean(dmc_walkers.e_local)), 1, walkers.dtype),
+        key,
+        cfg.dmc.timestep[0],
+    )
     return {
         "seconds_per_eval_step": _seconds(eval_step(run), *device_args),
+        "seconds_per_dmc_step": _seconds(dmc_step, *dmc_args),
         "seconds_per_sampling": _seconds(sampling, *device_args),
         "seconds_per_local_energy_batch": _seconds(energies, params, walkers),
         "seconds_per_jacobian": _seconds(jacobian, params_g, walkers_g),

@@ -84,7 +84,10 @@ def _format_dmc(result: dict[str, Any]) -> list[str]:
             f"    τ = {row['timestep']:<8g} E = {row['energy']:.6f} ± {row['energy_err']:.6f}"
             f"  acceptance {row['acceptance']:.4f}  {row['steps']} steps"
         )
-    lines.append(f"  DMC: {result['dmc_walkers']} walkers, {result['dmc_seconds']:.0f} s")
+    tail = f"  DMC: {result['dmc_walkers']} walkers, {result['dmc_seconds']:.0f} s"
+    if result.get("dmc_timestep_chi2_per_dof") is not None:
+        tail += f"; χ²/dof of the line through E(τ): {result['dmc_timestep_chi2_per_dof']:.2f}"
+    lines.append(tail)
     return lines
 
 

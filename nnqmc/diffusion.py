@@ -271,3 +271,15 @@ def extrapolate_timestep(
     covariance = np.linalg.inv(design.T @ design)
     coef = covariance @ design.T @ (energies / errors)
     return float(coef[0]), float(np.sqrt(covariance[0, 0])), float(coef[1])
+
+
+def line_chi2_per_dof(
+    taus: np.ndarray, energies: np.ndarray, errors: np.ndarray, e0: float, slope: float
+) -> float | None:
+    """χ² per degree of freedom of the line ``E_0 + b τ`` through ``E(τ) ± σ``: about 1 when
+    the time steps lie in the linear regime; None with two time steps or fewer."""
+    taus, energies, errors = (np.asarray(x, np.float64) for x in (taus, energies, errors))
+    if taus.size <= 2:
+        return None
+    residual = (energies - e0 - slope * taus) / errors
+    return float(np.sum(residual**2) / (taus.size - 2))

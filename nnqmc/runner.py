@@ -111,6 +111,7 @@ def _dmc_summary(run: Run, diffused: DMCResult) -> dict[str, Any]:
         "dmc_error_vs_reference": None if ref is None else diffused.energy - ref,
         "dmc_correlation_fraction": correlation_fraction(diffused.energy, run.scf.energy, ref),
         "dmc_timestep_slope": diffused.slope,
+        "dmc_timestep_chi2_per_dof": diffused.chi2_per_dof,
         "dmc_walkers": diffused.walkers,
         "dmc_seconds": diffused.wall_seconds,
         "dmc": diffused.rows,

@@ -89,6 +89,12 @@ def test_extrapolation_recovers_a_line_and_its_error():
     expected = s * np.sqrt(1 / 3 + taus.mean() ** 2 / np.sum(t * t))
     assert abs(err - expected) < 1e-12
     assert diffusion.extrapolate_timestep([0.01], [-1.0], [0.1]) == (-1.0, 0.1, 0.0)
+    on_line = -2.9037 + 0.5 * taus
+    assert diffusion.line_chi2_per_dof(taus, on_line, np.full(3, 1e-4), e0, slope) < 1e-12
+    bent = on_line + np.array([0, 3e-4, 0])
+    e0, _, slope = diffusion.extrapolate_timestep(taus, bent, np.full(3, 1e-4))
+    assert diffusion.line_chi2_per_dof(taus, bent, np.full(3, 1e-4), e0, slope) > 3
+    assert diffusion.line_chi2_per_dof(taus[:2], on_line[:2], np.full(2, 1e-4), e0, 0) is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ FermiNet is not on PyPI. Set up the environment (outside the repository), e.g.::
     /work/peers/fnvenv/bin/pip install --no-deps \
         "git+https://github.com/google-deepmind/ferminet@fa11e8044e5c9eaae5d021521031d6d048a40989"
 
-(FermiNet needs jax 0.8.2 with kfac-jax 0.0.8; the numbers in the README were taken with
-that commit's JAX package.) Run it from a scratch directory, one configuration per process::
+(FermiNet needs jax 0.8.2 with kfac-jax 0.0.8; the numbers in docs/performance.md were taken
+with that commit's JAX package.) Run it from a scratch directory, one configuration per process::
 
     cd /tmp && /work/peers/fnvenv/bin/python /work/main/bench/peers/ferminet_lih.py \
         --size small --dtype float64 --steps 30

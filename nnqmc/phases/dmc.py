@@ -24,7 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import io
-from ..diffusion import DMCControl, extrapolate_timestep, make_dmc_step, make_walkers
+from ..diffusion import (
+    DMCControl,
+    extrapolate_timestep,
+    line_chi2_per_dof,
+    make_dmc_step,
+    make_walkers,
+)
 from ..errors import RunError
 from ..estimate import estimate
 from ..parallel import (
@@ -78,6 +84,7 @@ class DMCResult:
     energy: float
     energy_err: float
     slope: float
+    chi2_per_dof: float | None
     rows: list[dict[str, float]]
     steps: int
     walkers: int
@@ -261,15 +268,13 @@ def dmc(
             log.close()
     records_np = {n: np.asarray(v) for n, v in records.items()}
     rows = timestep_rows(records_np, timesteps, equilibration, steps)
-    e0, err0, slope = extrapolate_timestep(
-        np.array([r["timestep"] for r in rows]),
-        np.array([r["energy"] for r in rows]),
-        np.array([r["energy_err"] for r in rows]),
-    )
+    fit = [np.array([r[k] for r in rows]) for k in ("timestep", "energy", "energy_err")]
+    e0, err0, slope = extrapolate_timestep(*fit)
     return DMCResult(
         energy=e0,
         energy_err=err0,
         slope=slope,
+        chi2_per_dof=line_chi2_per_dof(*fit, e0, slope),
         rows=rows,
         steps=total,
         walkers=n_walkers,
