@@ -167,7 +167,7 @@ def test_bench_times_a_step_and_its_parts(tmp_path, capsys):
     params = api.prepare(load_config(H2, small)).ansatz.init(jax.random.PRNGKey(0))
     assert result["parameters"] == sum(x.size for x in jax.tree_util.tree_leaves(params))
     assert result["walkers"] == 8 and result["timed_steps"] == 2
-    parts = ("sampling", "jacobian", "spring_solve", "local_energy_batch", "eval_step")
+    parts = ("sampling", "jacobian", "spring_solve", "local_energy_batch", "eval_step", "dmc_step")
     for key in ("seconds_per_step", *(f"seconds_per_{part}" for part in parts)):
         assert 0 < result[key] < 60
     for engine in ("forward", "folx", "exact"):
