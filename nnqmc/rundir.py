@@ -10,6 +10,9 @@ them:
   :func:`cannot_write` for one-line write errors;
 * signals: :func:`stop_on_signals` gives the ``stop`` check; :func:`stop_if_asked` between
   steps checkpoints and raises :class:`~nnqmc.errors.Interrupted`;
+* phases that sample with frozen parameters (evaluation, DMC): their walkers and per-step
+  rows, :func:`save_walker_checkpoint` / :func:`load_walker_checkpoint`, and the log they
+  append to, :func:`open_log` / :func:`append_row`;
 * non-finite steps: :class:`NanGuard`;
 * several processes: :func:`on_main` (files are written by process 0 only), :func:`warn`.
 """
@@ -37,6 +40,10 @@ from .parallel import broadcast_from_main, is_main_process, process_count
 
 __all__ = [
     "NanGuard",
+    "append_row",
+    "load_walker_checkpoint",
+    "open_log",
+    "save_walker_checkpoint",
     "Progress",
     "StopCheck",
     "cannot_write",
@@ -173,6 +180,82 @@ def read_rotated(current: Path, previous: Path, load: Callable[[Path], T]) -> tu
     for message in warnings:
         warn(message)
     return saved, ""
+
+
+def save_walker_checkpoint(
+    current: Path,
+    previous: Path,
+    *,
+    step: int,
+    tag: dict[str, Any],
+    walkers: np.ndarray,
+    records: dict[str, Any],
+    phase: str,
+) -> None:
+    """Process 0: a sampling phase's walkers and rows after ``step`` steps (rotated to
+    ``previous``); a write error is a RunError "... at ``phase`` step N"."""
+    try:
+        io.save_eval_checkpoint(
+            current,
+            step=step,
+            tag=tag,
+            walkers=walkers,
+            records={n: np.asarray(v) for n, v in records.items()},
+            previous=previous,
+        )
+    except OSError as err:
+        raise RunError(f"{cannot_write(current, err)} at {phase} step {step}") from None
+
+
+def load_walker_checkpoint(
+    current: Path,
+    previous: Path,
+    accept: Callable[[dict[str, Any]], bool],
+    empty_records: Callable[[int], dict[str, np.ndarray]],
+    walker_shape: tuple[int, ...],
+    restart: str,
+) -> dict[str, Any] | None:
+    """A sampling phase's checkpoint on every process: process 0 reads the newest valid one
+    and keeps it if ``accept(saved)`` (its tag, shapes and steps belong to this phase), then
+    broadcasts step, walkers and records (``empty_records(step)`` gives the other processes
+    their shapes). None if there is none, or none accepted; ``restart`` ends the warning
+    about a damaged one ("evaluating from the first step")."""
+    saved = None
+    if is_main_process():
+        saved, error = read_rotated(current, previous, io.load_eval_checkpoint)
+        if error:
+            warn(f"{error}; {restart}")
+        if saved is not None and not accept(saved):
+            saved = None
+    step = int(broadcast_from_main(np.array(saved["step"] if saved else -1, np.int64)))
+    if step < 0:
+        return None
+    if saved is None:
+        saved = {"walkers": np.zeros(walker_shape), "records": empty_records(step)}
+    payload = {"walkers": np.asarray(saved["walkers"], np.float64), "records": saved["records"]}
+    payload = broadcast_from_main(payload)
+    payload["step"] = step
+    return payload
+
+
+def open_log(path: Path, records: dict[str, list]) -> io.AppendLog:
+    """Process 0: a phase's per-step log, holding ``records`` (the rows so far) to start."""
+    try:
+        return io.AppendLog(path, {n: np.asarray(v) for n, v in records.items()})
+    except OSError as err:
+        raise RunError(cannot_write(path, err)) from None
+
+
+def append_row(log: io.AppendLog, path: Path, row: dict[str, Any]) -> io.AppendLog | None:
+    """Append and flush one row to the log at ``path``; on a write error warn, close, and
+    return None (the phase goes on; its checkpoints and final table hold every row)."""
+    try:
+        log.append(row)
+        return log
+    except OSError as err:
+        warn(f"{cannot_write(path, err)}; no longer appending")
+        log.close()
+        return None
 
 
 @dataclass

@@ -34,10 +34,8 @@ from ..diffusion import (
 from ..errors import RunError
 from ..estimate import estimate
 from ..parallel import (
-    broadcast_from_main,
     first_replica,
     gather_walkers,
-    is_main_process,
     replicate,
     scatter_walkers,
 )
@@ -46,11 +44,13 @@ from ..rundir import (
     NanGuard,
     Progress,
     StopCheck,
-    cannot_write,
+    append_row,
     checkpoint_due,
+    load_walker_checkpoint,
     never_stop,
     on_main,
-    read_rotated,
+    open_log,
+    save_walker_checkpoint,
     stop_if_asked,
     warn,
 )
@@ -120,21 +120,6 @@ def timestep_rows(
     return rows
 
 
-def _write_checkpoint(run_dir: Path, step: int, tag: dict, walkers: np.ndarray, records: dict):
-    path = run_dir / io.DMC_CHECKPOINT
-    try:
-        io.save_eval_checkpoint(
-            path,
-            step=step,
-            tag=tag,
-            walkers=walkers,
-            records={n: np.asarray(v) for n, v in records.items()},
-            previous=run_dir / io.PREVIOUS_DMC_CHECKPOINT,
-        )
-    except OSError as err:
-        raise RunError(f"{cannot_write(path, err)} at DMC step {step}") from None
-
-
 def _start_walkers(walkers: np.ndarray, n_walkers: int) -> np.ndarray:
     """``n_walkers`` of the VMC walkers (repeated in order if more are asked for)."""
     return np.asarray(walkers)[np.arange(n_walkers) % walkers.shape[0]]
@@ -192,7 +177,14 @@ def dmc(
     records: dict[str, list] = {}
     start = 0
     if run_dir is not None:
-        saved = _load_checkpoint(run_dir, tag, positions.shape, schedule)
+        saved = load_walker_checkpoint(
+            run_dir / io.DMC_CHECKPOINT,
+            run_dir / io.PREVIOUS_DMC_CHECKPOINT,
+            _continues(tag, positions.shape, schedule),
+            _empty_records,
+            positions.shape,
+            "running DMC from its first step",
+        )
         if saved is not None:
             start = saved["step"]
             positions = saved["walkers"]
@@ -220,10 +212,21 @@ def dmc(
         if run_dir is None:
             return
         all_walkers = gather_walkers(walkers_d.r)
-        on_main(lambda: _write_checkpoint(run_dir, k, tag, all_walkers, records))
+        on_main(
+            lambda: save_walker_checkpoint(
+                run_dir / io.DMC_CHECKPOINT,
+                run_dir / io.PREVIOUS_DMC_CHECKPOINT,
+                step=k,
+                tag=tag,
+                walkers=all_walkers,
+                records=records,
+                phase="DMC",
+            )
+        )
 
     checkpoint = run_dir / io.DMC_CHECKPOINT if run_dir is not None else None
-    log = on_main(lambda: _open_log(run_dir, records)) if run_dir is not None else None
+    log_path = run_dir / io.DMC_LOG if run_dir is not None else None
+    log = on_main(lambda: open_log(log_path, records)) if run_dir is not None else None
     guard = NanGuard(run.config.train.max_bad_steps, "train.max_bad_steps")
     try:
         k = start
@@ -257,7 +260,7 @@ def dmc(
             for name, value in row.items():
                 records.setdefault(name, []).append(np.asarray(value))
             if log is not None:
-                log = _append(log, run_dir, row)
+                log = append_row(log, log_path, row)
             k += 1
             if checkpoint_due(k, run.config.train.checkpoint_every, total):
                 save(k)
@@ -287,60 +290,26 @@ def _is_production(k: int, equilibration: int, steps: int) -> bool:
     return k % (equilibration + steps) >= equilibration
 
 
-def _load_checkpoint(
-    run_dir: Path, tag: dict[str, Any], walker_shape: tuple[int, ...], schedule: np.ndarray
-) -> dict[str, Any] | None:
-    """Process 0 reads the DMC checkpoint; every process gets its walkers and records.
-
-    It continues this DMC if it belongs to the same trained state and settings (``tag``)
+def _continues(tag: dict[str, Any], walker_shape: tuple[int, ...], schedule: np.ndarray):
+    """Whether a saved DMC continues this one: the same trained state and settings (``tag``),
     and its steps so far ran the same time steps as the start of ``schedule`` (so a longer
-    last block, or more time steps after the saved ones, extend it). None otherwise.
-    """
-    saved = None
-    if is_main_process():
-        saved, error = read_rotated(
-            run_dir / io.DMC_CHECKPOINT,
-            run_dir / io.PREVIOUS_DMC_CHECKPOINT,
-            io.load_eval_checkpoint,
+    last block, or more time steps after the saved ones, extend it)."""
+
+    def accept(saved: dict[str, Any]) -> bool:
+        done = saved["records"].get("timestep", np.zeros(0))
+        same = (
+            saved["tag"] == tag
+            and saved["walkers"].shape == walker_shape
+            and set(saved["records"]) == set(COLUMNS)
+            and len(done) == saved["step"] <= len(schedule)
+            and np.array_equal(done, schedule[: len(done)])
         )
-        if error:
-            warn(f"{error}; running DMC from its first step")
-        if saved is not None:
-            done = saved["records"].get("timestep", np.zeros(0))
-            same = (
-                saved["tag"] == tag
-                and saved["walkers"].shape == walker_shape
-                and set(saved["records"]) == set(COLUMNS)
-                and len(done) == saved["step"] <= len(schedule)
-                and np.array_equal(done, schedule[: len(done)])
-            )
-            if not same:
-                warn("the saved DMC belongs to other settings; running DMC from its first step")
-                saved = None
-    step = int(broadcast_from_main(np.array(saved["step"] if saved else -1, np.int64)))
-    if step < 0:
-        return None
-    if saved is None:
-        records = {n: np.zeros(step, dtype) for n, dtype in COLUMNS.items()}
-        saved = {"walkers": np.zeros(walker_shape), "records": records}
-    payload = {"walkers": np.asarray(saved["walkers"], np.float64), "records": saved["records"]}
-    payload = broadcast_from_main(payload)
-    payload["step"] = step
-    return payload
+        if not same:
+            warn("the saved DMC belongs to other settings; running DMC from its first step")
+        return same
+
+    return accept
 
 
-def _open_log(run_dir: Path, records: dict[str, list]) -> io.AppendLog:
-    try:
-        return io.AppendLog(run_dir / io.DMC_LOG, {n: np.asarray(v) for n, v in records.items()})
-    except OSError as err:
-        raise RunError(cannot_write(run_dir / io.DMC_LOG, err)) from None
-
-
-def _append(log: io.AppendLog, run_dir: Path, row: dict[str, Any]) -> io.AppendLog | None:
-    try:
-        log.append(row)
-        return log
-    except OSError as err:
-        warn(f"{cannot_write(run_dir / io.DMC_LOG, err)}; no longer appending")
-        log.close()
-        return None
+def _empty_records(step: int) -> dict[str, np.ndarray]:
+    return {n: np.zeros(step, dtype) for n, dtype in COLUMNS.items()}

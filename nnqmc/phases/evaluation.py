@@ -19,14 +19,11 @@ import numpy as np
 
 from .. import io
 from ..custom import default_observables
-from ..errors import RunError
 from ..estimate import estimate
 from ..parallel import (
-    broadcast_from_main,
     device_keys,
     first_replica,
     gather_walkers,
-    is_main_process,
     replicate,
     scatter_walkers,
 )
@@ -34,13 +31,14 @@ from ..run_setup import STREAM_EVAL, Run, check_devices
 from ..rundir import (
     Progress,
     StopCheck,
-    cannot_write,
+    append_row,
     checkpoint_due,
+    load_walker_checkpoint,
     never_stop,
     on_main,
-    read_rotated,
+    open_log,
+    save_walker_checkpoint,
     stop_if_asked,
-    warn,
 )
 from ..threads import single_threaded_blas
 from ..train import WaveObservable, make_eval_step
@@ -59,64 +57,6 @@ class EvalResult:
     wall_seconds: float
     observables: dict[str, Any] = field(default_factory=dict)
     records: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- checkpoints
-def _load_eval_checkpoint(
-    run_dir: Path,
-    tag: dict[str, Any],
-    walker_shape: tuple[int, ...],
-    record_shapes: Callable[[], dict[str, Any]],
-) -> dict[str, Any] | None:
-    """Process 0 reads the evaluation checkpoint that belongs to ``tag``; every process gets
-    its walkers and records. None if there is none (or it belongs to another state)."""
-    saved = None
-    if is_main_process():
-        saved, error = read_rotated(
-            run_dir / io.EVAL_CHECKPOINT,
-            run_dir / io.PREVIOUS_EVAL_CHECKPOINT,
-            io.load_eval_checkpoint,
-        )
-        if error:
-            warn(f"{error}; evaluating from the first step")
-        if saved is not None:
-            same = saved["tag"] == tag  # plain values: see io.load_eval_checkpoint
-            if not same or saved["walkers"].shape != walker_shape:
-                saved = None  # another trained state or other settings: start over
-    step = int(broadcast_from_main(np.array(saved["step"] if saved else -1, np.int64)))
-    if step < 0:
-        return None
-    if saved is None:
-        records = {n: np.zeros((step, *s.shape), s.dtype) for n, s in record_shapes().items()}
-        saved = {"walkers": np.zeros(walker_shape), "records": records}
-    payload = {"walkers": np.asarray(saved["walkers"], np.float64), "records": saved["records"]}
-    payload = broadcast_from_main(payload)
-    payload["step"] = step
-    return payload
-
-
-def _write_eval_checkpoint(
-    run_dir: Path, step: int, tag: dict[str, Any], walkers: np.ndarray, records: dict
-) -> None:
-    path = run_dir / io.EVAL_CHECKPOINT
-    try:
-        io.save_eval_checkpoint(
-            path,
-            step=step,
-            tag=tag,
-            walkers=walkers,
-            records={n: np.asarray(v) for n, v in records.items()},
-            previous=run_dir / io.PREVIOUS_EVAL_CHECKPOINT,
-        )
-    except OSError as err:
-        raise RunError(f"{cannot_write(path, err)} at evaluation step {step}") from None
-
-
-def _open_eval_log(run_dir: Path, records: dict[str, list]) -> io.AppendLog:
-    try:
-        return io.AppendLog(run_dir / io.EVAL_LOG, {n: np.asarray(v) for n, v in records.items()})
-    except OSError as err:
-        raise RunError(cannot_write(run_dir / io.EVAL_LOG, err)) from None
 
 
 # --------------------------------------------------------------------------- the loop
@@ -183,8 +123,21 @@ def evaluate(
         _, stats = jax.eval_shape(step_fn, params_d, walkers_d, width_d, keys)
         return {n: jax.ShapeDtypeStruct(s.shape[1:], s.dtype) for n, s in stats.items()}
 
+    def same_state(saved: dict[str, Any]) -> bool:  # another state or settings: start over
+        return saved["tag"] == tag and saved["walkers"].shape == walkers.shape
+
+    def empty_records(step: int) -> dict[str, np.ndarray]:
+        return {n: np.zeros((step, *s.shape), s.dtype) for n, s in record_shapes().items()}
+
     if run_dir is not None:
-        saved = _load_eval_checkpoint(run_dir, tag, walkers.shape, record_shapes)
+        saved = load_walker_checkpoint(
+            run_dir / io.EVAL_CHECKPOINT,
+            run_dir / io.PREVIOUS_EVAL_CHECKPOINT,
+            same_state,
+            empty_records,
+            walkers.shape,
+            "evaluating from the first step",
+        )
         if saved is not None:
             start = saved["step"]
             walkers_d = scatter_walkers(jnp.asarray(saved["walkers"], run.dtype), n_devices)
@@ -194,10 +147,21 @@ def evaluate(
         if run_dir is None:
             return
         all_walkers = gather_walkers(walkers_d)  # collective: every process
-        on_main(lambda: _write_eval_checkpoint(run_dir, k, tag, all_walkers, records))
+        on_main(
+            lambda: save_walker_checkpoint(
+                run_dir / io.EVAL_CHECKPOINT,
+                run_dir / io.PREVIOUS_EVAL_CHECKPOINT,
+                step=k,
+                tag=tag,
+                walkers=all_walkers,
+                records=records,
+                phase="evaluation",
+            )
+        )
 
     checkpoint = run_dir / io.EVAL_CHECKPOINT if run_dir is not None else None
-    log = on_main(lambda: _open_eval_log(run_dir, records)) if run_dir is not None else None
+    log_path = run_dir / io.EVAL_LOG if run_dir is not None else None
+    log = on_main(lambda: open_log(log_path, records)) if run_dir is not None else None
     try:
         for k in range(start, steps):
             stop_if_asked(stop, save, k, f"evaluation step {k} of {steps}", checkpoint)
@@ -206,12 +170,7 @@ def evaluate(
             for name, value in stats.items():
                 records.setdefault(name, []).append(np.asarray(value))
             if log is not None:
-                try:
-                    log.append(stats)
-                except OSError as err:
-                    warn(f"{cannot_write(run_dir / io.EVAL_LOG, err)}; no longer appending")
-                    log.close()
-                    log = None
+                log = append_row(log, log_path, stats)
             done = k + 1
             if checkpoint_due(done, cfg.train.checkpoint_every, steps):
                 save(done)
