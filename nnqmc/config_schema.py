@@ -129,7 +129,7 @@ class AnsatzConfig:
     cutoff: float = _f(10.0, check=_positive)
     jastrow_layers: int = _f(3, check=_non_negative)
     backflow_layers: int = _f(3, check=_non_negative)
-    backflow: str = _f("exp", choices=BACKFLOW_FORMS)  # f = exp(g) | 1 + g | off
+    backflow: str = _f("exp", choices=BACKFLOW_FORMS)  # f = exp(g) | 1 + g | none (f = 1)
     cas: tuple[int, int] | None = _f(None, check=_cas)  # [n_orbitals, n_electrons]
     determinants: int = _f(1, check=_positive)
     # kind = "generalized" only (see nnqmc.ansatz.generalized):

@@ -46,7 +46,7 @@ import numpy as np
 from .ansatz import Ansatz
 from .hamiltonian import Hamiltonian
 from .optimize import AXIS
-from .train import batch_local_energy
+from .train import batch_local_jet
 
 ENERGY_CUTOFF_ALPHA = 0.2
 """``E_cut = α sqrt(N_elec / τ)`` (Zen et al. 2016)."""
@@ -113,18 +113,9 @@ def reference_energy(e_avg: jax.Array, total_weight: jax.Array, n_walkers: int, 
     return e_avg - jnp.log(total_weight / n_walkers) / (FEEDBACK_STEPS * tau)
 
 
-def value_sign_grad(ansatz: Ansatz) -> Callable[[Any, jax.Array], tuple[jax.Array, ...]]:
-    """Batched ``(params, r) -> (sign ψ, log|ψ|, ∇ log|ψ|)``."""
-
-    def one(params, r):
-        def log_abs(x):
-            sign, log_psi = ansatz.apply(params, x)
-            return log_psi, sign
-
-        (log_psi, sign), grad = jax.value_and_grad(log_abs, has_aux=True)(r)
-        return sign, log_psi, grad
-
-    return jax.vmap(one, in_axes=(None, 0))
+def batch_sign(ansatz: Ansatz) -> Callable[[Any, jax.Array], jax.Array]:
+    """Batched ``(params, r) -> sign ψ`` (one forward pass)."""
+    return jax.vmap(lambda params, r: ansatz.apply(params, r)[0], in_axes=(None, 0))
 
 
 def _gather(x: jax.Array) -> jax.Array:
@@ -143,13 +134,12 @@ def _local_slice(x: jax.Array, n_local: int) -> jax.Array:
 
 def make_walkers(ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str = "forward"):
     """A pmapped ``(params, r) -> DMCWalkers`` with unit weights (start of a DMC run)."""
-    values = value_sign_grad(ansatz)
-    energies = batch_local_energy(ansatz, hamiltonian, engine)
+    signs = batch_sign(ansatz)
+    local_jets = batch_local_jet(ansatz, hamiltonian, engine)
 
     def start(params, r):
-        sign, log_psi, grad = values(params, r)
-        e = energies(params, r)
-        return DMCWalkers(r, sign, log_psi, grad, e, jnp.ones_like(e))
+        log_psi, grad, e = local_jets(params, r)
+        return DMCWalkers(r, signs(params, r), log_psi, grad, e, jnp.ones_like(e))
 
     return jax.pmap(start, axis_name=AXIS)
 
@@ -168,8 +158,8 @@ def make_dmc_step(
     ``acceptance``, ``tau_eff``, ``e_ref``, ``n_nonfinite`` (proposals rejected for a
     non-finite local energy or log|ψ|).
     """
-    values = value_sign_grad(ansatz)
-    energies = batch_local_energy(ansatz, hamiltonian, engine)
+    signs = batch_sign(ansatz)
+    local_jets = batch_local_jet(ansatz, hamiltonian, engine)
     n_elec = ansatz.n_up + ansatz.n_down
 
     def step(params, walkers: DMCWalkers, control: DMCControl, key, tau):
@@ -181,8 +171,8 @@ def make_dmc_step(
         u_accept = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1), (), dtype))(keys)
         drift = limited_drift(walkers.grad, tau, drift_a)
         proposal = walkers.r + drift * tau + jnp.sqrt(tau) * noise
-        sign_new, log_psi_new, grad_new = values(params, proposal)
-        e_new = energies(params, proposal)
+        sign_new = signs(params, proposal)
+        log_psi_new, grad_new, e_new = local_jets(params, proposal)
         drift_back = limited_drift(grad_new, tau, drift_a)
         forward = jnp.sum((proposal - walkers.r - drift * tau) ** 2, axis=(1, 2))
         backward = jnp.sum((walkers.r - proposal - drift_back * tau) ** 2, axis=(1, 2))

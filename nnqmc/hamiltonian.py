@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .laplacian import KINETIC_ENGINES
+from .laplacian import KINETIC_ENGINES, KINETIC_JETS
 
 __all__ = [
     "ExtendedHamiltonian",
@@ -203,3 +203,14 @@ def local_energy(
 ) -> jax.Array:
     """``E_L(r) = -1/2 (nabla^2 log|psi| + |nabla log|psi||^2) + V(r)`` for one walker."""
     return KINETIC_ENGINES[engine](log_psi, r) + hamiltonian.potential(r)
+
+
+def local_jet(
+    log_psi: Callable[[jax.Array], jax.Array],
+    hamiltonian: Hamiltonian,
+    r: jax.Array,
+    engine: str = "exact",
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(log|psi|, grad log|psi|, E_L)`` for one walker, from one pass of the engine."""
+    f, g, t = KINETIC_JETS[engine](log_psi, r)
+    return f, g, t + hamiltonian.potential(r)

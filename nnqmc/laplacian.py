@@ -1,6 +1,8 @@
 """Kinetic-energy engines for a log-amplitude ``f(r) = log|psi(r)|`` of one walker.
 
-The local kinetic energy is ``T = -1/2 (nabla^2 f + |nabla f|^2)``.
+The local kinetic energy is ``T = -1/2 (nabla^2 f + |nabla f|^2)``. Each engine also has
+a "jet" form that returns ``(f, nabla f, T)``: the forward Laplacian computes the value and
+gradient on the way, which diffusion Monte Carlo needs for its drift.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 LogPsi = Callable[[jax.Array], jax.Array]
+KineticJet = tuple[jax.Array, jax.Array, jax.Array]
+"""``(f, nabla f, T)`` of one walker; the gradient has the shape of ``r``."""
 
 
-def kinetic_energy_exact(log_psi: LogPsi, r: jax.Array) -> jax.Array:
+def kinetic_jet_exact(log_psi: LogPsi, r: jax.Array) -> KineticJet:
     """Exact Laplacian as 3N Hessian-vector products (jvp of grad) over the unit vectors."""
     shape = r.shape
     x = r.reshape(-1)
@@ -27,8 +31,13 @@ def kinetic_energy_exact(log_psi: LogPsi, r: jax.Array) -> jax.Array:
 
     eye = jnp.eye(x.size, dtype=x.dtype)
     laplacian = jnp.sum(jax.vmap(second_derivative)(eye))
-    g = grad_f(x)
-    return -0.5 * (laplacian + jnp.vdot(g, g))
+    f, g = jax.value_and_grad(lambda x: log_psi(x.reshape(shape)))(x)
+    return f, g.reshape(shape), -0.5 * (laplacian + jnp.vdot(g, g))
+
+
+def kinetic_energy_exact(log_psi: LogPsi, r: jax.Array) -> jax.Array:
+    """The kinetic energy of :func:`kinetic_jet_exact`."""
+    return kinetic_jet_exact(log_psi, r)[2]
 
 
 SPARSITY = 0.4
@@ -57,7 +66,7 @@ class _DropDenseFallbackWarning(logging.Filter):
         return not str(record.msg).startswith("Could not perform index operation")
 
 
-def kinetic_energy_forward(log_psi: LogPsi, r: jax.Array, sparsity: float = SPARSITY) -> jax.Array:
+def kinetic_jet_forward(log_psi: LogPsi, r: jax.Array, sparsity: float = SPARSITY) -> KineticJet:
     """Forward Laplacian (folx): value, gradient and Laplacian in one forward pass, with
     sparse Jacobians up to :func:`sparsity_threshold` (``sparsity = 0``: all dense)."""
     import folx
@@ -67,12 +76,17 @@ def kinetic_energy_forward(log_psi: LogPsi, r: jax.Array, sparsity: float = SPAR
         lambda x: log_psi(x.reshape(shape)),
         sparsity_threshold=sparsity_threshold(shape[0], sparsity),
     )
-    return _kinetic_from_folx(laplacian, r.reshape(-1))
+    return _jet_from_folx(laplacian, shape, r.reshape(-1))
 
 
-def _kinetic_from_folx(laplacian: Callable, *args) -> jax.Array:
-    """-1/2 (lap f + |grad f|^2) from a folx-transformed f, with folx's expected
-    dense-fallback warning filtered."""
+def kinetic_energy_forward(log_psi: LogPsi, r: jax.Array, sparsity: float = SPARSITY) -> jax.Array:
+    """The kinetic energy of :func:`kinetic_jet_forward`."""
+    return kinetic_jet_forward(log_psi, r, sparsity)[2]
+
+
+def _jet_from_folx(laplacian: Callable, shape: tuple[int, ...], *args) -> KineticJet:
+    """``(f, grad f, -1/2 (lap f + |grad f|^2))`` from a folx-transformed f, with folx's
+    expected dense-fallback warning filtered."""
     quiet = _DropDenseFallbackWarning()
     root = logging.getLogger()
     root.addFilter(quiet)
@@ -81,15 +95,15 @@ def _kinetic_from_folx(laplacian: Callable, *args) -> jax.Array:
     finally:
         root.removeFilter(quiet)
     g = result.jacobian.dense_array
-    return -0.5 * (result.laplacian + jnp.vdot(g, g))
+    return result.x, g.reshape(shape), -0.5 * (result.laplacian + jnp.vdot(g, g))
 
 
-def kinetic_energy_forward_with_features(
+def kinetic_jet_forward_with_features(
     log_psi: Callable[[jax.Array, jax.Array], jax.Array],
     r: jax.Array,
     features: tuple[jax.Array, jax.Array, jax.Array],
     sparsity: float = SPARSITY,
-) -> jax.Array:
+) -> KineticJet:
     """Forward Laplacian of ``log_psi(r, y(r))`` when the jet of ``y`` is known already:
     ``features = (y, dy/dr, lap y)`` with the Jacobian of shape ``(3N,) + y.shape``.
 
@@ -113,13 +127,18 @@ def kinetic_energy_forward_with_features(
     r_in = FwdLaplArray(r, identity, jnp.zeros_like(r))
     y_in = FwdLaplArray(y, FwdJacobian.from_dense(y_jac), y_lap)
     laplacian = folx.forward_laplacian(log_psi, sparsity_threshold=threshold, disable_jit=True)
-    return _kinetic_from_folx(laplacian, r_in, y_in)
+    return _jet_from_folx(laplacian, r.shape, r_in, y_in)
 
 
 KINETIC_ENGINES = {
     "exact": kinetic_energy_exact,
     "forward": kinetic_energy_forward,
     "folx": kinetic_energy_forward,
+}
+KINETIC_JETS = {
+    "exact": kinetic_jet_exact,
+    "forward": kinetic_jet_forward,
+    "folx": kinetic_jet_forward,
 }
 """For a bare ``log_psi`` "forward" and "folx" are the same; given an ansatz,
 :func:`nnqmc.train.batch_local_energy` lets "forward" use the ansatz's own kinetic energy."""

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from .ansatz import Ansatz
-from .hamiltonian import Hamiltonian, local_energy
+from .hamiltonian import Hamiltonian, local_jet
 from .optimize import AXIS, Optimizer, clip_local_energies
 from .sampler import StepScale, adapt_width, sample
 
@@ -80,26 +80,11 @@ def local_energy_chunk(n_walkers: int, n_elec: int, itemsize: int, backend: str)
     return max(1, min(chunk, n_walkers))
 
 
-def batch_local_energy(
-    ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str, chunk: int | None = None
-) -> Callable[[Any, jax.Array], jax.Array]:
-    """Local energies of a batch of walkers; ``engine="forward"`` uses the ansatz's own
-    structured forward Laplacian where it has one (PauliNet), folx otherwise.
+def _batched(one: Callable, chunk: int | None) -> Callable[[Any, jax.Array], Any]:
+    """``one(params, r)`` over a batch of walkers, ``chunk`` walkers at a time (``None``:
+    :func:`local_energy_chunk`)."""
 
-    ``chunk`` walkers are evaluated at a time (``None``: :func:`local_energy_chunk`).
-    """
-    if engine == "forward" and ansatz.kinetic_energy is not None:
-        kinetic = ansatz.kinetic_energy
-
-        def one(params, r):
-            return kinetic(params, r) + hamiltonian.potential(r)
-
-    else:
-
-        def one(params, r):
-            return local_energy(lambda x: ansatz.log_psi(params, x), hamiltonian, r, engine)
-
-    def batch(params: Any, r: jax.Array) -> jax.Array:
+    def batch(params: Any, r: jax.Array) -> Any:
         n_walkers, n_elec = r.shape[:2]
         size = chunk or local_energy_chunk(
             n_walkers, n_elec, r.dtype.itemsize, jax.default_backend()
@@ -109,6 +94,39 @@ def batch_local_energy(
         return jax.lax.map(lambda x: one(params, x), r, batch_size=size)
 
     return batch
+
+
+def batch_local_energy(
+    ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str, chunk: int | None = None
+) -> Callable[[Any, jax.Array], jax.Array]:
+    """Local energies of a batch of walkers; ``engine="forward"`` uses the ansatz's own
+    structured forward Laplacian where it has one (PauliNet), folx otherwise.
+
+    ``chunk`` walkers are evaluated at a time (``None``: :func:`local_energy_chunk`).
+    """
+    local_jet = batch_local_jet(ansatz, hamiltonian, engine, chunk)
+    return lambda params, r: local_jet(params, r)[2]
+
+
+def batch_local_jet(
+    ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str, chunk: int | None = None
+) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
+    """``(log|psi|, grad log|psi|, E_L)`` of a batch of walkers from one pass of the
+    kinetic-energy engine (the gradient comes with the forward Laplacian); engines and
+    ``chunk`` as :func:`batch_local_energy`."""
+    if engine == "forward" and ansatz.kinetic_jet is not None:
+        jet = ansatz.kinetic_jet
+
+        def one(params, r):
+            f, g, t = jet(params, r)
+            return f, g, t + hamiltonian.potential(r)
+
+    else:
+
+        def one(params, r):
+            return local_jet(lambda x: ansatz.log_psi(params, x), hamiltonian, r, engine)
+
+    return _batched(one, chunk)
 
 
 def _energy_stats(e: jax.Array) -> tuple[jax.Array, jax.Array]:

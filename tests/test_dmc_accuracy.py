@@ -8,7 +8,9 @@ as 1/r12 and E(tau) is no longer linear, docs/dmc.md). Each must land within 3 s
 exact after the tau -> 0 extrapolation while its VMC energy is clearly above.
 
 ``ci_slow``: He with a short DMC (sigma about 0.6 mHa). ``slow``: the three cases with
-sigma <= 0.3 mHa (docs/dmc.md has the measured numbers and times).
+sigma <= 0.3 mHa (docs/dmc.md has the measured numbers and times), and one case where the
+nodes are wrong on purpose: Li2 on its RHF determinant's nodes must reproduce the
+published fixed-node energy.
 """
 
 from dataclasses import dataclass
@@ -100,3 +102,25 @@ def test_hooke_atom_from_the_bare_gaussian_orbital():
     for row in d.rows:
         print(row)
     check_exact(vmc.energy, vmc.energy_err, d.energy, d.energy_err, 2.0, 3e-4)
+
+
+LI2_HF_NODES_PUBLISHED = (-14.9890, 0.0002)
+"""Umrigar, Nightingale and Runge, J. Chem. Phys. 99, 2865 (1993): fixed-node DMC of Li2
+on a single-determinant trial (tau -> 0)."""
+LI2_EXACT = -14.9954
+
+
+@pytest.mark.slow
+def test_li2_on_hf_nodes_reproduces_the_published_fixed_node_energy(tmp_path):
+    """Not an exact case: with the RHF determinant's nodes (no backflow) DMC must land on
+    the published single-determinant value, about 6 mHa above exact, and not below it."""
+    config = load_config(SYSTEMS / "li2_hf_nodes.toml")
+    r = api.run(config, tmp_path / "li2_hf_nodes")
+    for row in r["dmc"]:
+        print(row)
+    published, published_err = LI2_HF_NODES_PUBLISHED
+    err = (r["dmc_energy_err"] ** 2 + published_err**2) ** 0.5
+    print(f"DMC {r['dmc_energy']:.6f} ± {r['dmc_energy_err']:.6f}, published {published}")
+    assert abs(r["dmc_energy"] - published) < 3 * err
+    assert r["dmc_energy"] - LI2_EXACT > 3 * r["dmc_energy_err"], "below the fixed-node limit"
+    assert r["energy"] - r["dmc_energy"] > 3 * (r["energy_err"] + r["dmc_energy_err"])

@@ -127,11 +127,15 @@ def test_forward_laplacian_matches_exact(system, variant, request):
     @jax.jit
     def both(p, r):
         exact = jax.vmap(lambda x: kinetic_energy_exact(lambda y: ansatz.log_psi(p, y), x))(r)
-        return jax.vmap(lambda x: ansatz.kinetic_energy(p, x))(r), exact
+        value_grad = jax.vmap(jax.value_and_grad(lambda x: ansatz.log_psi(p, x)))(r)
+        return jax.vmap(lambda x: ansatz.kinetic_jet(p, x))(r), exact, value_grad
 
-    forward, exact = both(params, r)
+    (value, grad, forward), exact, (exact_value, exact_grad) = both(params, r)
     assert np.all(np.isfinite(np.asarray(forward)))
     np.testing.assert_allclose(forward, exact, rtol=1e-6)
+    # the jet's value and gradient (the DMC drift) are those of log|psi| and backprop
+    np.testing.assert_allclose(value, exact_value, rtol=1e-12)
+    np.testing.assert_allclose(grad, exact_grad, rtol=1e-6, atol=1e-12)
 
 
 def test_envelope_has_the_nuclear_cusp_and_learned_decay():

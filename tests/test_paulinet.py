@@ -178,11 +178,15 @@ def test_structured_kinetic_energy_matches_exact(system, request):
     @jax.jit
     def both(p, r):
         exact = jax.vmap(lambda x: kinetic_energy_exact(lambda y: ansatz.log_psi(p, y), x))(r)
-        return jax.vmap(lambda x: ansatz.kinetic_energy(p, x))(r), exact
+        value_grad = jax.vmap(jax.value_and_grad(lambda x: ansatz.log_psi(p, x)))(r)
+        return jax.vmap(lambda x: ansatz.kinetic_jet(p, x))(r), exact, value_grad
 
-    structured, exact = both(params, r)
+    (value, grad, structured), exact, (exact_value, exact_grad) = both(params, r)
     assert np.all(np.isfinite(np.asarray(structured)))
     np.testing.assert_allclose(structured, exact, rtol=1e-9)
+    # the jet's value and gradient (the DMC drift) are those of log|psi| and backprop
+    np.testing.assert_allclose(value, exact_value, rtol=1e-12)
+    np.testing.assert_allclose(grad, exact_grad, rtol=1e-9, atol=1e-12)
 
 
 def test_sparse_forward_laplacian_equals_dense_and_stays_quiet(lih, caplog):

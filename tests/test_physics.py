@@ -165,3 +165,20 @@ def test_local_energy_chunks_match_one_batch(lih):
     assert local_energy_chunk(256, 40, 8, "cpu") == 1
     assert local_energy_chunk(256, 4, 8, "gpu") == 256
     assert local_energy_chunk(16, 2, 8, "cpu") == 16
+
+
+@pytest.mark.parametrize("engine", ["exact", "folx"])
+def test_local_jet_gives_value_gradient_and_local_energy(lih, engine):
+    """Each engine's jet is (log|psi|, its backprop gradient, the local energy of
+    batch_local_energy): the DMC drift comes from it."""
+    from nnqmc.train import batch_local_energy, batch_local_jet
+
+    mol, ansatz, params, ham = lih
+    rng = np.random.default_rng(4)
+    r = jnp.asarray(rng.normal(scale=1.5, size=(5, mol.n_elec, 3)))
+    value, grad, e_local = jax.jit(batch_local_jet(ansatz, ham, engine))(params, r)
+    exact_value, exact_grad = jax.vmap(jax.value_and_grad(lambda x: ansatz.log_psi(params, x)))(r)
+    np.testing.assert_allclose(value, exact_value, rtol=1e-12)
+    np.testing.assert_allclose(grad, exact_grad, rtol=1e-10, atol=1e-12)
+    energies = jax.jit(batch_local_energy(ansatz, ham, "exact"))(params, r)
+    np.testing.assert_allclose(e_local, energies, rtol=1e-9)

@@ -24,9 +24,18 @@ class Ansatz:
     apply: Callable[[Params, jax.Array], tuple[jax.Array, jax.Array]]
     n_up: int
     n_down: int
-    kinetic_energy: Callable[[Params, jax.Array], jax.Array] | None = None
-    """A faster forward-Laplacian kinetic energy for one walker that uses the ansatz's own
-    structure, or None; the ``"forward"`` engine takes it where there is one."""
+    kinetic_jet: Callable[[Params, jax.Array], tuple[jax.Array, jax.Array, jax.Array]] | None = None
+    """A faster forward Laplacian for one walker that uses the ansatz's own structure:
+    ``(log|psi|, grad log|psi|, T)``, or None; the ``"forward"`` engine takes it where there
+    is one."""
+
+    @property
+    def kinetic_energy(self) -> Callable[[Params, jax.Array], jax.Array] | None:
+        """The kinetic energy of :attr:`kinetic_jet`, or None."""
+        jet = self.kinetic_jet
+        if jet is None:
+            return None
+        return lambda params, r: jet(params, r)[2]
 
     def log_psi(self, params: Params, r: jax.Array) -> jax.Array:
         return self.apply(params, r)[1]

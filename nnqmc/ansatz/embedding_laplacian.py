@@ -42,7 +42,7 @@ from .embedding import (
 
 Params = Any
 
-__all__ = ["Jet", "make_embedding_laplacian", "kinetic_energy_from_jet"]
+__all__ = ["Jet", "make_embedding_laplacian", "kinetic_jet_from_embedding"]
 
 
 class Jet(NamedTuple):
@@ -53,17 +53,17 @@ class Jet(NamedTuple):
     laplacian: jax.Array
 
 
-def kinetic_energy_from_jet(
+def kinetic_jet_from_embedding(
     log_psi: Callable[[jax.Array, jax.Array], jax.Array], r: jax.Array, jet: Jet
-) -> jax.Array:
-    """Kinetic energy of ``log_psi(r, x)`` given the embedding's jet ``x(r)``: the
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(f, grad f, T)`` of ``f = log_psi(r, x)`` given the embedding's jet ``x(r)``: the
     Jacobian is laid out as folx wants it, (3N, n, dim), and folx does the rest."""
-    from ..laplacian import kinetic_energy_forward_with_features
+    from ..laplacian import kinetic_jet_forward_with_features
 
     x, jac, lap = jet
     n, dim = x.shape
     jac = jnp.transpose(jac, (1, 2, 0, 3)).reshape(3 * n, n, dim)
-    return kinetic_energy_forward_with_features(log_psi, r, (x, jac, lap))
+    return kinetic_jet_forward_with_features(log_psi, r, (x, jac, lap))
 
 
 def _linear(jet: Jet, w: jax.Array, b: jax.Array | None = None) -> Jet:

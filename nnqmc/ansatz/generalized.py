@@ -46,7 +46,7 @@ import numpy as np
 from . import Ansatz
 from .determinants import combine_determinants, log_sum_determinants, slogdet
 from .embedding import activation, init_mlp, make_embedding, mlp
-from .embedding_laplacian import kinetic_energy_from_jet, make_embedding_laplacian
+from .embedding_laplacian import kinetic_jet_from_embedding, make_embedding_laplacian
 from .jastrow import electron_cusp
 from .slater import SlaterPart
 
@@ -241,12 +241,12 @@ def generalized_from_slater(
     def apply(params: Params, r: jax.Array) -> tuple[jax.Array, jax.Array]:
         return from_embedding(params, r, emb_apply(params["embedding"], r, coords_j(r)))
 
-    def kinetic_energy(params: Params, r: jax.Array) -> jax.Array:
+    def kinetic_jet(params: Params, r: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Forward Laplacian: the embedding's jet by hand, folx for orbitals and heads."""
         jet = emb_jet(params["embedding"], r, coords_j(r))
-        return kinetic_energy_from_jet(lambda y, z: from_embedding(params, y, z)[1], r, jet)
+        return kinetic_jet_from_embedding(lambda y, z: from_embedding(params, y, z)[1], r, jet)
 
-    return Ansatz(init, apply, n_up, n_down, kinetic_energy)
+    return Ansatz(init, apply, n_up, n_down, kinetic_jet)
 
 
 def generalized_from_options(

@@ -26,7 +26,7 @@ from ..scf import SCFResult
 from . import Ansatz
 from .determinants import log_sum_determinants
 from .embedding import activation, init_mlp, make_embedding, mlp
-from .embedding_laplacian import Jet, kinetic_energy_from_jet, make_embedding_laplacian
+from .embedding_laplacian import Jet, kinetic_jet_from_embedding, make_embedding_laplacian
 from .jastrow import electron_cusp
 from .slater import SlaterPart, slater_part
 
@@ -214,10 +214,10 @@ def paulinet_from_slater(
         coords = jnp.asarray(coords_np, r.dtype)
         return from_embedding(params, r, net.embed(params["net"]["embedding"], r, coords))
 
-    def kinetic_energy(params: Params, r: jax.Array) -> jax.Array:
+    def kinetic_jet(params: Params, r: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Forward Laplacian with the embedding's jet written out by hand; folx does the rest."""
         coords = jnp.asarray(coords_np, r.dtype)
         jet = net.embedding_jet(params["net"]["embedding"], r, coords)
-        return kinetic_energy_from_jet(lambda y, z: from_embedding(params, y, z)[1], r, jet)
+        return kinetic_jet_from_embedding(lambda y, z: from_embedding(params, y, z)[1], r, jet)
 
-    return Ansatz(init, apply, n_up, n_down, kinetic_energy)
+    return Ansatz(init, apply, n_up, n_down, kinetic_jet)
