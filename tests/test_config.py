@@ -434,9 +434,10 @@ def test_shipped_system_loads(path):
     assert config.name == path.stem
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and len(first) > 10, "needs a descriptive header comment"
-    # shipped inputs use the default network sizes; only the kind of ansatz and the
-    # determinant space may be chosen
-    assert set(config.data.get("ansatz", {})) <= {"kind", "cas", "determinants"}
+    # shipped inputs use the default network sizes; only the kind of ansatz, the
+    # determinant space and the backflow (it moves the nodes: li2_hf_nodes fixes them to
+    # the RHF determinant's) may be chosen
+    assert set(config.data.get("ansatz", {})) <= {"kind", "cas", "determinants", "backflow"}
     assert config.system.molecule.n_elec > 0
     if path.stem not in EXPECTED_SYSTEMS:
         return
