@@ -104,8 +104,8 @@ def batch_local_energy(
 
     ``chunk`` walkers are evaluated at a time (``None``: :func:`local_energy_chunk`).
     """
-    local_jet = batch_local_jet(ansatz, hamiltonian, engine, chunk)
-    return lambda params, r: local_jet(params, r)[2]
+    one = _one_local_jet(ansatz, hamiltonian, engine)
+    return _batched(lambda params, r: one(params, r)[2], chunk)
 
 
 def batch_local_jet(
@@ -114,6 +114,10 @@ def batch_local_jet(
     """``(log|psi|, grad log|psi|, E_L)`` of a batch of walkers from one pass of the
     kinetic-energy engine (the gradient comes with the forward Laplacian); engines and
     ``chunk`` as :func:`batch_local_energy`."""
+    return _batched(_one_local_jet(ansatz, hamiltonian, engine), chunk)
+
+
+def _one_local_jet(ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str) -> Callable:
     if engine == "forward" and ansatz.kinetic_jet is not None:
         jet = ansatz.kinetic_jet
 
@@ -121,12 +125,8 @@ def batch_local_jet(
             f, g, t = jet(params, r)
             return f, g, t + hamiltonian.potential(r)
 
-    else:
-
-        def one(params, r):
-            return local_jet(lambda x: ansatz.log_psi(params, x), hamiltonian, r, engine)
-
-    return _batched(one, chunk)
+        return one
+    return lambda params, r: local_jet(lambda x: ansatz.log_psi(params, x), hamiltonian, r, engine)
 
 
 def _energy_stats(e: jax.Array) -> tuple[jax.Array, jax.Array]:
