@@ -36,7 +36,7 @@ import numpy as np
 from . import io
 from .config import Config, to_toml
 from .errors import Interrupted, RunError
-from .parallel import broadcast_from_main, is_main_process, process_count
+from .parallel import broadcast_from_main, gather_walkers, is_main_process, process_count
 
 __all__ = [
     "NanGuard",
@@ -188,18 +188,22 @@ def save_walker_checkpoint(
     *,
     step: int,
     tag: dict[str, Any],
-    walkers: np.ndarray,
+    walkers: Any,
     records: dict[str, Any],
     phase: str,
 ) -> None:
-    """Process 0: a sampling phase's walkers and rows after ``step`` steps (rotated to
-    ``previous``); a write error is a RunError "... at ``phase`` step N"."""
+    """On every process: gather a sampling phase's device-split ``walkers`` (a collective),
+    then process 0 writes them with the rows after ``step`` steps (rotated to ``previous``);
+    a write error is a RunError "... at ``phase`` step N"."""
+    all_walkers = gather_walkers(walkers)
+    if not is_main_process():
+        return
     try:
         io.save_eval_checkpoint(
             current,
             step=step,
             tag=tag,
-            walkers=walkers,
+            walkers=all_walkers,
             records={n: np.asarray(v) for n, v in records.items()},
             previous=previous,
         )

@@ -211,17 +211,14 @@ def dmc(
     def save(k: int) -> None:
         if run_dir is None:
             return
-        all_walkers = gather_walkers(walkers_d.r)
-        on_main(
-            lambda: save_walker_checkpoint(
-                run_dir / io.DMC_CHECKPOINT,
-                run_dir / io.PREVIOUS_DMC_CHECKPOINT,
-                step=k,
-                tag=tag,
-                walkers=all_walkers,
-                records=records,
-                phase="DMC",
-            )
+        save_walker_checkpoint(
+            run_dir / io.DMC_CHECKPOINT,
+            run_dir / io.PREVIOUS_DMC_CHECKPOINT,
+            step=k,
+            tag=tag,
+            walkers=walkers_d.r,
+            records=records,
+            phase="DMC",
         )
 
     checkpoint = run_dir / io.DMC_CHECKPOINT if run_dir is not None else None

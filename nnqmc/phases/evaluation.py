@@ -23,7 +23,6 @@ from ..estimate import estimate
 from ..parallel import (
     device_keys,
     first_replica,
-    gather_walkers,
     replicate,
     scatter_walkers,
 )
@@ -146,17 +145,14 @@ def evaluate(
     def save(k: int) -> None:
         if run_dir is None:
             return
-        all_walkers = gather_walkers(walkers_d)  # collective: every process
-        on_main(
-            lambda: save_walker_checkpoint(
-                run_dir / io.EVAL_CHECKPOINT,
-                run_dir / io.PREVIOUS_EVAL_CHECKPOINT,
-                step=k,
-                tag=tag,
-                walkers=all_walkers,
-                records=records,
-                phase="evaluation",
-            )
+        save_walker_checkpoint(
+            run_dir / io.EVAL_CHECKPOINT,
+            run_dir / io.PREVIOUS_EVAL_CHECKPOINT,
+            step=k,
+            tag=tag,
+            walkers=walkers_d,
+            records=records,
+            phase="evaluation",
         )
 
     checkpoint = run_dir / io.EVAL_CHECKPOINT if run_dir is not None else None
