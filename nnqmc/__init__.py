@@ -23,6 +23,10 @@ import jax as _jax  # noqa: E402
 
 _jax.config.update("jax_enable_x64", True)
 
+from .compile_cache import enable_compilation_cache as _enable_compilation_cache  # noqa: E402
+
+_enable_compilation_cache()  # compiled steps kept on disk (NNQMC_COMPILATION_CACHE=off: not)
+
 from .ansatz import Ansatz  # noqa: E402
 from .ansatz.custom import ansatz_from_orbitals  # noqa: E402
 from .api import (  # noqa: E402

@@ -177,15 +177,15 @@ def hcore_function(
     return lambda mol: sum(term.hcore(mol) for term in external)
 
 
-def dipole_moment(charges: np.ndarray, coords: np.ndarray) -> Observable:
-    """The observable ``mu(r) = sum_I Z_I R_I - sum_i r_i`` (e bohr; 1 a.u. = 2.5417 D)."""
-    nuclear = np.sum(
-        np.asarray(charges, np.float64).reshape(-1, 1) * np.asarray(coords).reshape(-1, 3),
-        axis=0,
-    )
+def dipole_moment(charges: np.ndarray, coords: Any) -> Observable:
+    """The observable ``mu(r) = sum_I Z_I R_I - sum_i r_i`` (e bohr; 1 a.u. = 2.5417 D);
+    ``coords`` may be a (traced) JAX array."""
+    charges = np.asarray(charges, np.float64).reshape(-1, 1)
 
     def mu(r: jax.Array) -> jax.Array:
-        return jnp.asarray(nuclear, r.dtype) - jnp.sum(r, axis=0)
+        z = jnp.asarray(charges, r.dtype)
+        nuclear = jnp.sum(z * jnp.asarray(coords, r.dtype).reshape(-1, 3), axis=0)
+        return nuclear - jnp.sum(r, axis=0)
 
     return mu
 

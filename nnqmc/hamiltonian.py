@@ -27,12 +27,14 @@ from .laplacian import KINETIC_ENGINES, KINETIC_JETS
 __all__ = [
     "ExtendedHamiltonian",
     "ExternalPotential",
+    "GeometryHamiltonian",
     "Hamiltonian",
     "MolecularHamiltonian",
     "electron_nuclear_distances",
     "local_energy",
     "nuclei",
     "pair_distances",
+    "positions",
     "with_external",
 ]
 
@@ -78,11 +80,19 @@ def electron_nuclear_distances(r: jax.Array, coords: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(d * d, axis=-1))
 
 
+def positions(coords: Any) -> Any:
+    """Nuclear positions as (n_atoms, 3): a NumPy float64 array, or the JAX array itself
+    when ``coords`` is one (e.g. traced, when one compiled program serves many geometries)."""
+    if isinstance(coords, jax.Array):
+        return coords.reshape(-1, 3)
+    return np.asarray(coords, dtype=np.float64).reshape(-1, 3)
+
+
 def nuclei(hamiltonian: Hamiltonian) -> tuple[np.ndarray, np.ndarray]:
-    """``(charges, coords)`` of a Hamiltonian's nuclei; empty arrays if it has none."""
+    """``(charges, coords)`` of a Hamiltonian's nuclei; empty arrays if it has none (the
+    coordinates stay a JAX array if they are one, see :func:`positions`)."""
     charges = np.asarray(getattr(hamiltonian, "charges", np.zeros(0)), np.float64).reshape(-1)
-    coords = np.asarray(getattr(hamiltonian, "coords", np.zeros((0, 3))), np.float64)
-    return charges, coords.reshape(-1, 3)
+    return charges, positions(getattr(hamiltonian, "coords", np.zeros((0, 3))))
 
 
 def _check_external(
@@ -137,6 +147,15 @@ class MolecularHamiltonian:
         i, j = np.triu_indices(len(z), k=1)
         return float(np.sum(z[i] * z[j] / np.linalg.norm(c[i] - c[j], axis=-1)))
 
+    @property
+    def constant_energy(self) -> float:
+        """The part of the potential without electrons: the nuclear repulsion plus the
+        external terms' energy with the nuclei."""
+        charges, coords = nuclei(self)
+        return self.nuclear_repulsion + sum(
+            (t.nuclear_energy(charges, coords) for t in self.external), 0.0
+        )
+
     def potential(self, r: jax.Array) -> jax.Array:
         """Electron–nucleus + electron–electron + nuclear repulsion + external terms."""
         charges_np, coords_np = nuclei(self)
@@ -146,6 +165,29 @@ class MolecularHamiltonian:
         v_ee = jnp.sum(1.0 / pair_distances(r)) if r.shape[0] > 1 else 0.0
         v_ext = _external_energy(self.external, r, charges_np, coords_np)
         return v_en + v_ee + self.nuclear_repulsion + v_ext
+
+
+@dataclass(frozen=True)
+class GeometryHamiltonian:
+    """:class:`MolecularHamiltonian` with the nuclear positions an array argument (possibly
+    traced: one compiled program for every geometry of a scan) and the part without
+    electrons, :attr:`MolecularHamiltonian.constant_energy`, given as ``constant``."""
+
+    charges: np.ndarray
+    coords: jax.Array
+    n_up: int
+    n_down: int
+    constant: jax.Array
+    external: tuple[ExternalPotential, ...] = ()
+
+    def potential(self, r: jax.Array) -> jax.Array:
+        """Electron–nucleus + electron–electron + constant + external one-body terms."""
+        coords = jnp.asarray(self.coords, r.dtype).reshape(-1, 3)
+        charges = jnp.asarray(self.charges, r.dtype)
+        v_en = -jnp.sum(charges / electron_nuclear_distances(r, coords))
+        v_ee = jnp.sum(1.0 / pair_distances(r)) if r.shape[0] > 1 else 0.0
+        v_ext = sum((t.electron_potential(r) for t in self.external), jnp.zeros((), r.dtype))
+        return v_en + v_ee + jnp.asarray(self.constant, r.dtype) + v_ext
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ __all__ = [
     "fit_cusps",
     "cusp_radii",
     "build_orbitals",
+    "orbital_arrays",
+    "orbitals_from_arrays",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -144,17 +146,19 @@ def ao_tables(basis: GaussianBasis) -> AOTables:
     )
 
 
-def _aos(tables: AOTables, r, xp, dtype):
+def _aos(tables: AOTables, r, xp, dtype, centers=None):
     """AO values ``(n, n_ao)`` using array module ``xp`` (``numpy`` or ``jax.numpy``).
 
-    ``d = r - R_A`` per atom; angular parts ``sum_t U[t,m] d^powers[t]`` are built per
-    atom and l, radial parts ``sum_p c_p exp(-a_p |d|^2)`` per contracted function.
+    ``d = r - R_A`` per atom (``centers``, default ``tables.centers``); angular parts
+    ``sum_t U[t,m] d^powers[t]`` are built per atom and l, radial parts
+    ``sum_p c_p exp(-a_p |d|^2)`` per contracted function.
     """
 
     def const(x):
         return xp.asarray(x, dtype=dtype)
 
-    d = r[:, None, :] - const(tables.centers)[None]  # (n, n_atoms, 3)
+    centers = const(tables.centers) if centers is None else centers
+    d = r[:, None, :] - centers[None]  # (n, n_atoms, 3)
     r2 = xp.sum(d * d, axis=-1)  # (n, n_atoms)
     max_l = max(g.l for g in tables.groups)
     pows = [xp.ones_like(d)]
@@ -396,6 +400,78 @@ def _safe_norm_sq(r2: jax.Array) -> jax.Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, r2, 1.0)), 0.0)
 
 
+def orbital_arrays(
+    basis: GaussianBasis,
+    mo_coeff: np.ndarray,
+    charges: np.ndarray,
+    cusp: bool = True,
+    *,
+    rc: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The geometry-dependent constants of :func:`orbitals_from_arrays` (NumPy, float64):
+    the nuclei ``centers``, the MO coefficients ``mo`` and, with ``cusp``, the fitted
+    correction of every (nucleus, MO) pair (``rc``, ``alpha``, ``sign``, ``mask``,
+    ``s_weights``; see :func:`fit_cusps`; a pair that is not corrected has mask 0)."""
+    mo_coeff = np.asarray(mo_coeff, np.float64)
+    arrays = {
+        "centers": np.asarray(basis.centers, np.float64).reshape(-1, 3),
+        "mo": mo_coeff,
+    }
+    if cusp:
+        fit = fit_cusps(basis, mo_coeff, charges, rc=rc)
+        arrays.update(
+            rc=fit.rc,
+            alpha=fit.alpha,
+            sign=fit.sign,
+            mask=fit.mask.astype(np.float64),
+            s_weights=fit.s_weights,
+        )
+    return arrays
+
+
+def orbitals_from_arrays(
+    tables: AOTables, arrays: dict[str, jax.Array], dtype=jnp.float64
+) -> Callable[[jax.Array], jax.Array]:
+    """Pure ``orbitals(r (n, 3)) -> (n, n_mo)`` from :func:`orbital_arrays`' output, which
+    may be traced (one compiled program serves every geometry of the same basis):
+
+    ``phi~_k(r) = phi_k(r) + sum_A [r_A < rc_A] (sgn exp(p_Ak(r_A)) - phi_s,Ak(r))``
+    for corrected pairs; exactly ``phi_k`` outside all spheres. ``tables`` supplies the
+    basis functions (their exponents and contractions), ``arrays["centers"]`` the nuclei.
+    """
+    centers = jnp.asarray(arrays["centers"], dtype)
+    coeff = jnp.asarray(arrays["mo"], dtype)
+    s_index = np.nonzero(tables.ao_l == 0)[0]
+
+    def plain(r: jax.Array) -> jax.Array:
+        r = jnp.asarray(r, dtype)
+        aos = _aos(tables, r, jnp, dtype, centers=centers)
+        return aos, aos @ coeff
+
+    if "alpha" not in arrays:
+        return lambda r: plain(r)[1]
+    rc = jnp.asarray(arrays["rc"], dtype)
+    alpha = jnp.asarray(arrays["alpha"], dtype)  # (n_atoms, n_mo, 5)
+    sign = jnp.asarray(arrays["sign"], dtype)
+    mask = jnp.asarray(arrays["mask"], dtype) > 0
+    s_weights = jnp.asarray(arrays["s_weights"], dtype)  # (n_atoms, n_s, n_mo)
+
+    def orbitals(r: jax.Array) -> jax.Array:
+        aos, mos = plain(r)
+        d = jnp.asarray(r, dtype)[:, None, :] - centers[None]
+        r2 = jnp.sum(d * d, axis=-1)  # (n, n_atoms)
+        dist = jnp.minimum(_safe_norm_sq(r2), rc)[..., None]  # clamped, (n, n_atoms, 1)
+        poly = alpha[..., 4]
+        for i in (3, 2, 1, 0):  # Horner: no pow, smooth at r = 0
+            poly = alpha[..., i] + dist * poly  # (n, n_atoms, n_mo)
+        phi_s = jnp.einsum("ns,ask->nak", aos[:, s_index], s_weights)
+        inside = (r2 < rc**2)[..., None] & mask
+        delta = jnp.where(inside, sign * jnp.exp(poly) - phi_s, 0.0)
+        return mos + jnp.sum(delta, axis=1)
+
+    return orbitals
+
+
 def build_orbitals(
     basis: GaussianBasis,
     mo_coeff: np.ndarray,
@@ -405,43 +481,7 @@ def build_orbitals(
     *,
     rc: np.ndarray | None = None,
 ) -> Callable[[jax.Array], jax.Array]:
-    """Pure ``orbitals(r (n, 3)) -> (n, n_mo)``: MOs, cusp-corrected if ``cusp``.
-
-    ``phi~_k(r) = phi_k(r) + sum_A [r_A < rc_A] (sgn exp(p_Ak(r_A)) - phi_s,Ak(r))``
-    for corrected pairs (see :func:`fit_cusps`); exactly ``phi_k`` outside all spheres.
-    """
-    mo_coeff = np.asarray(mo_coeff, np.float64)
-    aos_fn = ao_function(basis, dtype)
-    coeff = jnp.asarray(mo_coeff, dtype)
-    if not cusp:
-        return lambda r: aos_fn(r) @ coeff
-
-    params = fit_cusps(basis, mo_coeff, charges, rc=rc)
-    active = params.mask.any(axis=1)
-    if not active.any():
-        return lambda r: aos_fn(r) @ coeff
-    atoms = np.nonzero(active)[0]  # only atoms with at least one corrected MO
-    centers = jnp.asarray(np.asarray(basis.centers, np.float64)[atoms], dtype)
-    rc_c = jnp.asarray(params.rc[atoms], dtype)
-    alpha = jnp.asarray(params.alpha[atoms], dtype)  # (nA, n_mo, 5)
-    sign = jnp.asarray(params.sign[atoms], dtype)
-    mask = jnp.asarray(params.mask[atoms])
-    s_index = jnp.asarray(params.s_index)
-    s_weights = jnp.asarray(params.s_weights[atoms], dtype)  # (nA, n_s, n_mo)
-
-    def orbitals(r: jax.Array) -> jax.Array:
-        r = jnp.asarray(r, dtype)
-        aos = aos_fn(r)
-        mos = aos @ coeff
-        d = r[:, None, :] - centers[None]
-        r2 = jnp.sum(d * d, axis=-1)  # (n, nA)
-        dist = jnp.minimum(_safe_norm_sq(r2), rc_c)[..., None]  # clamped, (n, nA, 1)
-        poly = alpha[..., 4]
-        for i in (3, 2, 1, 0):  # Horner: no pow, smooth at r = 0
-            poly = alpha[..., i] + dist * poly  # (n, nA, n_mo)
-        phi_s = jnp.einsum("ns,ask->nak", aos[:, s_index], s_weights)
-        inside = (r2 < rc_c**2)[..., None] & mask
-        delta = jnp.where(inside, sign * jnp.exp(poly) - phi_s, 0.0)
-        return mos + jnp.sum(delta, axis=1)
-
-    return orbitals
+    """Pure ``orbitals(r (n, 3)) -> (n, n_mo)``: MOs, cusp-corrected if ``cusp``
+    (:func:`orbital_arrays` then :func:`orbitals_from_arrays`)."""
+    arrays = orbital_arrays(basis, mo_coeff, charges, cusp, rc=rc)
+    return orbitals_from_arrays(ao_tables(basis), arrays, dtype)

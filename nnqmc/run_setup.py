@@ -1,20 +1,30 @@
 """The prepared run: a config turned into molecule, Hartree–Fock, ansatz and Hamiltonian
-(:class:`Run`, :func:`prepare`), and the checks every phase makes before its first step."""
+(:class:`Run`, :func:`prepare`), and the checks every phase makes before its first step.
+
+Everything of a molecular run that changes with the geometry (nuclear positions, MO
+coefficients, cusp corrections, the nuclear energy) is kept apart as :attr:`Run.geometry`,
+a pytree of arrays, and :attr:`Run.physics` rebuilds ansatz and Hamiltonian from it. The
+compiled steps take the geometry as an argument (:mod:`nnqmc.programs`), so every geometry
+of a scan with the same atoms, basis and settings runs the same compiled programs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from .ansatz import Ansatz, slater_jastrow
+from .ansatz import Ansatz, slater_jastrow_from_part
+from .ansatz.slater import slater_arrays, slater_from_arrays
 from .config import Config
 from .errors import RunError
 from .external import external_terms, scf_external
-from .hamiltonian import Hamiltonian, MolecularHamiltonian
+from .hamiltonian import GeometryHamiltonian, Hamiltonian, MolecularHamiltonian
 from .molecule import Molecule
 from .optimize import Optimizer, make_optimizer
 from .parallel import device_count, global_device_count, process_count
@@ -23,6 +33,7 @@ from .scf import SCFResult, run_scf
 from .train import batch_log_psi
 
 __all__ = [
+    "Physics",
     "Run",
     "build_ansatz",
     "check_devices",
@@ -34,6 +45,15 @@ __all__ = [
 # Keys of the independent random streams of one run, all folded into the seed's key; a new
 # phase takes the next number.
 STREAM_INIT, STREAM_WALKERS, STREAM_BURN_IN, STREAM_TRAIN, STREAM_EVAL, STREAM_DMC = range(6)
+
+
+class Physics(NamedTuple):
+    """What the compiled steps use of a run, as built from its geometry arrays."""
+
+    ansatz: Ansatz
+    hamiltonian: Hamiltonian
+    gradient_ansatz: Ansatz | None
+    step_scale: StepScale | None
 
 
 @dataclass
@@ -49,6 +69,12 @@ class Run:
     walker_init: Callable[[jax.Array, int], jax.Array] | None = None
     # precision = "mixed": the same ansatz built in float32, which the optimizer differentiates
     gradient_ansatz: Ansatz | None = None
+    # the arrays that change with the geometry, and the physics built from them (possibly
+    # traced); None: the steps close over ansatz and Hamiltonian (Python-API runs)
+    geometry: Any = None
+    build_physics: Callable[[Any], Physics] | None = None
+    # runs with equal keys can share compiled steps (see nnqmc.programs); None: never
+    program_key: Hashable | None = None
 
     def __post_init__(self) -> None:
         if self.config.precision == "mixed" and self.gradient_ansatz is None:
@@ -77,12 +103,28 @@ class Run:
             return None
         return nucleus_step_scale(self.molecule.coords)
 
+    def physics(self, geometry: Any) -> Physics:
+        """Ansatz, Hamiltonian, gradient ansatz and step scale at ``geometry`` (the arrays
+        of :attr:`geometry`'s structure, possibly traced); a run without geometry arrays
+        returns its own."""
+        if self.build_physics is None:
+            return Physics(self.ansatz, self.hamiltonian, self.gradient_ansatz, self.step_scale())
+        return self.build_physics(geometry)
+
+    def optimizer_for(self, physics: Physics) -> Optimizer:
+        """The config's optimizer differentiating ``physics``' gradient ansatz (see
+        :meth:`optimizer`)."""
+        cfg = self.config
+        ansatz = physics.gradient_ansatz or physics.ansatz
+        dtype = self.gradient_dtype if physics.gradient_ansatz is not None else None
+        return make_optimizer(cfg.train.optimizer, batch_log_psi(ansatz), cfg.train, dtype)
+
     def optimizer(self) -> Optimizer:
         """The config's optimizer; with precision = "mixed" it differentiates the float32
         copy of the ansatz (per-walker gradients and SPRING's Gram product in float32)."""
-        cfg = self.config
-        dtype = self.gradient_dtype if self.gradient_ansatz is not None else None
-        return make_optimizer(cfg.train.optimizer, self.gradient_log_psi(), cfg.train, dtype)
+        return self.optimizer_for(
+            Physics(self.ansatz, self.hamiltonian, self.gradient_ansatz, None)
+        )
 
 
 def precision_dtype(precision: str) -> Any:
@@ -92,30 +134,36 @@ def precision_dtype(precision: str) -> Any:
 
 def build_ansatz(config: Config, molecule: Molecule, scf: SCFResult, dtype: Any = None) -> Ansatz:
     """The config's ansatz in ``dtype`` (default: that of ``config.precision``)."""
+    arrays = slater_arrays(scf, molecule.charges, cusp=config.ansatz.cusp_correction)
+    return ansatz_from_arrays(config, molecule, scf, arrays, molecule.coords, dtype)
+
+
+def ansatz_from_arrays(
+    config: Config,
+    molecule: Molecule,
+    scf: SCFResult,
+    orbitals: dict[str, Any],
+    coords: Any,
+    dtype: Any = None,
+) -> Ansatz:
+    """The config's ansatz with the orbitals of :func:`~nnqmc.ansatz.slater.slater_arrays`
+    and the nuclei at ``coords`` (both possibly traced); ``molecule`` and ``scf`` supply the
+    rest (charges, basis, occupations)."""
     dtype = precision_dtype(config.precision) if dtype is None else dtype
+    slater = slater_from_arrays(scf, orbitals, dtype)
     kind = config.ansatz.kind
     if kind in ("hf", "jastrow"):
-        return slater_jastrow(
-            scf,
-            molecule.charges,
-            molecule.coords,
-            jastrow=kind == "jastrow",
-            cusp=config.ansatz.cusp_correction,
-            dtype=dtype,
-        )
+        return slater_jastrow_from_part(slater, coords, jastrow=kind == "jastrow", dtype=dtype)
     a = config.ansatz
     if kind == "generalized":
         from .ansatz.generalized import generalized_from_options
-        from .ansatz.slater import slater_part
 
-        slater = slater_part(scf, molecule.charges, cusp=a.cusp_correction, dtype=dtype)
-        return generalized_from_options(slater, molecule.coords, molecule.charges, a, dtype)
-    from .ansatz.paulinet import paulinet
+        return generalized_from_options(slater, coords, molecule.charges, a, dtype)
+    from .ansatz.paulinet import paulinet_from_slater
 
-    return paulinet(
-        scf,
-        molecule.charges,
-        molecule.coords,
+    return paulinet_from_slater(
+        slater,
+        coords,
         embedding_dim=a.embedding_dim,
         layers=a.layers,
         n_rbf=a.n_rbf,
@@ -124,8 +172,71 @@ def build_ansatz(config: Config, molecule: Molecule, scf: SCFResult, dtype: Any 
         backflow_layers=a.backflow_layers,
         backflow=a.backflow,
         ee_cusp=a.ee_cusp,
-        cusp=a.cusp_correction,
         dtype=dtype,
+    )
+
+
+def geometry_arrays(
+    config: Config, molecule: Molecule, scf: SCFResult, hamiltonian: MolecularHamiltonian
+) -> dict[str, Any]:
+    """The arrays of a molecular run that change with the geometry (float64): nuclear
+    positions, the energy without electrons, the orbitals' MO and cusp coefficients."""
+    return {
+        "coords": np.asarray(molecule.coords, np.float64).reshape(-1, 3),
+        "constant": np.float64(hamiltonian.constant_energy),
+        "orbitals": slater_arrays(scf, molecule.charges, cusp=config.ansatz.cusp_correction),
+    }
+
+
+def physics_builder(
+    config: Config, molecule: Molecule, scf: SCFResult, hamiltonian: MolecularHamiltonian
+) -> Callable[[Any], Physics]:
+    """``geometry -> Physics``: what :func:`prepare` builds, from :func:`geometry_arrays`'
+    output of this or another geometry of the same molecule (possibly traced)."""
+
+    def build(geometry: Any) -> Physics:
+        coords, orbitals = geometry["coords"], geometry["orbitals"]
+        ansatz = ansatz_from_arrays(config, molecule, scf, orbitals, coords)
+        gradient = None
+        if config.precision == "mixed":
+            gradient = ansatz_from_arrays(config, molecule, scf, orbitals, coords, jnp.float32)
+        h = GeometryHamiltonian(
+            hamiltonian.charges,
+            coords,
+            hamiltonian.n_up,
+            hamiltonian.n_down,
+            geometry["constant"],
+            hamiltonian.external,
+        )
+        uniform = config.sampler.proposal == "uniform"
+        return Physics(ansatz, h, gradient, None if uniform else nucleus_step_scale(coords))
+
+    return build
+
+
+def program_key(config: Config, molecule: Molecule, scf: SCFResult, geometry: Any) -> Hashable:
+    """What the compiled steps of a run depend on besides the geometry arrays' values: the
+    settings (but not step counts, seeds or the geometry), the atoms, the occupations and
+    the arrays' shapes. Runs with equal keys run the same programs."""
+    cfg = config
+    leaves = jax.tree_util.tree_leaves(geometry)
+    return (
+        cfg.precision,
+        repr(cfg.ansatz),
+        repr(dataclasses.replace(cfg.train, steps=0, seed=0, checkpoint_every=1)),
+        repr(dataclasses.replace(cfg.sampler, burn_in=0, initial_width=1.0)),
+        cfg.eval.decorrelation,
+        cfg.eval.dipole,
+        repr(cfg.hamiltonian),
+        cfg.system.basis if cfg.system is not None else None,
+        tuple(np.asarray(molecule.charges, np.float64).tolist()),
+        molecule.n_up,
+        molecule.n_down,
+        scf.occ_up.tobytes(),
+        scf.occ_down.tobytes(),
+        tuple(np.shape(scf.ci)),
+        str(jax.tree_util.tree_structure(geometry)),
+        tuple((np.shape(x), np.asarray(x).dtype.str) for x in leaves),
     )
 
 
@@ -144,11 +255,23 @@ def prepare(config: Config) -> Run:
     hamiltonian = MolecularHamiltonian(
         molecule.charges, molecule.coords, molecule.n_up, molecule.n_down, external
     )
-    ansatz = build_ansatz(config, molecule, scf)
+    geometry = geometry_arrays(config, molecule, scf, hamiltonian)
+    orbitals, coords = geometry["orbitals"], molecule.coords
+    ansatz = ansatz_from_arrays(config, molecule, scf, orbitals, coords)
     gradient_ansatz = None
     if config.precision == "mixed":
-        gradient_ansatz = build_ansatz(config, molecule, scf, jnp.float32)
-    return Run(config, molecule, scf, hamiltonian, ansatz, gradient_ansatz=gradient_ansatz)
+        gradient_ansatz = ansatz_from_arrays(config, molecule, scf, orbitals, coords, jnp.float32)
+    return Run(
+        config,
+        molecule,
+        scf,
+        hamiltonian,
+        ansatz,
+        gradient_ansatz=gradient_ansatz,
+        geometry=geometry,
+        build_physics=physics_builder(config, molecule, scf, hamiltonian),
+        program_key=program_key(config, molecule, scf, geometry),
+    )
 
 
 def initial_walkers(run: Run, key: jax.Array, n_walkers: int) -> jax.Array:

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import io
+from . import io, programs
 from .config import Config, load_config, to_toml
 from .errors import RunError
 from .parallel import global_device_count, process_count
@@ -147,13 +147,17 @@ def run(
     force: bool = False,
     *,
     initial: Callable[[Run], tuple[Any, np.ndarray]] | None = None,
-    observables: dict[str, Any] | None = None,
+    observables: dict[str, Any] | Callable[[Any], dict[str, Any]] | None = None,
+    keep_compiled: bool = False,
 ) -> dict[str, Any]:
     """Train, evaluate and write the run directory; returns the contents of result.json.
 
     ``initial(prepared_run) -> (params, walkers)``: a warm start for a fresh training (see
     :func:`train`; ignored when resuming from a checkpoint). ``observables``: extra ones
-    for :func:`evaluate`.
+    for :func:`evaluate` (a dict, or a function of the Hamiltonian that builds them).
+    ``keep_compiled``: leave the compiled steps for the next run of the same shape (a scan's
+    next geometry, :mod:`nnqmc.programs`); the caller then calls :func:`release_compiled`.
+    A run with DMC releases them anyway (its DMC programs belong to its geometry).
 
     The directory is locked while the run lives; SIGINT/SIGTERM stop it at the next step
     with a checkpoint (:class:`Interrupted`). ``force`` starts a finished run over.
@@ -174,19 +178,21 @@ def run(
             result = _after_training(prepared, trained, path, progress, stop, observables)
     finally:
         release(path)
-        release_compiled()
+        if not keep_compiled or wants_dmc(config):
+            release_compiled()
     return result
 
 
 def release_compiled() -> None:
-    """Free the compiled programs of a finished run.
+    """Free the compiled programs of finished runs.
 
-    Each run compiles its own programs (its molecule and orbitals are constants in them)
-    and JAX keeps them cached; on the CPU each holds thousands of memory maps, so a process
-    that runs many geometries or settings one after another (``nnqmc scan``, a Python loop)
-    would reach the kernel's limit (``vm.max_map_count``, 65530) after about fifteen runs
-    and crash inside LLVM."""
+    JAX keeps compiled programs cached; on the CPU each holds thousands of memory maps, so
+    a process that runs many molecules or settings one after another (a Python loop) would
+    reach the kernel's limit (``vm.max_map_count``, 65530) after about fifteen runs of
+    their own programs and crash inside LLVM. Geometries of one scan share their programs
+    (:mod:`nnqmc.programs`) and release them once, at the end of the scan."""
     jax.clear_caches()
+    programs.clear()
     gc.collect()
 
 
@@ -196,7 +202,7 @@ def _after_training(
     path: Path,
     progress: Progress | None,
     stop,
-    observables: dict[str, Any] | None = None,
+    observables: dict[str, Any] | Callable[[Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate (and run DMC if the input asks for it) a trained state, each phase going
     on from its checkpoint; write result.json, the logs and the plot."""

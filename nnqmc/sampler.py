@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .hamiltonian import positions
+
 BatchLogPsi = Callable[[jax.Array], jax.Array]  # (n_walkers, n_elec, 3) -> (n_walkers,)
 StepScale = Callable[[jax.Array], jax.Array]  # (n_walkers, n_elec, 3) -> (n_walkers, n_elec)
 
@@ -76,7 +78,7 @@ not blow up for an electron far out."""
 def nucleus_step_scale(coords: np.ndarray, bounds: tuple[float, float] = SCALE_RANGE) -> StepScale:
     """s_i = clip(min_I |r_i - R_I|, *bounds): the step scale of each electron."""
     lo, hi = bounds
-    centres = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
+    centres = positions(coords)
 
     def scale(walkers: jax.Array) -> jax.Array:
         diff = walkers[..., None, :] - jnp.asarray(centres, walkers.dtype)

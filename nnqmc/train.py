@@ -147,7 +147,41 @@ def make_train_step(
     chunk: int | None = None,
     step_scale: StepScale | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """A pmapped ``step(state, keys, lr_scale=1.0) -> (state, stats)``.
+    """A pmapped ``step(state, keys, lr_scale=1.0) -> (state, stats)``: :func:`train_step`
+    on every device."""
+    step = train_step(
+        ansatz,
+        hamiltonian,
+        optimizer,
+        sweeps=sweeps,
+        clip_width=clip_width,
+        target_acceptance=target_acceptance,
+        engine=engine,
+        chunk=chunk,
+        step_scale=step_scale,
+    )
+    pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None))
+
+    def run_step(state: TrainState, keys: jax.Array, lr_scale: float = 1.0):
+        return pmapped(state, keys, jnp.asarray(lr_scale, jnp.float64))
+
+    return run_step
+
+
+def train_step(
+    ansatz: Ansatz,
+    hamiltonian: Hamiltonian,
+    optimizer: Optimizer,
+    *,
+    sweeps: int,
+    clip_width: float,
+    target_acceptance: float,
+    engine: str = "exact",
+    chunk: int | None = None,
+    step_scale: StepScale | None = None,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """One device's training step ``(state, key, lr_scale) -> (state, stats)`` (inside
+    ``pmap`` over the axis :data:`AXIS`).
 
     The optimizer's parameter update is multiplied by ``lr_scale`` (the caller lowers it
     after rejected steps). A step whose local energies, gradient, new parameters, optimizer
@@ -201,12 +235,7 @@ def make_train_step(
         }
         return new_state, stats
 
-    pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None))
-
-    def run_step(state: TrainState, keys: jax.Array, lr_scale: float = 1.0):
-        return pmapped(state, keys, jnp.asarray(lr_scale, jnp.float64))
-
-    return run_step
+    return step
 
 
 def make_sample_step(
@@ -217,6 +246,20 @@ def make_sample_step(
     step_scale: StepScale | None = None,
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
     """A pmapped burn-in step ``(params, walkers, width, keys) -> (walkers, width, acc)``."""
+    step = sample_step(
+        ansatz, sweeps=sweeps, target_acceptance=target_acceptance, step_scale=step_scale
+    )
+    return jax.pmap(step, axis_name=AXIS)
+
+
+def sample_step(
+    ansatz: Ansatz,
+    *,
+    sweeps: int,
+    target_acceptance: float,
+    step_scale: StepScale | None = None,
+) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
+    """One device's burn-in step ``(params, walkers, width, key) -> (walkers, width, acc)``."""
     log_psi = batch_log_psi(ansatz)
 
     def step(params, walkers, width, key):
@@ -232,7 +275,7 @@ def make_sample_step(
         acceptance = jax.lax.pmean(acceptance, AXIS)
         return walkers, adapt_width(width, acceptance, target_acceptance), acceptance
 
-    return jax.pmap(step, axis_name=AXIS)
+    return step
 
 
 def make_eval_step(
@@ -245,7 +288,31 @@ def make_eval_step(
     observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable] | None = None,
     step_scale: StepScale | None = None,
 ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
-    """A pmapped ``(params, walkers, width, keys) -> (walkers, stats)`` with frozen params.
+    """A pmapped ``(params, walkers, width, keys) -> (walkers, stats)`` with frozen params:
+    :func:`eval_step` on every device."""
+    step = eval_step(
+        ansatz,
+        hamiltonian,
+        sweeps=sweeps,
+        engine=engine,
+        chunk=chunk,
+        observables=observables,
+        step_scale=step_scale,
+    )
+    return jax.pmap(step, axis_name=AXIS)
+
+
+def eval_step(
+    ansatz: Ansatz,
+    hamiltonian: Hamiltonian,
+    *,
+    sweeps: int,
+    engine: str = "exact",
+    chunk: int | None = None,
+    observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable] | None = None,
+    step_scale: StepScale | None = None,
+) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
+    """One device's evaluation step ``(params, walkers, width, key) -> (walkers, stats)``.
 
     ``stats`` holds walker averages over all devices of the local energy, its square, and of
     each observable (a function of one walker's positions, or a :class:`WaveObservable`).
@@ -280,4 +347,4 @@ def make_eval_step(
             stats[name] = jax.lax.pmean(jnp.mean(values, axis=0), AXIS)
         return walkers, stats
 
-    return jax.pmap(step, axis_name=AXIS)
+    return step

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..hamiltonian import positions
 from ..scf import SCFResult
 from .determinants import log_sum_determinants
 from .jastrow import electron_cusp, init_simple_jastrow, simple_jastrow
@@ -63,7 +64,7 @@ def slater_jastrow_from_part(
     """:func:`slater_jastrow` for any determinant part (HF orbitals or user orbitals);
     ``coords`` (n_atoms, 3), possibly empty, are the centres of the e–n Jastrow terms."""
     n_up, n_down = slater.n_up, slater.n_down
-    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
+    coords = positions(coords)
     coords_j = jnp.asarray(coords, dtype)
     multi = slater.ci.shape[0] > 1
 

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..hamiltonian import positions
 from . import Ansatz
 from .determinants import combine_determinants, log_sum_determinants, slogdet
 from .embedding import activation, init_mlp, make_embedding, mlp
@@ -107,7 +108,7 @@ def generalized_from_slater(
         raise ValueError("copies must be >= 1")
     n_up, n_down = slater.n_up, slater.n_down
     n = n_up + n_down
-    coords_np = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
+    coords_np = positions(coords)
     charges_np = np.asarray(charges, dtype=np.float64).reshape(-1)
     n_atoms = len(coords_np)
     envelopes = envelopes and n_atoms > 0

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..hamiltonian import positions
 from ..scf import SCFResult
 from . import Ansatz
 from .determinants import log_sum_determinants
@@ -177,7 +178,7 @@ def paulinet_from_slater(
     n_up, n_down = slater.n_up, slater.n_down
     n_det = slater.ci.shape[0]
     multi = n_det > 1
-    coords_np = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
+    coords_np = positions(coords)
     net = make_network(
         n_up,
         n_down,

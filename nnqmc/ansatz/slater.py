@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..orbitals import build_orbitals
+from ..orbitals import ao_tables, orbital_arrays, orbitals_from_arrays
 from ..scf import SCFResult
 
 
@@ -38,16 +39,27 @@ def _used_columns(occ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return used, remap
 
 
-def slater_part(
-    scf: SCFResult, charges: np.ndarray, cusp: bool = True, dtype=jnp.float64
-) -> SlaterPart:
-    used_up, occ_up = _used_columns(scf.occ_up)
-    used_down, occ_down = _used_columns(scf.occ_down)
-    orb_up = build_orbitals(scf.basis, scf.mo_up[:, used_up], charges, cusp=cusp, dtype=dtype)
+def slater_arrays(scf: SCFResult, charges: np.ndarray, cusp: bool = True) -> dict[str, Any]:
+    """The geometry-dependent constants of the determinant part (NumPy): per spin, the
+    orbitals' :func:`~nnqmc.orbitals.orbital_arrays` for the occupied columns."""
+    used_up, _ = _used_columns(scf.occ_up)
+    used_down, _ = _used_columns(scf.occ_down)
+    arrays = {"up": orbital_arrays(scf.basis, scf.mo_up[:, used_up], charges, cusp)}
     if used_down.size:
-        orb_down = build_orbitals(
-            scf.basis, scf.mo_down[:, used_down], charges, cusp=cusp, dtype=dtype
-        )
+        arrays["down"] = orbital_arrays(scf.basis, scf.mo_down[:, used_down], charges, cusp)
+    return arrays
+
+
+def slater_from_arrays(scf: SCFResult, arrays: dict[str, Any], dtype=jnp.float64) -> SlaterPart:
+    """The determinant part with its orbitals built from ``arrays`` (:func:`slater_arrays`
+    of this or another geometry of the same molecule, possibly traced); ``scf`` supplies
+    what does not change with the geometry: basis functions, occupations, CI coefficients."""
+    tables = ao_tables(scf.basis)
+    _, occ_up = _used_columns(scf.occ_up)
+    _, occ_down = _used_columns(scf.occ_down)
+    orb_up = orbitals_from_arrays(tables, arrays["up"], dtype)
+    if "down" in arrays:
+        orb_down = orbitals_from_arrays(tables, arrays["down"], dtype)
     else:
         orb_down = lambda r: jnp.zeros((r.shape[0], 0), r.dtype)
     return SlaterPart(
@@ -59,3 +71,10 @@ def slater_part(
         scf.occ_up.shape[1],
         scf.occ_down.shape[1],
     )
+
+
+def slater_part(
+    scf: SCFResult, charges: np.ndarray, cusp: bool = True, dtype=jnp.float64
+) -> SlaterPart:
+    """The determinant part of ``scf`` at its own geometry."""
+    return slater_from_arrays(scf, slater_arrays(scf, charges, cusp), dtype)

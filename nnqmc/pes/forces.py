@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..estimate import estimate
+from ..hamiltonian import Hamiltonian, nuclei, positions
 from ..train import WaveObservable
 
 # Observable names in eval.h5 (per step: walker averages, each (n_atoms, 3)).
@@ -74,7 +75,7 @@ def zv_force(
 def force_observables(charges: np.ndarray, coords: np.ndarray) -> dict[str, Any]:
     """The observables :func:`forces_from_records` needs: F^ZV, Q and E_L Q per walker."""
     charges_np = np.asarray(charges, np.float64)
-    coords_np = np.asarray(coords, np.float64)
+    coords_np = positions(coords)  # a JAX array when traced (one program for all geometries)
 
     def zv(log_psi, r, e_local):
         del e_local
@@ -89,6 +90,12 @@ def force_observables(charges: np.ndarray, coords: np.ndarray) -> dict[str, Any]
         return e_local * q(r)
 
     return {FORCE_ZV: WaveObservable(zv), FORCE_Q: q, FORCE_EQ: WaveObservable(eq)}
+
+
+def nuclear_force_observables(hamiltonian: Hamiltonian) -> dict[str, Any]:
+    """:func:`force_observables` of the Hamiltonian's nuclei: as a function of the
+    Hamiltonian, the evaluation builds them for each geometry inside one shared program."""
+    return force_observables(*nuclei(hamiltonian))
 
 
 def forces_from_records(

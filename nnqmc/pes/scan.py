@@ -28,7 +28,7 @@ import numpy as np
 from .. import api, io
 from ..config import Config, config_from_dict
 from .dataset import Dataset, new_dataset, read_dataset, same_scan, write_dataset
-from .forces import force_observables, forces_from_records
+from .forces import forces_from_records, nuclear_force_observables
 from .geometry import generate
 from .plot import plot_scan
 
@@ -214,12 +214,17 @@ def _run_geometry(
     initial = None
     if source is not None:
         initial = _warm_start(config, data, source, geometry_dir(scan_dir, source), k)
-    charges = config.system.molecule.charges
-    observables = force_observables(charges, coords) if scan.forces else None
+    observables = nuclear_force_observables if scan.forces else None
     resume = any((run_dir / n).exists() for n in (io.CHECKPOINT, io.PREVIOUS_CHECKPOINT))
     t0 = time.perf_counter()
     result = api.run(
-        cfg, run_dir, resume=resume, progress=progress, initial=initial, observables=observables
+        cfg,
+        run_dir,
+        resume=resume,
+        progress=progress,
+        initial=initial,
+        observables=observables,
+        keep_compiled=True,
     )
     row: dict[str, Any] = {
         "energy": result["energy"],
@@ -232,7 +237,7 @@ def _run_geometry(
     if scan.forces:
         records = io.read_table(run_dir / io.EVAL_LOG)
         row["forces"], row["forces_err"] = forces_from_records(
-            records, charges, coords, scan.zero_bias
+            records, config.system.molecule.charges, coords, scan.zero_bias
         )
     if scan.ccsd_t:
         from ..scf import ccsd_t_energy
@@ -274,6 +279,7 @@ def run_scan(
         return _run_shard(config, text, scan_dir, shard, cold, progress, log)
     finally:
         io.release_lock(scan_dir, name)
+        api.release_compiled()  # the geometries' shared programs
 
 
 def _run_shard(

@@ -1,8 +1,8 @@
 """The evaluation phase: sample with frozen parameters, energy ± error from a blocking
 analysis, checkpointed and resumable (:func:`evaluate`).
 
-The jitted evaluation step is built by :func:`nnqmc.train.make_eval_step` (:func:`eval_step`
-applies a run's settings); this module owns the loop around it.
+The jitted evaluation step is :func:`nnqmc.train.eval_step` (compiled with a run's settings
+by :func:`nnqmc.programs.eval_program`); this module owns the loop around it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import io
-from ..custom import default_observables
 from ..estimate import estimate
 from ..parallel import (
     device_keys,
@@ -26,6 +25,7 @@ from ..parallel import (
     replicate,
     scatter_walkers,
 )
+from ..programs import ObservablesOf, eval_program, observables_of
 from ..run_setup import STREAM_EVAL, Run, check_devices
 from ..rundir import (
     Progress,
@@ -40,7 +40,7 @@ from ..rundir import (
     stop_if_asked,
 )
 from ..threads import single_threaded_blas
-from ..train import WaveObservable, make_eval_step
+from ..train import WaveObservable
 
 __all__ = ["EvalResult", "eval_step", "evaluate"]
 
@@ -59,19 +59,12 @@ class EvalResult:
 
 
 # --------------------------------------------------------------------------- the loop
-def eval_step(run: Run, observables: dict[str, Any] | None = None) -> Callable[..., Any]:
-    """The run's pmapped evaluation step (:func:`nnqmc.train.make_eval_step` with the
-    config's sweeps, Laplacian engine and chunk)."""
-    cfg = run.config
-    return make_eval_step(
-        run.ansatz,
-        run.hamiltonian,
-        sweeps=cfg.eval.decorrelation,
-        engine=cfg.train.laplacian,
-        chunk=cfg.train.local_energy_chunk,
-        observables=observables,
-        step_scale=run.step_scale(),
-    )
+def eval_step(
+    run: Run, observables: dict[str, Any] | ObservablesOf | None = None
+) -> Callable[..., Any]:
+    """The run's compiled evaluation step ``(params, walkers, width, keys) -> (walkers,
+    stats)``, as :func:`evaluate` uses it (:func:`nnqmc.programs.eval_program`)."""
+    return eval_program(run, observables)
 
 
 @single_threaded_blas
@@ -82,12 +75,18 @@ def evaluate(
     width: float,
     steps: int | None = None,
     progress: Progress | None = None,
-    observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable] | None = None,
+    observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable]
+    | ObservablesOf
+    | None = None,
     out_dir: str | Path | None = None,
     tag: dict[str, Any] | None = None,
     stop: StopCheck | None = None,
 ) -> EvalResult:
     """Sample with frozen parameters; energy ± standard error from a blocking analysis.
+
+    ``observables``: extra ones beside the dipole moment, a dict or a function of the
+    Hamiltonian that builds them (:data:`nnqmc.programs.ObservablesOf`; only that lets the
+    geometries of a scan share one compiled program).
 
     ``walkers`` are all walkers (of all processes); each process evaluates its share. With
     ``out_dir``, every step's averages are appended to eval.h5 (flushed) and the walkers are
@@ -97,22 +96,21 @@ def evaluate(
     cfg = run.config
     steps = cfg.eval.steps if steps is None else steps
     stop = stop or never_stop
-    # the dipole moment, unless eval.dipole = false
-    observables = {**default_observables(run), **(observables or {})}
+    names = sorted(observables_of(run, observables)(run.hamiltonian))
     t_start = time.perf_counter()
     n_devices = check_devices(walkers.shape[0])
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), STREAM_EVAL)
     walkers_d = scatter_walkers(jnp.asarray(walkers, run.dtype), n_devices)
     width_d = replicate(jnp.asarray(width, run.dtype), n_devices)
     params_d = replicate(params, n_devices)
-    step_fn = eval_step(run, observables)
+    step_fn = eval_program(run, observables)
     run_dir = Path(out_dir) if out_dir is not None else None
     tag = {
         **(tag or {}),
         "seed": cfg.train.seed,
         "decorrelation": cfg.eval.decorrelation,
         "precision": cfg.precision,
-        "observables": ",".join(sorted(observables or {})),
+        "observables": ",".join(names),
     }
     records: dict[str, list] = {}
     start = 0
@@ -180,7 +178,7 @@ def evaluate(
     est = estimate(energies)
     variance = float(np.mean(records["energy_sq"]) - np.mean(energies) ** 2)
     extra = {}
-    for name in observables or {}:
+    for name in names:
         series = np.asarray(records[name], dtype=np.float64).reshape(steps, -1)
         parts = [estimate(series[:, i]) for i in range(series.shape[1])]
         extra[name] = {"value": [p.mean for p in parts], "error": [p.error for p in parts]}

@@ -1,6 +1,7 @@
 """The training phase: optimise the ansatz, checkpointed and resumable (:func:`train`).
 
-The jitted training step itself is built by :func:`nnqmc.train.make_train_step`; this module
+The jitted training step itself is :func:`nnqmc.train.train_step` (compiled by
+:func:`nnqmc.programs.train_program`); this module
 owns the loop around it: the start (fresh, warm or from a checkpoint), burn-in, checkpoints,
 signals and the guard against non-finite steps.
 """
@@ -29,6 +30,7 @@ from ..parallel import (
     replicate,
     scatter_walkers,
 )
+from ..programs import burn_in_program, train_program
 from ..run_setup import (
     STREAM_BURN_IN,
     STREAM_INIT,
@@ -50,7 +52,7 @@ from ..rundir import (
     stop_if_asked,
 )
 from ..threads import single_threaded_blas
-from ..train import TrainState, make_sample_step, make_train_step
+from ..train import TrainState
 
 __all__ = ["StepHook", "TrainResult", "load_checkpoint", "train", "trained_state"]
 
@@ -167,12 +169,7 @@ def _burn_in(run: Run, params, walkers, width, key, n_devices, progress):
     n_burn = math.ceil(cfg.burn_in / cfg.decorrelation)
     if n_burn == 0:
         return walkers, width
-    step = make_sample_step(
-        run.ansatz,
-        sweeps=cfg.decorrelation,
-        target_acceptance=cfg.target_acceptance,
-        step_scale=run.step_scale(),
-    )
+    step = burn_in_program(run)
     params_r = replicate(params, n_devices)
     for k in range(n_burn):
         walkers, width, acc = step(params_r, walkers, width, device_keys(key, k, n_devices))
@@ -286,17 +283,7 @@ def train(
             progress,
         )
 
-    step_fn = make_train_step(
-        run.ansatz,
-        run.hamiltonian,
-        optimizer,
-        sweeps=cfg.sampler.decorrelation,
-        clip_width=cfg.train.clip_width,
-        target_acceptance=cfg.sampler.target_acceptance,
-        engine=cfg.train.laplacian,
-        chunk=cfg.train.local_energy_chunk,
-        step_scale=run.step_scale(),
-    )
+    step_fn = train_program(run)
     state = TrainState(
         replicate(params, n_devices), replicate(opt_state, n_devices), walkers, width
     )

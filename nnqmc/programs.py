@@ -1,0 +1,185 @@
+"""The compiled steps of a run, shared by every run of the same shape in one process.
+
+A step here is ``pmap``ped over the devices with the run's geometry arrays
+(:attr:`nnqmc.run_setup.Run.geometry`: nuclear positions, MO and cusp coefficients, the
+nuclear energy) as its first, broadcast argument; the ansatz and Hamiltonian are rebuilt
+from them inside the trace. Runs with the same :attr:`~nnqmc.run_setup.Run.program_key`
+(same atoms, basis, occupations and settings: the geometries of a scan) therefore reuse
+one traced and compiled program: after the first geometry, a scan neither traces nor
+compiles again. On top of that the persistent compilation cache (:mod:`nnqmc.compile_cache`)
+serves the same programs to the next process.
+
+:func:`compilations` counts the programs built in this process (for tests and benches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .external import standard_observables
+from .optimize import AXIS
+from .run_setup import Physics, Run
+from .train import TrainState, eval_step, sample_step, train_step
+
+__all__ = [
+    "ObservablesOf",
+    "burn_in_program",
+    "clear",
+    "compilations",
+    "eval_program",
+    "observables_of",
+    "train_program",
+]
+
+ObservablesOf = Callable[[Any], dict[str, Any]]
+"""``hamiltonian -> {name: observable}``: observables built from the (possibly traced)
+Hamiltonian's nuclei, so that they follow the geometry (see :func:`observables_of`)."""
+
+_PROGRAMS: OrderedDict[Hashable, Callable[..., Any]] = OrderedDict()
+_MAX_PROGRAMS = 16
+_built = 0
+
+
+def compilations() -> int:
+    """How many step programs this process has built (each is traced and compiled once)."""
+    return _built
+
+
+def clear() -> None:
+    """Forget the shared programs (the next runs build their own)."""
+    _PROGRAMS.clear()
+
+
+def _shared(run: Run, name: Hashable, make: Callable[[], Callable[..., Any]]) -> Callable:
+    """The program ``name`` of runs shaped like ``run``, built by ``make`` if new; bound to
+    ``run``'s geometry. Runs without a program key get a program of their own."""
+    global _built
+    key = None if run.program_key is None else (run.program_key, name)
+    program = _PROGRAMS.get(key) if key is not None else None
+    if program is None:
+        program = make()
+        _built += 1
+        if key is not None:
+            _PROGRAMS[key] = program
+            while len(_PROGRAMS) > _MAX_PROGRAMS:
+                _PROGRAMS.popitem(last=False)
+    else:
+        _PROGRAMS.move_to_end(key)
+    if run.geometry is None:  # not an empty pytree: pmap would misplace its in_axes
+        geometry = jnp.zeros(())
+    else:
+        geometry = jax.tree_util.tree_map(jnp.asarray, run.geometry)
+    return functools.partial(program, geometry)
+
+
+def _physics(run: Run) -> Callable[[Any], Physics]:
+    """``geometry -> Physics`` of ``run`` (its own objects when it has no geometry arrays)."""
+    if run.build_physics is None:
+        return lambda geometry: run.physics(geometry)
+    return run.build_physics
+
+
+def train_program(run: Run) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """``step(state, keys, lr_scale=1.0) -> (state, stats)``: :func:`nnqmc.train.train_step`
+    with the run's settings on every device."""
+    cfg = run.config
+    physics_of = _physics(run)
+
+    def make() -> Callable[..., Any]:
+        def step(geometry, state, key, lr_scale):
+            physics = physics_of(geometry)
+            one = train_step(
+                physics.ansatz,
+                physics.hamiltonian,
+                run.optimizer_for(physics),
+                sweeps=cfg.sampler.decorrelation,
+                clip_width=cfg.train.clip_width,
+                target_acceptance=cfg.sampler.target_acceptance,
+                engine=cfg.train.laplacian,
+                chunk=cfg.train.local_energy_chunk,
+                step_scale=physics.step_scale,
+            )
+            return one(state, key, lr_scale)
+
+        pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, None))
+
+        def run_step(geometry, state: TrainState, keys: jax.Array, lr_scale: float = 1.0):
+            return pmapped(geometry, state, keys, jnp.asarray(lr_scale, jnp.float64))
+
+        return run_step
+
+    return _shared(run, "train", make)
+
+
+def burn_in_program(run: Run) -> Callable[..., tuple[jax.Array, jax.Array, jax.Array]]:
+    """``step(params, walkers, width, keys) -> (walkers, width, acceptance)``: Metropolis
+    sweeps with the step width adapted, parameters frozen."""
+    cfg = run.config.sampler
+    physics_of = _physics(run)
+
+    def make() -> Callable[..., Any]:
+        def step(geometry, params, walkers, width, key):
+            physics = physics_of(geometry)
+            one = sample_step(
+                physics.ansatz,
+                sweeps=cfg.decorrelation,
+                target_acceptance=cfg.target_acceptance,
+                step_scale=physics.step_scale,
+            )
+            return one(params, walkers, width, key)
+
+        return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, 0, 0))
+
+    return _shared(run, "burn-in", make)
+
+
+def observables_of(run: Run, extra: dict[str, Any] | ObservablesOf | None) -> ObservablesOf:
+    """``hamiltonian -> observables`` of an evaluation: the dipole moment unless
+    ``eval.dipole = false``, then ``extra`` (a dict, or a function of the Hamiltonian)."""
+    dipole = run.config.eval.dipole
+
+    def of(hamiltonian: Any) -> dict[str, Any]:
+        own = standard_observables(hamiltonian) if dipole else {}
+        more = extra(hamiltonian) if callable(extra) else (extra or {})
+        return {**own, **more}
+
+    return of
+
+
+def eval_program(
+    run: Run, extra: dict[str, Any] | ObservablesOf | None = None
+) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
+    """``step(params, walkers, width, keys) -> (walkers, stats)``: frozen parameters, the
+    local energy and the observables of :func:`observables_of`. Only a function of the
+    Hamiltonian (or nothing) for ``extra`` lets runs share the program: a dict's
+    observables are closed over and belong to this run."""
+    cfg = run.config
+    physics_of = _physics(run)
+    of = observables_of(run, extra)
+
+    def make() -> Callable[..., Any]:
+        def step(geometry, params, walkers, width, key):
+            physics = physics_of(geometry)
+            one = eval_step(
+                physics.ansatz,
+                physics.hamiltonian,
+                sweeps=cfg.eval.decorrelation,
+                engine=cfg.train.laplacian,
+                chunk=cfg.train.local_energy_chunk,
+                observables=of(physics.hamiltonian),
+                step_scale=physics.step_scale,
+            )
+            return one(params, walkers, width, key)
+
+        return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, 0, 0))
+
+    if isinstance(extra, dict) and extra:
+        return _shared(dataclasses.replace(run, program_key=None), "eval", make)
+    return _shared(run, ("eval", extra), make)
