@@ -348,15 +348,15 @@ def _execute(args) -> int:
     progress = ProgressPrinter() if is_main_process() else None
     try:
         if args.command == "eval":
-            if args.steps is not None and args.steps <= 0:
-                return _fail(f"--steps must be positive, got {args.steps}")
+            if args.steps is not None and args.steps < 2:
+                return _fail(f"--steps must be >= 2 (an error bar needs two), got {args.steps}")
             how = f"nnqmc eval {shlex.quote(args.run_dir)}"
             if args.steps is not None:
                 how += f" --steps {args.steps}"
             result = evaluate_run(args.run_dir, args.steps, progress=progress)
         elif args.command == "dmc":
-            if args.steps is not None and args.steps <= 0:
-                return _fail(f"--steps must be positive, got {args.steps}")
+            if args.steps is not None and args.steps < 2:
+                return _fail(f"--steps must be >= 2 (an error bar needs two), got {args.steps}")
             if args.timestep is not None and min(args.timestep) <= 0:
                 return _fail(f"--timestep must be positive, got {min(args.timestep):g}")
             how = f"nnqmc dmc {shlex.quote(args.run_dir)}"

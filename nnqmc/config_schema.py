@@ -58,6 +58,10 @@ def _positive(v: Any) -> str | None:
     return None if v > 0 else f"must be > 0, got {v!r}"
 
 
+def _at_least_two(v: Any) -> str | None:
+    return None if v >= 2 else f"must be >= 2 (an error bar needs two samples), got {v!r}"
+
+
 def _non_negative(v: Any) -> str | None:
     return None if v >= 0 else f"must be >= 0, got {v!r}"
 
@@ -173,7 +177,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    steps: int = _f(2000, check=_positive)
+    steps: int = _f(2000, check=_at_least_two)
     decorrelation: int = _f(10, check=_positive)
     dipole: bool = True  # report the dipole moment (with error bars) in result.json
 
@@ -186,7 +190,7 @@ class DMCConfig:
     ``equilibration``: per time step; ``walkers``: the fixed population (0: the training
     walkers)."""
 
-    steps: int = _f(2000, check=_positive)
+    steps: int = _f(2000, check=_at_least_two)
     timestep: tuple[float, ...] = _f((0.01,), check=_all_positive, one_or_many=True)
     walkers: int = _f(0, check=_non_negative)
     equilibration: int = _f(500, check=_non_negative)

@@ -135,6 +135,7 @@ BAD = {
         "train.learning_rate",
     ),
     "zero_eval_steps": (make(extra="[eval]\nsteps = 0"), "eval.steps"),
+    "one_eval_step": (make(extra="[eval]\nsteps = 1"), "eval.steps"),
     "cas_wrong_length": (make(extra="[ansatz]\ncas = [4]"), "ansatz.cas"),
     "cas_too_many_electrons": (make(extra="[ansatz]\ncas = [4, 4]"), "ansatz.cas"),
 }
