@@ -136,30 +136,11 @@ def _energy_stats(e: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def make_train_step(
-    ansatz: Ansatz,
-    hamiltonian: Hamiltonian,
-    optimizer: Optimizer,
-    *,
-    sweeps: int,
-    clip_width: float,
-    target_acceptance: float,
-    engine: str = "exact",
-    chunk: int | None = None,
-    step_scale: StepScale | None = None,
+    ansatz: Ansatz, hamiltonian: Hamiltonian, optimizer: Optimizer, **options: Any
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """A pmapped ``step(state, keys, lr_scale=1.0) -> (state, stats)``: :func:`train_step`
-    on every device."""
-    step = train_step(
-        ansatz,
-        hamiltonian,
-        optimizer,
-        sweeps=sweeps,
-        clip_width=clip_width,
-        target_acceptance=target_acceptance,
-        engine=engine,
-        chunk=chunk,
-        step_scale=step_scale,
-    )
+    (with its keyword ``options``) on every device."""
+    step = train_step(ansatz, hamiltonian, optimizer, **options)
     pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None))
 
     def run_step(state: TrainState, keys: jax.Array, lr_scale: float = 1.0):
@@ -239,17 +220,11 @@ def train_step(
 
 
 def make_sample_step(
-    ansatz: Ansatz,
-    *,
-    sweeps: int,
-    target_acceptance: float,
-    step_scale: StepScale | None = None,
+    ansatz: Ansatz, **options: Any
 ) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
-    """A pmapped burn-in step ``(params, walkers, width, keys) -> (walkers, width, acc)``."""
-    step = sample_step(
-        ansatz, sweeps=sweeps, target_acceptance=target_acceptance, step_scale=step_scale
-    )
-    return jax.pmap(step, axis_name=AXIS)
+    """A pmapped burn-in step ``(params, walkers, width, keys) -> (walkers, width, acc)``:
+    :func:`sample_step` (with its keyword ``options``) on every device."""
+    return jax.pmap(sample_step(ansatz, **options), axis_name=AXIS)
 
 
 def sample_step(
@@ -279,27 +254,11 @@ def sample_step(
 
 
 def make_eval_step(
-    ansatz: Ansatz,
-    hamiltonian: Hamiltonian,
-    *,
-    sweeps: int,
-    engine: str = "exact",
-    chunk: int | None = None,
-    observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable] | None = None,
-    step_scale: StepScale | None = None,
+    ansatz: Ansatz, hamiltonian: Hamiltonian, **options: Any
 ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
     """A pmapped ``(params, walkers, width, keys) -> (walkers, stats)`` with frozen params:
-    :func:`eval_step` on every device."""
-    step = eval_step(
-        ansatz,
-        hamiltonian,
-        sweeps=sweeps,
-        engine=engine,
-        chunk=chunk,
-        observables=observables,
-        step_scale=step_scale,
-    )
-    return jax.pmap(step, axis_name=AXIS)
+    :func:`eval_step` (with its keyword ``options``) on every device."""
+    return jax.pmap(eval_step(ansatz, hamiltonian, **options), axis_name=AXIS)
 
 
 def eval_step(

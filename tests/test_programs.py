@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import monitoring
+from test_pes import TINY
 
 from nnqmc import programs
 from nnqmc.cli import main
@@ -25,31 +26,15 @@ from nnqmc.pes import read_dataset
 from nnqmc.pes import scan as scan_module
 from nnqmc.run_setup import prepare
 
-H2 = """name = "h2p"
-[system]
-atoms = \"\"\"
-H 0 0 0
-H 0 0 1.4
-\"\"\"
-unit = "bohr"
-basis = "sto-3g"
-[ansatz]
-kind = "hf"
-[train]
-steps = 4
-walkers = 32
-optimizer = "adam"
-[sampler]
-burn_in = 10
-[eval]
-steps = 10
-dipole = false
-[scan]
+H2 = (
+    TINY
+    + """[scan]
 kind = "bond"
 atoms = [0, 1]
 values = [1.2, 1.6, 2.0]
 forces = true
 """
+)
 
 _BACKEND_COMPILES: list[str] = []
 

@@ -84,6 +84,9 @@ def parse_args() -> argparse.Namespace:
         help="cfg.optim.optimizer; 'none' times sampling and local energies only",
     )
     p.add_argument("--curve", metavar="CSV", help="write step, seconds, energy of every step")
+    p.add_argument(
+        "--commit", default=FERMINET_COMMIT, help="the FermiNet commit installed (reported only)"
+    )
     p.add_argument("--params-only", action="store_true", help="count parameters and exit")
     return p.parse_args()
 
@@ -202,7 +205,7 @@ def main() -> None:
         start = times.start if times.start is not None else t0
         result = {
             "code": "ferminet",
-            "commit": FERMINET_COMMIT,
+            "commit": args.commit,
             "dtype": args.dtype,
             "size": args.size,
             "parameters": n_params,
