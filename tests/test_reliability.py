@@ -421,7 +421,8 @@ def _exit_code(argv: list[str]) -> int:
 def test_eval_and_flag_errors_are_one_line(tmp_path, reference, capsys):
     cases = [
         (["eval", str(tmp_path / "none")], "holds no run"),
-        (["eval", str(reference), "--steps", "0"], "--steps must be positive"),
+        (["eval", str(reference), "--steps", "0"], "--steps must be >= 2"),
+        (["eval", str(reference), "--steps", "1"], "--steps must be >= 2"),
         (["eval", str(reference), "--steps", "many"], "invalid int value"),
         (["run", H2, "--resume", "--force"], "not allowed with argument"),
         (["run"], "required: file"),
