@@ -7,10 +7,11 @@
    with the step budgets of a later geometry (``train.steps = scan.steps``, the same
    evaluation) and the persistent compilation cache switched off: what one more geometry
    costs without a scan, imports, Hartree–Fock, compilation and all.
-2. **Scan**: ``nnqmc scan`` of the first ``--geometries`` geometries in one process (cache
-   off as well, so its first geometry compiles). The cost of geometry k > 0 is the wall
-   time between the ends of geometries k - 1 and k, everything included (Hartree–Fock,
-   warm start, burn-in, training, evaluation, forces, CCSD(T), dataset and plot).
+2. **Scan**: ``nnqmc scan`` of the first ``--geometries`` geometries in one process, with
+   the cache on in a new, empty directory (so its first geometry compiles). The cost of
+   geometry k > 0 is the wall time between the ends of geometries k - 1 and k, everything
+   included (Hartree–Fock, warm start, burn-in, training, evaluation, forces, CCSD(T),
+   dataset and plot).
 3. The same cold single point again with the cache on and filled by 2.
 
 The last line printed is a JSON object with the times and ``ratio`` = median cost of a
@@ -83,6 +84,7 @@ def main() -> None:
     (work / "scan.toml").write_text(to_toml(data))
 
     nnqmc = [sys.executable, "-m", "nnqmc.cli"]
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)  # would override the settings below
     off = {**os.environ, "NNQMC_COMPILATION_CACHE": "off"}
     on = {**os.environ, "NNQMC_COMPILATION_CACHE": str(work / "cache")}
     cold, _ = _timed(

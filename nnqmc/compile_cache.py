@@ -6,7 +6,8 @@ On by default, in ``$XDG_CACHE_HOME/nnqmc/jax`` (``~/.cache/nnqmc/jax``), at mos
 :data:`MAX_BYTES` (least recently used entries go first).
 
 ``NNQMC_COMPILATION_CACHE=DIR`` moves it, ``NNQMC_COMPILATION_CACHE=off`` switches it off;
-a ``JAX_COMPILATION_CACHE_DIR`` the user set is left to JAX.
+a cache directory the user set (``JAX_COMPILATION_CACHE_DIR``, or
+``jax_compilation_cache_dir`` before importing nnqmc) is left alone.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def enable_compilation_cache(environ: Mapping[str, str] = os.environ) -> Path | 
     """Point JAX's persistent compilation cache at :func:`cache_directory` (created if
     missing; an unwritable place leaves the cache off). Returns the directory in use."""
     path = cache_directory(environ)
-    if path is None:
+    if path is None or jax.config.jax_compilation_cache_dir:  # the user's own setting
         return None
     try:
         path.mkdir(parents=True, exist_ok=True)

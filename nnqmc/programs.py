@@ -162,6 +162,8 @@ def eval_program(
     observables are closed over and belong to this run."""
     cfg = run.config
     physics_of = _physics(run)
+    if isinstance(extra, dict) and not extra:
+        extra = None
     of = observables_of(run, extra)
 
     def make() -> Callable[..., Any]:

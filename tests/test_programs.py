@@ -124,6 +124,7 @@ def test_a_shared_program_gives_what_a_program_of_its_own_gives():
     built = programs.compilations()
     programs.eval_program(first)
     shared = programs.eval_program(second)
+    programs.eval_program(second, {})  # no extra observables: the same program
     assert programs.compilations() == built + 1
     own = programs.eval_program(dataclasses.replace(second, program_key=None))
     assert programs.compilations() == built + 2
