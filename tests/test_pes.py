@@ -434,6 +434,7 @@ H2_SLOPE = {1.0: -0.3227, 1.4: -0.0005, 1.6: 0.0531, 2.0: 0.0888, 3.0: 0.0623, 4
 
 
 @pytest.mark.slow
+@pytest.mark.ci_slow  # 70 s since a scan compiles its steps once
 def test_h2_scan_reaches_the_exact_curve_and_its_slope(tmp_path):
     """systems/h2_scan.toml with a smaller network and budget (2-core CPU)."""
     from nnqmc.config import load_config
