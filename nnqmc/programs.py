@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from .external import standard_observables
 from .optimize import AXIS
-from .run_setup import Physics, Run
+from .run_setup import Run
 from .train import TrainState, eval_step, sample_step, train_step
 
 __all__ = [
@@ -79,18 +79,11 @@ def _shared(run: Run, name: Hashable, make: Callable[[], Callable[..., Any]]) ->
     return functools.partial(program, geometry)
 
 
-def _physics(run: Run) -> Callable[[Any], Physics]:
-    """``geometry -> Physics`` of ``run`` (its own objects when it has no geometry arrays)."""
-    if run.build_physics is None:
-        return lambda geometry: run.physics(geometry)
-    return run.build_physics
-
-
 def train_program(run: Run) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """``step(state, keys, lr_scale=1.0) -> (state, stats)``: :func:`nnqmc.train.train_step`
     with the run's settings on every device."""
     cfg = run.config
-    physics_of = _physics(run)
+    physics_of = run.physics
 
     def make() -> Callable[..., Any]:
         def step(geometry, state, key, lr_scale):
@@ -122,7 +115,7 @@ def burn_in_program(run: Run) -> Callable[..., tuple[jax.Array, jax.Array, jax.A
     """``step(params, walkers, width, keys) -> (walkers, width, acceptance)``: Metropolis
     sweeps with the step width adapted, parameters frozen."""
     cfg = run.config.sampler
-    physics_of = _physics(run)
+    physics_of = run.physics
 
     def make() -> Callable[..., Any]:
         def step(geometry, params, walkers, width, key):
@@ -161,7 +154,7 @@ def eval_program(
     Hamiltonian (or nothing) for ``extra`` lets runs share the program: a dict's
     observables are closed over and belong to this run."""
     cfg = run.config
-    physics_of = _physics(run)
+    physics_of = run.physics
     if isinstance(extra, dict) and not extra:
         extra = None
     of = observables_of(run, extra)

@@ -256,20 +256,17 @@ def prepare(config: Config) -> Run:
         molecule.charges, molecule.coords, molecule.n_up, molecule.n_down, external
     )
     geometry = geometry_arrays(config, molecule, scf, hamiltonian)
-    orbitals, coords = geometry["orbitals"], molecule.coords
-    ansatz = ansatz_from_arrays(config, molecule, scf, orbitals, coords)
-    gradient_ansatz = None
-    if config.precision == "mixed":
-        gradient_ansatz = ansatz_from_arrays(config, molecule, scf, orbitals, coords, jnp.float32)
+    build = physics_builder(config, molecule, scf, hamiltonian)
+    own = build(geometry)  # the ansatz at this geometry, from the same code as the steps'
     return Run(
         config,
         molecule,
         scf,
         hamiltonian,
-        ansatz,
-        gradient_ansatz=gradient_ansatz,
+        own.ansatz,
+        gradient_ansatz=own.gradient_ansatz,
         geometry=geometry,
-        build_physics=physics_builder(config, molecule, scf, hamiltonian),
+        build_physics=build,
         program_key=program_key(config, molecule, scf, geometry),
     )
 
