@@ -29,7 +29,7 @@ BACKFLOW_FORMS = ("exp", "linear", "none")
 PRECISIONS = ("float32", "mixed", "float64")
 PROPOSALS = ("uniform", "nucleus")
 UNITS = ("bohr", "angstrom")
-SCAN_KINDS = ("bond", "angle", "grid", "normal_modes", "random", "xyz")
+SCAN_KINDS = ("bond", "angle", "grid", "normal_modes", "random", "xyz", "adaptive")
 DEFAULT_BASIS = "cc-pvdz"
 OVERRIDE_SOURCE = "--set"
 
@@ -233,6 +233,13 @@ class ScanConfig:
     amplitude: float = _f(0.05, check=_positive)  # random: std of each coordinate's shift
     seed: int = _f(0, check=_non_negative)  # random
     xyz: str | None = _f(None, check=_non_empty)  # xyz: multi-frame file (angstrom)
+    # adaptive: the candidates are the grid of grid_atoms over ranges ([start, stop, count]
+    # per coordinate); the first `initial` spread out, then each next one where the fitted
+    # force field is least certain, until its predictive std < target (Ha) or `budget` runs
+    ranges: tuple[tuple[float, float, int], ...] | None = None
+    initial: int = _f(3, check=_positive)
+    target: float = _f(5e-4, check=_positive)
+    budget: int = _f(20, check=_positive)
     steps: int | None = _f(None, check=_positive)
     forces: bool = False  # Hellmann-Feynman forces (zero-variance estimator)
     zero_bias: bool = True  # with the zero-bias (Pulay-like) correction
@@ -248,6 +255,7 @@ SCAN_KIND_KEYS = {
     "normal_modes": ("modes", "amplitudes", "unit"),
     "random": ("count", "amplitude", "seed", "unit"),
     "xyz": ("xyz",),
+    "adaptive": ("grid_atoms", "ranges", "unit", "initial", "target", "budget"),
 }
 SCAN_COMMON = ("kind", "steps", "forces", "zero_bias", "ccsd_t", "reference")
 
@@ -256,7 +264,7 @@ SCAN_COMMON = ("kind", "steps", "forces", "zero_bias", "ccsd_t", "reference")
 class Config:
     name: str = _f(check=_safe_name)
     reference_energy: float | None = None
-    precision: str = _f("float64", choices=PRECISIONS)
+    precision: str = _f("mixed", choices=PRECISIONS)
     system: SystemConfig | None = None  # None only for Python-API runs without a molecule
     hamiltonian: HamiltonianConfig = field(default_factory=HamiltonianConfig)
     ansatz: AnsatzConfig = field(default_factory=AnsatzConfig)

@@ -44,10 +44,14 @@ def settings(
     ``settings(train={"steps": 400}, eval={"steps": 200}, hamiltonian={"field": [0, 0,
     0.01]})``; any other top-level key (``precision="float32"``) works too. With
     ``molecule`` (e.g. ``Molecule.from_pyscf(mol)``) the config has a ``[system]`` and
-    :func:`nnqmc.prepare` runs HF in ``basis``; without, it is for :func:`custom_run`.
+    :func:`nnqmc.prepare` runs HF in ``basis``; without, it is for :func:`custom_run`, and
+    ``precision`` defaults to ``"float64"`` there: the ansatz is then the caller's, and
+    ``"mixed"`` needs the caller's float32 copy of it (``custom_run(gradient_ansatz=...)``).
     Invalid values raise :class:`~nnqmc.config.ConfigError` naming the key.
     """
     data: dict[str, Any] = {"name": name, **sections}
+    if molecule is None:
+        data.setdefault("precision", "float64")
     if molecule is not None:
         data["system"] = {
             "atoms": molecule.atoms_text(),

@@ -166,12 +166,31 @@ def _centre(x: jax.Array) -> jax.Array:
     return x - jnp.mean(x, axis=-1, keepdims=True)
 
 
-def _solve_float64(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
-    """``matrix^{-1} rhs`` for a symmetric positive definite N x N matrix, by Cholesky in
-    float64 (nnqmc enables x64): with float32 walkers only the N^2 P Gram product is float32,
-    not the N^3 / 3 factorisation of the damped, possibly ill-conditioned N x N matrix."""
-    factor = jax.scipy.linalg.cho_factor(matrix.astype(jnp.float64), lower=True)
-    return jax.scipy.linalg.cho_solve(factor, rhs.astype(jnp.float64))
+def _solve_float64(matrix: jax.Array, rhs: jax.Array, floor: float) -> jax.Array:
+    """``matrix^{-1} rhs`` for a symmetric N x N matrix whose eigenvalues are ``>= floor``
+    in exact arithmetic, in float64 (nnqmc enables x64): with float32 walkers only the
+    N^2 P Gram product is float32, not the N^3 / 3 factorisation of the damped, possibly
+    ill-conditioned N x N matrix.
+
+    Cholesky first. A float32 Gram product rounds its entries by about
+    ``eps_32 * max_i |O_i|^2``; one walker with a large gradient row (near a node) can push
+    the smallest eigenvalues below zero, and then the factorisation fails (NaN). Only then
+    the solve goes through ``matrix = V diag(w) V^T`` and adds ``s = 2 (floor - min w)`` to
+    every eigenvalue: rounding has moved the spectrum by about ``floor - min w`` either way,
+    so this step gets that much more damping than asked, which keeps the rounding noise
+    from being amplified (clamping only the negative eigenvalues at ``floor`` gave a
+    direction off by more than its own size in the test). The step stays finite instead of
+    being rejected step after step while the same walker is in the batch."""
+    m = matrix.astype(jnp.float64)
+    b = rhs.astype(jnp.float64)
+    x = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(m, lower=True), b)
+
+    def eigen_solve(_):
+        w, v = jnp.linalg.eigh(m)
+        shift = 2.0 * jnp.maximum(floor - w[0], 0.0)
+        return v @ ((v.T @ b) / (w + shift))
+
+    return jax.lax.cond(jnp.all(jnp.isfinite(x)), lambda _: x, eigen_solve, None)
 
 
 def spring_direction(
@@ -220,7 +239,7 @@ def spring_direction(
     residual = eps - momentum * _centre(o_previous) / scale
     t = _centre(_centre(gram).T) / n
     t = 0.5 * (t + t.T) + damping * jnp.eye(n, dtype=dtype) + 1.0 / n
-    zeta = _solve_float64(t, residual).astype(dtype)
+    zeta = _solve_float64(t, residual, max(damping, 1e-12)).astype(dtype)
     weights = _centre(jnp.stack([zeta, eps])) / scale
     back = jnp.concatenate([weights @ b for b in blocks], axis=1)
     return back[0] + momentum * previous, back[1]

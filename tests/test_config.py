@@ -199,7 +199,7 @@ def test_minimal_config_uses_defaults(tmp_path):
     assert isinstance(config, Config)
     assert config.name == "test"
     assert config.reference_energy is None
-    assert config.precision == "float64"
+    assert config.precision == "mixed"
     assert config.ansatz == AnsatzConfig()
     assert config.sampler == SamplerConfig()
     assert config.train == TrainConfig()

@@ -152,7 +152,7 @@ def test_mixed_run_from_config_and_custom_run():
         nnqmc.custom_run(
             run.hamiltonian,
             run.ansatz,
-            nnqmc.settings(molecule=h2, basis="sto-3g"),
+            nnqmc.settings(molecule=h2, basis="sto-3g", precision="float64"),
             molecule=h2,
             gradient_ansatz=run.gradient_ansatz,
         )

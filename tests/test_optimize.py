@@ -370,3 +370,30 @@ def test_spring_with_no_parameters_is_a_no_op():
     assert [b.shape for b in blocks] == [(6, 0)]
     ((p, s, g),) = run_pmapped(spring(log_psi, 0.1, 10.0, DAMPING, 0.9, 0.1), {}, [(x, e)])
     assert p == {} and s.direction.shape == (0,) and float(g) == 0.0
+
+
+def test_spring_direction_survives_a_float32_gram_that_rounds_indefinite():
+    """One walker with a huge gradient row (near a node) makes the float32 Gram product
+    indefinite by rounding; Cholesky fails there, and the fallback (more damping for this
+    step) still gives a finite direction near the float64 one (the mixed-precision scans'
+    non-finite steps). Near: float32 rounding at this scale already moves the direction by a
+    third (and by 40 % where Cholesky still succeeds, at a third of this scale)."""
+    rng = np.random.default_rng(1)
+    n, p = 64, 30  # p < n: the Gram product has n - p eigenvalues at the damping
+    o = rng.normal(size=(n, p))
+    o[0] *= 1e4
+    e = rng.normal(size=n)
+    previous = np.zeros(p)
+    blocks32 = [jnp.asarray(o, jnp.float32)]
+    centred = blocks32[0] - blocks32[0].mean(0)
+    t = np.asarray(centred @ centred.T, np.float64) / n
+    t = t - t.mean(0) - t.mean(1)[:, None] + t.mean()
+    t = 0.5 * (t + t.T) + DAMPING * np.eye(n) + 1.0 / n
+    assert np.linalg.eigvalsh(t)[0] < 0  # the case this test is about
+    delta, _ = spring_direction(
+        blocks32, jnp.asarray(e, jnp.float32), jnp.zeros(p, jnp.float32), DAMPING, 0.0
+    )
+    delta = np.asarray(delta, np.float64)
+    assert np.all(np.isfinite(delta))
+    want = reference_direction(o, e, previous, DAMPING, 0.0)
+    assert np.linalg.norm(delta - want) / np.linalg.norm(want) < 0.5
