@@ -10,7 +10,10 @@ The public Python API (see README, "Python API"):
 * runs: :func:`settings`, :func:`custom_run`, :func:`train`, :func:`evaluate`, :func:`dmc`
   (fixed-node diffusion Monte Carlo), :func:`run`, with results :class:`TrainResult`,
   :class:`EvalResult`, :class:`DMCResult`;
-* observables: :func:`dipole_moment`, :func:`default_observables`.
+* observables: :func:`dipole_moment`, :func:`default_observables`;
+* force fields from scan datasets: :class:`ForceField` (an ASE calculator of a model that
+  ``nnqmc fit`` wrote; imported on first use and left out of ``__all__``, as it needs ASE,
+  an optional dependency), the fit itself in :mod:`nnqmc.fit`.
 """
 
 from .backend import cpu_backend_expected as _cpu_backend_expected
@@ -82,3 +85,12 @@ __all__ = [
     "train",
     "with_external",
 ]
+
+
+def __getattr__(name: str):
+    """``nnqmc.ForceField`` is imported on first use: it needs ASE, an optional dependency."""
+    if name == "ForceField":
+        from .fit import ForceField
+
+        return ForceField
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

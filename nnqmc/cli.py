@@ -170,7 +170,73 @@ def _parser() -> argparse.ArgumentParser:
         help="also time the local energies with every Laplacian engine (forward, folx, exact)",
     )
     _add_pes(sub)
+    _add_fit(sub)
     return parser
+
+
+def _add_fit(sub) -> None:
+    fit = sub.add_parser(
+        "fit", help="fit a kernel force field (GDML form, GP noise) to a scan dataset"
+    )
+    fit.add_argument("dataset", metavar="DATASET.h5", help="scan dataset (finished rows)")
+    fit.add_argument("--out", metavar="MODEL", help="model file (default DATASET.fit.h5)")
+    fit.add_argument(
+        "--noise",
+        choices=("per-point", "uniform"),
+        default="per-point",
+        help="noise variances: each label's error bar squared, or their mean (per-point)",
+    )
+    fit.add_argument(
+        "--use",
+        choices=("auto", "both", "energy", "forces"),
+        default="auto",
+        help="labels to fit; forces: GDML, energy level from the energies (auto: all present)",
+    )
+    fit.add_argument(
+        "--select",
+        choices=("lml", "cv"),
+        default="lml",
+        help="length scale of maximum log marginal likelihood, or of least 5-fold "
+        "cross-validation error (lml)",
+    )
+    fit.add_argument("--sigma", type=float, metavar="S", help="fixed length scale (1/bohr)")
+    fit.add_argument("--valid", type=float, default=0.2, metavar="FRACTION", help="held out (0.2)")
+    fit.add_argument("--seed", type=int, default=0, metavar="N", help="of the split (0)")
+    fit.add_argument(
+        "--no-symmetry",
+        action="store_true",
+        help="no averaging over permutations of identical atoms",
+    )
+
+
+def _fit(args) -> int:
+    from .fit import FitError, FitOptions, fit_dataset, save_model
+    from .fit.report import format_report
+    from .pes import DatasetError, read_dataset
+
+    if not Path(args.dataset).is_file():
+        return _fail(f"{args.dataset}: no such file")
+    out = args.out or str(Path(args.dataset).with_suffix(".fit.h5"))
+    if not Path(out).resolve().parent.is_dir():
+        return _fail(f"{out}: the directory {Path(out).parent} does not exist")
+    try:
+        options = FitOptions(
+            noise=args.noise,
+            use=args.use,
+            select=args.select,
+            sigma=args.sigma,
+            symmetric=not args.no_symmetry,
+        )
+        report = fit_dataset(read_dataset(args.dataset), options, args.valid, args.seed)
+        save_model(out, report.model)
+    except FitError as err:
+        return _fail(f"{args.dataset}: {err}")
+    except DatasetError as err:
+        return _fail(str(err))
+    except OSError as err:
+        return _fail(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
+    print(format_report(report, out))
+    return 0
 
 
 def _add_pes(sub) -> None:
@@ -187,7 +253,12 @@ def _add_pes(sub) -> None:
     merge.add_argument("shards", nargs="+", metavar="SHARD.h5", help="shard datasets")
     export = sub.add_parser("export", help="export a scan dataset for force-field training")
     export.add_argument("dataset", metavar="DATASET.h5", help="scan dataset")
-    export.add_argument("--format", required=True, choices=("extxyz", "npz"))
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=("extxyz", "npz", "db"),
+        help="extxyz (ASE, MACE, NequIP, GAP), npz (sGDML) or db (SchNetPack); docs/forcefields.md",
+    )
     export.add_argument("--out", metavar="PATH", help="output file (default DATASET.FORMAT)")
     study = sub.add_parser(
         "bench-scan", help="training steps a scan needs to reach a target, warm against cold"
@@ -387,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         except (ConfigError, RunError, ValueError) as err:
             return _fail(str(err))
+    if args.command == "fit":
+        return _fit(args)
     if args.command in ("scan", "merge", "export", "bench-scan"):
         try:
             return _pes(args)
