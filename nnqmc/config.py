@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -340,6 +341,23 @@ def _check_scan(scan: ScanConfig, table: dict, system, base_dir: Path, fail) -> 
         for atoms, values in zip(scan.grid_atoms, scan.grid_values, strict=True):
             check_atoms("scan.grid_atoms", atoms, (2, 3))
             check_values("scan.grid_values", values, len(atoms) == 3)
+    elif scan.kind == "adaptive":
+        if scan.grid_atoms is None or scan.ranges is None:
+            missing = "scan.grid_atoms" if scan.grid_atoms is None else "scan.ranges"
+            raise fail(missing, "missing required key")
+        if not scan.grid_atoms or len(scan.grid_atoms) != len(scan.ranges):
+            raise fail("scan.ranges", "need one [start, stop, count] per entry of grid_atoms")
+        for atoms, (start, stop, count) in zip(scan.grid_atoms, scan.ranges, strict=True):
+            check_atoms("scan.grid_atoms", atoms, (2, 3))
+            check_values("scan.ranges", [start, stop], len(atoms) == 3)
+            if count < 2:
+                raise fail("scan.ranges", f"count must be >= 2, got {count}")
+        pool = math.prod(count for _, _, count in scan.ranges)
+        if scan.initial < 2 or scan.initial > min(scan.budget, pool):
+            raise fail(
+                "scan.initial",
+                f"must lie in 2..{min(scan.budget, pool)} (budget, candidates), got {scan.initial}",
+            )
     elif scan.kind == "normal_modes":
         if not scan.amplitudes:
             raise fail("scan.amplitudes", "missing required key (displacements along each mode)")

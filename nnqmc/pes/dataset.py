@@ -17,6 +17,11 @@ forces_err         (n, n_atoms, 3) float64      standard errors of ``forces``
 hf_energy          (n,) float64                 Hartree–Fock energy (PySCF, same basis)
 ccsd_t_energy      (n,) float64                 CCSD(T) energy (``scan.ccsd_t``)
 reference_energy   (n,) float64                 exact energy given in ``scan.reference``
+selection          (n,) int64                   adaptive scans: the order in which rows
+                                                were chosen (0, 1, ...; -1 never chosen)
+selection_std      (n,) float64                 adaptive scans: the fitted force field's
+                                                predictive std of the energy there when it
+                                                was chosen, hartree (NaN: initial spread)
 steps              (n,) int64                   training steps of this geometry
 warm_from          (n,) int64                   row whose parameters started it (-1: cold)
 wall_time          (n,) float64                 seconds of training + evaluation
@@ -26,7 +31,7 @@ message            (n,) str                     why a geometry failed ("" otherw
 
 Attributes: ``name``, ``input_toml`` (the input file's text), ``version`` (nnqmc),
 ``schema`` (1), ``units``, ``kind`` (scan kind), ``shard`` ("i/n", or "" for a whole scan),
-``has_forces``, ``has_ccsd_t``. Optional columns (forces, CCSD(T), reference) are absent
+``has_forces``, ``has_ccsd_t``. Optional columns (forces, CCSD(T), reference, selection) are absent
 when not asked for.
 A shard file holds every row of the scan; the rows of other shards stay ``pending``.
 """
@@ -84,8 +89,10 @@ def new_dataset(
     forces: bool,
     ccsd_t: bool,
     reference: np.ndarray | None = None,
+    adaptive: bool = False,
 ) -> Dataset:
-    """Every row pending, every value missing (``reference``: known energies, one per row)."""
+    """Every row pending, every value missing (``reference``: known energies, one per row;
+    ``adaptive``: with the selection columns of an adaptive scan)."""
     n, n_atoms = positions.shape[:2]
     columns: dict[str, np.ndarray] = {c: np.full(n, np.nan) for c in FLOAT_COLUMNS}
     columns["steps"] = np.zeros(n, np.int64)
@@ -97,6 +104,9 @@ def new_dataset(
         columns["forces_err"] = np.full((n, n_atoms, 3), np.nan)
     if ccsd_t:
         columns["ccsd_t_energy"] = np.full(n, np.nan)
+    if adaptive:
+        columns["selection"] = np.full(n, -1, np.int64)
+        columns["selection_std"] = np.full(n, np.nan)
     if reference is not None:
         columns["reference_energy"] = np.asarray(reference, np.float64).reshape(n)
     attrs = {

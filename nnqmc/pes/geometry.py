@@ -213,6 +213,14 @@ def generate(molecule: Molecule, scan: ScanConfig, basis: str) -> tuple[np.ndarr
             for a, v in zip(scan.grid_atoms, scan.grid_values, strict=True)
         ]
         frames, labels = grid(coords, scan.grid_atoms, values)
+    elif scan.kind == "adaptive":
+        values = [
+            _distances(scan, np.linspace(a, b, int(n)))
+            if len(atoms) == 2
+            else np.linspace(a, b, int(n))
+            for atoms, (a, b, n) in zip(scan.grid_atoms, scan.ranges, strict=True)
+        ]
+        frames, labels = grid(coords, scan.grid_atoms, values)
     elif scan.kind == "random":
         amplitude = _distances(scan, [scan.amplitude])[0]
         frames, labels = random_displacements(coords, scan.count, amplitude, scan.seed)

@@ -1,0 +1,88 @@
+"""Adaptive scans (``[scan] kind = "adaptive"``): which candidate geometry runs next.
+
+The candidates are the rows of the dataset, a grid over ``scan.ranges``. The first
+``scan.initial`` rows are spread out by farthest-point selection in the coordinates scaled
+to [0, 1] (the first is the candidate nearest the centre). After that a force field is
+fitted to the finished rows (:mod:`nnqmc.fit`, each energy and force with its own error bar
+as noise), and the next row is the pending candidate where the fit's predictive standard
+deviation of the energy is largest. The scan stops when that largest standard deviation
+is below ``scan.target`` (hartree) or ``scan.budget`` rows have run (finished or failed).
+
+Everything here reads the dataset only, so a scan that is killed and resumed chooses the
+same rows again: an interrupted row (``running``) is taken up first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dataset import Dataset
+
+# (dataset, candidate rows) -> predictive std of the energy (hartree) at those rows
+PredictStd = Callable[[Dataset, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The next row to run (None: stop), the predictive std there (NaN while spreading
+    out the initial rows), and why."""
+
+    row: int | None
+    std: float
+    reason: str
+
+
+def scaled(labels: np.ndarray) -> np.ndarray:
+    """Each column of ``labels`` mapped to [0, 1] (a constant column to 0)."""
+    low, high = labels.min(axis=0), labels.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    return (labels - low) / span
+
+
+def farthest_point(points: np.ndarray, taken: np.ndarray, free: np.ndarray) -> int:
+    """The row of ``free`` farthest (Euclidean) from every row of ``taken``; with nothing
+    taken, the one nearest the centre of ``points``' bounding box."""
+    if len(taken) == 0:
+        centre = 0.5 * (points.min(axis=0) + points.max(axis=0))
+        return int(free[np.argmin(np.linalg.norm(points[free] - centre, axis=1))])
+    gaps = np.linalg.norm(points[free][:, None, :] - points[taken][None, :, :], axis=2)
+    return int(free[np.argmax(gaps.min(axis=1))])
+
+
+def rows_with(data: Dataset, status: str) -> np.ndarray:
+    """Indices of the rows with this status."""
+    return np.array([k for k in range(data.n) if data.status(k) == status], dtype=np.int64)
+
+
+def next_row(
+    data: Dataset, initial: int, target: float, budget: int, predict_std: PredictStd
+) -> Choice:
+    """The next row of an adaptive scan (see the module docstring)."""
+    running = rows_with(data, "running")
+    if len(running):
+        k = int(running[0])
+        return Choice(k, float(data.columns["selection_std"][k]), "resumed")
+    done, failed = rows_with(data, "done"), rows_with(data, "failed")
+    tried = np.concatenate([done, failed])
+    if len(tried) >= budget:
+        return Choice(None, np.nan, f"budget of {budget} geometries reached")
+    free = rows_with(data, "pending")
+    if len(free) == 0:
+        return Choice(None, np.nan, "every candidate has run")
+    if len(tried) < initial or len(done) < 2:
+        return Choice(farthest_point(scaled(data.labels), tried, free), np.nan, "spread")
+    std = np.asarray(predict_std(data, free), np.float64)
+    j = int(np.argmax(std))
+    if std[j] < target:
+        return Choice(
+            None, float(std[j]), f"largest predictive std {std[j] * 1e3:.3f} mHa < target"
+        )
+    return Choice(int(free[j]), float(std[j]), "largest predictive std")
+
+
+def selection_count(data: Dataset) -> int:
+    """How many rows an adaptive scan has chosen so far."""
+    return int(np.sum(data.columns["selection"] >= 0))
