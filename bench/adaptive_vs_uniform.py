@@ -87,6 +87,8 @@ def main() -> None:
     dense = read_dataset(args.uniform)
     adaptive = read_dataset(args.adaptive)
     if args.truth == "reference":
+        if "reference_energy" not in adaptive.columns:
+            raise SystemExit("the adaptive scan has no scan.reference: use --truth uniform")
         truth = adaptive.columns["reference_energy"]
     else:
         if any(dense.status(k) != "done" for k in range(dense.n)):
@@ -96,7 +98,11 @@ def main() -> None:
 
     print("uniform sub-grids (rows of the uniform scan)")
     first_uniform = None
+    finished = {k for k in range(dense.n) if dense.status(k) == "done"}
     for rows in uniform_rows(dense.labels):
+        if not finished.issuperset(int(k) for k in rows):
+            print(f"  {len(rows):2d} geometries: not every one finished, skipped")
+            continue
         err = max_error(dense, rows, dense_truth, options)
         print(f"  {len(rows):2d} geometries: max |E_fit - E_true| = {err * 1e3:.3f} mHa")
         if first_uniform is None and err < tol:

@@ -6,7 +6,9 @@ each geometry's energy is taken either from its whole evaluation (``eval.steps``
 only its first ``--short`` evaluation steps (with its blocking error bar over those steps),
 so that half of the labels are several times noisier, as they are when a dataset joins
 runs of different lengths. Both fits (``nnqmc.fit``, energies only) see the same labels;
-the score is their RMS and largest distance to the exact energies at every geometry. Each
+the score is held out: each interior geometry is predicted by a fit to all the others
+(leave one out; the ends stay in, or the score would be extrapolation), and the RMS and largest distance of those predictions to the exact energies are
+reported. Each
 scan directory (``scan.reference`` required) is one seed; ``--splits`` random choices of
 which half is short are averaged.
 
@@ -45,10 +47,21 @@ def labels(series: list[np.ndarray], short: np.ndarray, steps: int) -> tuple[np.
 
 
 def scores(data, energy: np.ndarray, error: np.ndarray, noise: str) -> tuple[float, float]:
-    """(RMS, max) of |fit - exact| over all geometries, hartree."""
-    train = TrainingSet(data.atomic_numbers, data.positions, energy=energy, energy_err=error)
-    model = fit(train, FitOptions(noise=noise, use="energy"))
-    diff = predict(model, data.positions)[0] - data.columns["reference_energy"]
+    """(RMS, max) over the interior geometries of |E_fit(k) - E_exact(k)| (hartree), each
+    E_fit(k) from a fit that has not seen geometry k (leave one out: held-out errors; the
+    ends of the scan are always kept, as leaving them out would measure extrapolation)."""
+    diff = []
+    low, high = data.labels.min(axis=0), data.labels.max(axis=0)
+    interior = np.flatnonzero(np.all((data.labels > low) & (data.labels < high), axis=1))
+    for k in interior:
+        keep = np.arange(data.n) != k
+        train = TrainingSet(
+            data.atomic_numbers, data.positions[keep], energy=energy[keep], energy_err=error[keep]
+        )
+        model = fit(train, FitOptions(noise=noise, use="energy"))
+        predicted = predict(model, data.positions[k : k + 1])[0][0]
+        diff.append(predicted - data.columns["reference_energy"][k])
+    diff = np.array(diff)
     return float(np.sqrt(np.mean(diff**2))), float(np.max(np.abs(diff)))
 
 

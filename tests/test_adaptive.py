@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from test_pes import TINY
 
-from nnqmc.api import RunError
+from nnqmc.api import Interrupted, RunError
 from nnqmc.cli import main
 from nnqmc.config import ConfigError, load_config
 from nnqmc.fit import load_model, predict
@@ -140,6 +140,52 @@ def test_adaptive_loop_with_a_model_curve_stops_at_its_target_and_resumes(tmp_pa
     assert np.array_equal(saved.columns["selection"], data.columns["selection"])
 
 
+def test_an_interrupted_adaptive_scan_resumes_the_same_choices(tmp_path, monkeypatch):
+    """Killed during its fifth geometry, the scan takes that row up again first, with the
+    same order and std, and ends with the choices of an uninterrupted scan."""
+    calls = []
+
+    def geometry(config, data, k, scan_dir, shard, cold, progress):
+        calls.append(k)
+        if len(calls) == 5 and interrupt:
+            raise Interrupted(2, "stopped")
+        r = float(np.linalg.norm(data.positions[k, 1] - data.positions[k, 0]))
+        return {"energy": _morse(r), "energy_err": 1e-4, "steps": 1, "wall_time": 0.0}
+
+    monkeypatch.setattr(scan_module, "_run_geometry", geometry)
+    text = ADAPTIVE + "target = 2e-4\nbudget = 8\n"
+    config, _ = _config(tmp_path, text)
+    interrupt = False
+    whole = run_scan(config, text, tmp_path / "whole")
+    calls.clear()
+    interrupt = True
+    with pytest.raises(Interrupted):
+        run_scan(config, text, tmp_path / "cut")
+    cut = read_dataset(tmp_path / "cut" / "scan.h5")
+    k = calls[-1]
+    assert cut.status(k) == "running" and cut.columns["selection"][k] == 4
+    interrupt = False
+    calls.clear()
+    resumed = run_scan(config, text, tmp_path / "cut")
+    assert calls[0] == k
+    for name in ("selection", "status"):
+        assert list(resumed.columns[name]) == list(whole.columns[name])
+    assert np.allclose(
+        resumed.columns["selection_std"], whole.columns["selection_std"], equal_nan=True
+    )
+    order = whole.columns["selection"]
+    chosen = np.argsort(order)[order[np.argsort(order)] >= 0]
+    assert list(order[chosen]) == list(range(len(chosen)))
+
+
+def test_a_fit_that_fails_makes_the_scan_spread_out_instead():
+    data = _dataset(np.linspace(1.0, 4.0, 5))
+    for k in (2, 0, 4):
+        _finish(data, k)
+    choice = adaptive.next_row(data, 3, 1e-9, 10, lambda d, r: None)
+    assert choice.row in (1, 3) and choice.reason == "spread (no fit)"
+
+
 def test_a_real_adaptive_scan_runs_three_geometries_and_exports(tmp_path):
     """Tiny QMC runs, warm-started one from another; then the export sees only them."""
     text = ADAPTIVE.replace("ranges = [[1.0, 4.0, 31]]", "ranges = [[1.2, 2.4, 5]]")
@@ -151,6 +197,7 @@ def test_a_real_adaptive_scan_runs_three_geometries_and_exports(tmp_path):
     by_order = np.argsort(data.columns["selection"])[-3:]
     assert list(data.columns["steps"][by_order]) == [4, 4, 2]  # the spread trains train.steps
     assert list(data.columns["warm_from"][by_order])[0] == -1
+    assert load_model(tmp_path / "q" / scan_module.FORCEFIELD).info["n_geometries"] == 3
     assert np.isfinite(data.columns["selection_std"][done]).sum() == 1
     assert main(["export", str(tmp_path / "q" / "scan.h5"), "--format", "extxyz"]) == 0
     assert (tmp_path / "q" / "scan.extxyz").read_text().count("Properties=") == 3

@@ -368,6 +368,7 @@ def test_cli_fit_refuses_bad_input_in_one_line(tmp_path, capsys):
         ([str(tmp_path / "missing.h5")], "no such file"),
         ([str(empty)], "no finished rows"),
         ([str(full), "--valid", "1.5"], "held-out fraction"),
+        ([str(full), "--seed", "-1"], "seed must be >= 0"),
         ([str(full), "--sigma", "-1"], "sigma must be positive"),
         ([str(full), "--out", str(tmp_path / "no" / "m.h5")], "no does not exist"),
         ([str(energies_only), "--use", "forces"], "no finite force labels"),

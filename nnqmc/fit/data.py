@@ -95,6 +95,8 @@ def split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     one geometry kept for training."""
     if not 0.0 <= fraction < 1.0:
         raise FitError(f"the held-out fraction must be in [0, 1), got {fraction:g}")
+    if seed < 0:
+        raise FitError(f"the seed must be >= 0, got {seed}")
     n_valid = min(int(round(fraction * n)), n - 1)
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[n_valid:]), np.sort(order[:n_valid])

@@ -21,8 +21,9 @@ import numpy as np
 
 from .dataset import Dataset
 
-# (dataset, candidate rows) -> predictive std of the energy (hartree) at those rows
-PredictStd = Callable[[Dataset, np.ndarray], np.ndarray]
+# (dataset, candidate rows) -> predictive std of the energy (hartree) at those rows, or
+# None if the finished rows cannot be fitted
+PredictStd = Callable[[Dataset, np.ndarray], "np.ndarray | None"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,10 @@ def next_row(
         return Choice(None, np.nan, "every candidate has run")
     if len(tried) < initial or len(done) < 2:
         return Choice(farthest_point(scaled(data.labels), tried, free), np.nan, "spread")
-    std = np.asarray(predict_std(data, free), np.float64)
+    std = predict_std(data, free)
+    if std is None:
+        return Choice(farthest_point(scaled(data.labels), tried, free), np.nan, "spread (no fit)")
+    std = np.asarray(std, np.float64)
     j = int(np.argmax(std))
     if std[j] < target:
         return Choice(

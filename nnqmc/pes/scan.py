@@ -214,7 +214,11 @@ def _run_geometry(
     ``train.steps``."""
     scan = config.scan
     source = None if cold else nearest_done(data, k, shard)
-    spread = scan.kind == "adaptive" and 0 <= data.columns["selection"][k] < scan.initial
+    spread = (
+        scan.kind == "adaptive"
+        and data.columns["selection"][k] >= 0
+        and bool(np.isnan(data.columns["selection_std"][k]))
+    )
     warm = source is not None and not spread
     steps = (scan.steps or config.train.steps) if warm else config.train.steps
     coords = data.positions[k]
@@ -269,7 +273,8 @@ def run_scan(
     """Run (or resume) every geometry of this shard; returns its dataset.
 
     Finished rows are skipped, failed and interrupted ones run again (from their
-    checkpoints). A geometry that fails is marked failed with its message and the scan goes
+    checkpoints); an adaptive scan (:func:`_run_adaptive`) resumes an interrupted row and
+    leaves failed ones. A geometry that fails is marked failed with its message and the scan goes
     on; :class:`nnqmc.api.Interrupted` leaves the row ``running`` and is raised.
     """
     if config.scan.kind is None:
@@ -360,15 +365,18 @@ def _run_adaptive(
     log: Log,
 ) -> None:
     """Choose and run rows one at a time (:mod:`nnqmc.pes.adaptive`) until the fit is
-    certain enough or the budget is spent; the fit of the finished rows is saved as
-    ``forcefield.h5`` in the scan directory after each one."""
+    certain enough or the budget is spent. The fit of the finished rows is saved as
+    ``forcefield.h5`` in the scan directory at each choice and once more at the end."""
     from .adaptive import next_row, selection_count
 
     scan = config.scan
+    predict_std = _fitted_std(scan_dir, log)
     while True:
-        choice = next_row(data, scan.initial, scan.target, scan.budget, _fitted_std(scan_dir))
+        choice = next_row(data, scan.initial, scan.target, scan.budget, predict_std)
         if choice.row is None:
             log(f"adaptive scan stops: {choice.reason}")
+            if sum(data.status(k) == "done" for k in range(data.n)) >= 2:
+                predict_std(data, np.arange(data.n))  # the last geometry into the saved fit
             return
         k = choice.row
         order = int(data.columns["selection"][k])
@@ -390,15 +398,23 @@ def _run_adaptive(
         )
 
 
-def _fitted_std(scan_dir: Path):
+def _fitted_std(scan_dir: Path, log: Log):
     """The predictor :func:`nnqmc.pes.adaptive.next_row` asks for: fit the finished rows
-    (energies and forces, each with its error bar as noise), save the model as
-    :data:`FORCEFIELD`, and return its predictive std of the energy at the candidates."""
+    (energies and forces, each with its error bar as noise; symmetric under permutations of
+    identical atoms where there are at most ``MAX_PERMUTATIONS``), save the model as
+    :data:`FORCEFIELD`, and return its predictive std of the energy at ``rows``; None, with
+    the reason logged, if the rows cannot be fitted (the scan then spreads out instead)."""
 
-    def predict_std(data: Dataset, rows: np.ndarray) -> np.ndarray:
-        from ..fit import fit, predict, save_model, training_set
+    def predict_std(data: Dataset, rows: np.ndarray) -> np.ndarray | None:
+        from ..fit import FitError, FitOptions, fit, predict, save_model, training_set
+        from ..fit.descriptor import MAX_PERMUTATIONS, permutation_count
 
-        model = fit(training_set(data))
+        symmetric = permutation_count(data.atomic_numbers) <= MAX_PERMUTATIONS
+        try:
+            model = fit(training_set(data), FitOptions(symmetric=symmetric))
+        except FitError as err:
+            log(f"warning: no force field from the finished geometries ({err})")
+            return None
         save_model(scan_dir / FORCEFIELD, model)
         return predict(model, data.positions[rows])[2]
 

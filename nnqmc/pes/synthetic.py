@@ -84,6 +84,7 @@ def rhf_dataset(
     f_err = force_err * rng.uniform(0.5, 2.0, (count, len(numbers), 3))
     for k in range(count):
         energy, forces = rhf_energy_forces(numbers, positions[k], basis)
+        hf_energy = energy
         if noise:
             energy += rng.normal(0.0, e_err[k])
             forces = forces + rng.normal(0.0, f_err[k])
@@ -91,7 +92,7 @@ def rhf_dataset(
             k,
             energy=energy,
             energy_err=e_err[k],
-            hf_energy=energy,
+            hf_energy=hf_energy,
             forces=forces,
             forces_err=f_err[k],
             status="done",
