@@ -201,3 +201,10 @@ def test_a_real_adaptive_scan_runs_three_geometries_and_exports(tmp_path):
     assert np.isfinite(data.columns["selection_std"][done]).sum() == 1
     assert main(["export", str(tmp_path / "q" / "scan.h5"), "--format", "extxyz"]) == 0
     assert (tmp_path / "q" / "scan.extxyz").read_text().count("Properties=") == 3
+
+
+def test_bench_scan_refuses_an_adaptive_scan_in_one_line(tmp_path, capsys):
+    _, path = _config(tmp_path, ADAPTIVE)
+    assert main(["bench-scan", str(path), "--cold", "4", "--warm", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "adaptive" in err and err.startswith("nnqmc: error: ") and err.count("\n") == 1
