@@ -319,6 +319,16 @@ def _check_scan(scan: ScanConfig, table: dict, system, base_dir: Path, fail) -> 
             if not angle and v <= 0:
                 raise fail(key, f"distances must be > 0, got {v!r}")
 
+    def check_grid(key: str, entries: Sequence | None, what: str) -> None:
+        """grid_atoms and one entry of ``key`` per coordinate."""
+        if scan.grid_atoms is None or entries is None:
+            missing = "scan.grid_atoms" if scan.grid_atoms is None else key
+            raise fail(missing, "missing required key")
+        if not scan.grid_atoms or len(scan.grid_atoms) != len(entries):
+            raise fail(key, f"need one {what} per entry of grid_atoms")
+        for atoms in scan.grid_atoms:
+            check_atoms("scan.grid_atoms", atoms, (2, 3))
+
     if scan.kind in ("bond", "angle"):
         if scan.atoms is None:
             raise fail("scan.atoms", "missing required key")
@@ -333,22 +343,12 @@ def _check_scan(scan: ScanConfig, table: dict, system, base_dir: Path, fail) -> 
         else:
             check_values("scan.values", scan.values, scan.kind == "angle")
     elif scan.kind == "grid":
-        if scan.grid_atoms is None or scan.grid_values is None:
-            missing = "scan.grid_atoms" if scan.grid_atoms is None else "scan.grid_values"
-            raise fail(missing, "missing required key")
-        if not scan.grid_atoms or len(scan.grid_atoms) != len(scan.grid_values):
-            raise fail("scan.grid_values", "need one list of values per entry of grid_atoms")
+        check_grid("scan.grid_values", scan.grid_values, "list of values")
         for atoms, values in zip(scan.grid_atoms, scan.grid_values, strict=True):
-            check_atoms("scan.grid_atoms", atoms, (2, 3))
             check_values("scan.grid_values", values, len(atoms) == 3)
     elif scan.kind == "adaptive":
-        if scan.grid_atoms is None or scan.ranges is None:
-            missing = "scan.grid_atoms" if scan.grid_atoms is None else "scan.ranges"
-            raise fail(missing, "missing required key")
-        if not scan.grid_atoms or len(scan.grid_atoms) != len(scan.ranges):
-            raise fail("scan.ranges", "need one [start, stop, count] per entry of grid_atoms")
+        check_grid("scan.ranges", scan.ranges, "[start, stop, count]")
         for atoms, (start, stop, count) in zip(scan.grid_atoms, scan.ranges, strict=True):
-            check_atoms("scan.grid_atoms", atoms, (2, 3))
             check_values("scan.ranges", [start, stop], len(atoms) == 3)
             if count < 2:
                 raise fail("scan.ranges", f"count must be >= 2, got {count}")
