@@ -7,10 +7,10 @@ only its first ``--short`` evaluation steps (with its blocking error bar over th
 so that half of the labels are several times noisier, as they are when a dataset joins
 runs of different lengths. Both fits (``nnqmc.fit``, energies only) see the same labels;
 the score is held out: each interior geometry is predicted by a fit to all the others
-(leave one out; the ends stay in, or the score would be extrapolation), and the RMS and largest distance of those predictions to the exact energies are
-reported. Each
-scan directory (``scan.reference`` required) is one seed; ``--splits`` random choices of
-which half is short are averaged.
+(leave one out; the ends stay in, or the score would be extrapolation), and the RMS and
+largest distance of those predictions to the exact energies are reported. Each scan
+directory (``scan.reference`` required) is one seed; ``--splits`` random choices of which
+half is short are averaged.
 
     nnqmc scan systems/h2_scan_dense.toml --out runs/h2_dense
     nnqmc scan systems/h2_scan_dense.toml --out runs/h2_dense_s1 --set train.seed=1
