@@ -330,6 +330,13 @@ def hf_hessian(molecule: Molecule, basis: str) -> tuple[np.ndarray, np.ndarray]:
     return hessian.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n), np.asarray(mol.atom_mass_list())
 
 
+def hf_energy_forces(molecule: Molecule, basis: str) -> tuple[float, np.ndarray]:
+    """The HF energy (hartree) and forces -dE/dR (N, 3) in hartree/bohr of the molecular
+    Hamiltonian (RHF closed shell, else UHF), e.g. for datasets that need exact labels."""
+    _, mf = _reference_mean_field(molecule, basis)
+    return float(mf.e_tot), -np.asarray(mf.nuc_grad_method().kernel(), np.float64)
+
+
 def ccsd_t_energy(molecule: Molecule, basis: str) -> float:
     """Total CCSD(T) energy (hartree) of the molecular Hamiltonian, on an RHF (closed shell)
     or UHF reference."""

@@ -367,16 +367,27 @@ def _run_adaptive(
     """Choose and run rows one at a time (:mod:`nnqmc.pes.adaptive`) until the fit is
     certain enough or the budget is spent. The fit of the finished rows is saved as
     ``forcefield.h5`` in the scan directory at each choice and once more at the end."""
-    from .adaptive import next_row, selection_count
+    from .adaptive import next_row, rows_with, selection_count
 
     scan = config.scan
-    predict_std = _fitted_std(scan_dir, log)
+    fitted = [0]  # finished rows in the saved fit
+
+    def predict_std(data: Dataset, rows: np.ndarray) -> np.ndarray | None:
+        from ..fit import predict
+
+        model = _fit_and_save(data, scan_dir, log)
+        if model is None:
+            return None
+        fitted[0] = len(rows_with(data, "done"))
+        return predict(model, data.positions[rows])[2]
+
     while True:
         choice = next_row(data, scan.initial, scan.target, scan.budget, predict_std)
         if choice.row is None:
             log(f"adaptive scan stops: {choice.reason}")
-            if sum(data.status(k) == "done" for k in range(data.n)) >= 2:
-                predict_std(data, np.arange(data.n))  # the last geometry into the saved fit
+            done = len(rows_with(data, "done"))
+            if done >= 2 and done != fitted[0]:
+                _fit_and_save(data, scan_dir, log)  # the last geometry into the saved fit
             return
         k = choice.row
         order = int(data.columns["selection"][k])
@@ -398,24 +409,19 @@ def _run_adaptive(
         )
 
 
-def _fitted_std(scan_dir: Path, log: Log):
-    """The predictor :func:`nnqmc.pes.adaptive.next_row` asks for: fit the finished rows
-    (energies and forces, each with its error bar as noise; symmetric under permutations of
-    identical atoms where there are at most ``MAX_PERMUTATIONS``), save the model as
-    :data:`FORCEFIELD`, and return its predictive std of the energy at ``rows``; None, with
-    the reason logged, if the rows cannot be fitted (the scan then spreads out instead)."""
+def _fit_and_save(data: Dataset, scan_dir: Path, log: Log):
+    """The force field of the finished rows (energies and forces, each with its error bar as
+    noise; symmetric under permutations of identical atoms where there are at most
+    ``MAX_PERMUTATIONS``), saved as :data:`FORCEFIELD`; None, with the reason logged, if
+    they cannot be fitted (the adaptive scan then spreads out instead)."""
+    from ..fit import FitError, FitOptions, fit, save_model, training_set
+    from ..fit.descriptor import MAX_PERMUTATIONS, permutation_count
 
-    def predict_std(data: Dataset, rows: np.ndarray) -> np.ndarray | None:
-        from ..fit import FitError, FitOptions, fit, predict, save_model, training_set
-        from ..fit.descriptor import MAX_PERMUTATIONS, permutation_count
-
-        symmetric = permutation_count(data.atomic_numbers) <= MAX_PERMUTATIONS
-        try:
-            model = fit(training_set(data), FitOptions(symmetric=symmetric))
-        except FitError as err:
-            log(f"warning: no force field from the finished geometries ({err})")
-            return None
-        save_model(scan_dir / FORCEFIELD, model)
-        return predict(model, data.positions[rows])[2]
-
-    return predict_std
+    symmetric = permutation_count(data.atomic_numbers) <= MAX_PERMUTATIONS
+    try:
+        model = fit(training_set(data), FitOptions(symmetric=symmetric))
+    except FitError as err:
+        log(f"warning: no force field from the finished geometries ({err})")
+        return None
+    save_model(scan_dir / FORCEFIELD, model)
+    return model

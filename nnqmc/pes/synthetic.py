@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..molecule import ELEMENTS, Molecule
 from .dataset import Dataset, new_dataset, write_dataset
 
 # Near-equilibrium geometries in bohr (RHF/STO-3G-like; the exact minimum does not matter).
@@ -30,17 +31,13 @@ def rhf_energy_forces(
     atomic_numbers: Sequence[int], positions: np.ndarray, basis: str = "sto-3g"
 ) -> tuple[float, np.ndarray]:
     """RHF energy (hartree) and forces -dE/dR (hartree/bohr) at ``positions`` (bohr)."""
-    from pyscf import gto, lib, scf
+    from pyscf import lib
 
-    atoms = [(int(z), tuple(map(float, r))) for z, r in zip(atomic_numbers, positions, strict=True)]
-    mol = gto.M(atom=atoms, unit="Bohr", basis=basis, verbose=0)
+    from ..scf import hf_energy_forces
+
+    molecule = Molecule(tuple(ELEMENTS[int(z) - 1] for z in atomic_numbers), positions)
     with lib.with_omp_threads(1):  # tiny molecules: threads only contend
-        mf = scf.RHF(mol)
-        energy = mf.kernel()
-        if not mf.converged:
-            raise RuntimeError("RHF did not converge")
-        gradient = mf.nuc_grad_method().kernel()
-    return float(energy), -np.asarray(gradient, np.float64)
+        return hf_energy_forces(molecule, basis)
 
 
 def displaced_geometries(
