@@ -448,6 +448,9 @@ def test_h2_scan_reaches_the_exact_curve_and_its_slope(tmp_path):
         "train.steps=600",
         "scan.steps=200",
         "eval.steps=300",
+        # float64, as this test was set up: in mixed precision (the default now) one of two
+        # fresh-clone runs put atom 1's F_z at 1.4 bohr 3.2 sigma off, the other passed
+        "precision=float64",
     ]
     data = run_scan(load_config(path, overrides), path.read_text(), tmp_path)
     for k in range(data.n):
