@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .executables import StoredProgram
 from .external import standard_observables
 from .optimize import AXIS
 from .run_setup import Run
@@ -79,6 +80,12 @@ def _shared(run: Run, name: Hashable, make: Callable[[], Callable[..., Any]]) ->
     return functools.partial(program, geometry)
 
 
+def _disk_key(run: Run, name: str) -> Hashable | None:
+    """What names ``run``'s step ``name`` on disk (:mod:`nnqmc.executables`): its program
+    key, which says all the trace depends on besides code and versions; None without one."""
+    return None if run.program_key is None else (run.program_key, name)
+
+
 def train_program(run: Run) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """``step(state, keys, lr_scale=1.0) -> (state, stats)``: :func:`nnqmc.train.train_step`
     with the run's settings on every device."""
@@ -101,7 +108,9 @@ def train_program(run: Run) -> Callable[..., tuple[TrainState, dict[str, jax.Arr
             )
             return one(state, key, lr_scale)
 
-        pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, None))
+        pmapped = StoredProgram(
+            jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, None)), _disk_key(run, "train")
+        )
 
         def run_step(geometry, state: TrainState, keys: jax.Array, lr_scale: float = 1.0):
             return pmapped(geometry, state, keys, jnp.asarray(lr_scale, jnp.float64))
@@ -128,7 +137,9 @@ def burn_in_program(run: Run) -> Callable[..., tuple[jax.Array, jax.Array, jax.A
             )
             return one(params, walkers, width, key)
 
-        return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, 0, 0))
+        return StoredProgram(
+            jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, 0, 0)), _disk_key(run, "burn-in")
+        )
 
     return _shared(run, "burn-in", make)
 
@@ -173,7 +184,8 @@ def eval_program(
             )
             return one(params, walkers, width, key)
 
-        return jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, 0, 0))
+        stored = _disk_key(run, "eval") if extra is None else None
+        return StoredProgram(jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, 0, 0)), stored)
 
     if isinstance(extra, dict) and extra:
         return _shared(dataclasses.replace(run, program_key=None), "eval", make)

@@ -21,6 +21,7 @@ from nnqmc import programs
 from nnqmc.cli import main
 from nnqmc.compile_cache import cache_directory
 from nnqmc.config import config_from_dict
+from nnqmc.io import read_table
 from nnqmc.parallel import device_keys, replicate, scatter_walkers
 from nnqmc.pes import read_dataset
 from nnqmc.pes import scan as scan_module
@@ -182,3 +183,43 @@ def test_a_second_process_loads_its_programs_from_the_cache(tmp_path):
         hits.append(json.loads(out.stdout.strip().splitlines()[-1])["hits"])
     assert hits[1] >= hits[0] + 3, hits  # at least burn-in, training and evaluation
     assert any((tmp_path / "cache").iterdir())
+
+
+def test_a_second_process_loads_its_steps_whole_and_repeats_the_run_bitwise(tmp_path):
+    """With the executable store on (nnqmc.executables), the second process traces none of
+    burn-in, training and evaluation: it loads them, and its run is the first one's."""
+    config = tmp_path / "h2.toml"
+    config.write_text(H2.split("[scan]")[0])
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import nnqmc
+        from nnqmc import executables
+        from nnqmc.config import load_config
+        result = nnqmc.api.run(load_config({str(config)!r}), sys.argv[1])
+        print(json.dumps({{"loaded": executables.loaded(), "energy": result["energy"]}}))
+        """
+    )
+    env = {
+        **os.environ,
+        "NNQMC_COMPILATION_CACHE": str(tmp_path / "cache"),
+        "NNQMC_EXECUTABLES": "on",
+    }
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    runs = []
+    for k in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / f"run{k}")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert runs[0]["loaded"] == 0 and runs[1]["loaded"] >= 3, runs
+    assert runs[1]["energy"] == runs[0]["energy"]
+    for name in ("train.h5", "eval.h5"):
+        a = np.asarray(read_table(tmp_path / "run0" / name)["energy"])
+        b = np.asarray(read_table(tmp_path / "run1" / name)["energy"])
+        np.testing.assert_array_equal(a, b)

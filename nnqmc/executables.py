@@ -1,0 +1,232 @@
+"""Traced steps kept on disk, so that a later process skips tracing them.
+
+The persistent compilation cache (:mod:`nnqmc.compile_cache`) saves XLA's compilation, but
+a new process still traces its steps in Python before it can look them up: for LiH that is
+most of the time to the first training step (the forward Laplacian alone runs hundreds of
+small eager computations while it is traced). A :class:`StoredProgram` runs its step
+through :mod:`jax.export`: the step's StableHLO is exported once and serialized under a
+digest of everything the trace depends on:
+
+- the caller's key (:attr:`nnqmc.run_setup.Run.program_key` and the step's name);
+- the arguments' tree, shapes and dtypes;
+- nnqmc's own source, byte for byte;
+- the versions of JAX, jaxlib, folx, optax and NumPy, the devices, ``XLA_FLAGS`` and the
+  JAX settings that change a trace.
+
+A process that finds the digest deserializes the module instead of tracing, and its
+compilation comes from the compilation cache. Every process runs the exported module,
+loaded or not, so a loaded step gives bit-identical results. (Compiled executables
+themselves are not kept: one that XLA:CPU loaded from the compilation cache serializes
+incomplete.)
+
+The files live in ``executables/`` inside the compilation cache directory and follow its
+switch (``NNQMC_COMPILATION_CACHE=off``: none are kept); ``NNQMC_EXECUTABLES=off``
+switches off this store alone. At most :data:`MAX_FILES` are kept, the least recently used
+go first. Runs on several devices or processes call their steps as they are (an export is
+bound to its device count), as do steps with host callbacks (not exportable).
+
+The digest sees nnqmc's files, not code changed at run time: a Python session that
+monkeypatches nnqmc's physics should set ``NNQMC_EXECUTABLES=off`` (the test suite does).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pickle
+from collections.abc import Callable, Hashable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .compile_cache import OFF
+
+__all__ = ["MAX_FILES", "StoredProgram", "loaded", "store_directory"]
+
+MAX_FILES = 64
+SUFFIX = ".nnqmc-exe"
+_PACKAGES = ("jax", "jaxlib", "folx", "optax", "numpy")
+_loaded = 0
+
+
+def loaded() -> int:
+    """How many executables this process has loaded from disk (for tests and benches)."""
+    return _loaded
+
+
+def store_directory(
+    environ: Mapping[str, str] = os.environ, cache: str | None = None
+) -> Path | None:
+    """``executables/`` in the compilation cache directory (``cache``, by default the one in
+    use); None if the cache is off, ``NNQMC_EXECUTABLES=off`` or this is one process of
+    several."""
+    base = cache if cache is not None else jax.config.jax_compilation_cache_dir
+    switch = environ.get("NNQMC_EXECUTABLES", "on").strip().lower()
+    if not base or switch in OFF or jax.process_count() > 1:
+        return None
+    return Path(base) / "executables"
+
+
+@functools.cache
+def _source_digest() -> str:
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def _environment() -> tuple[Any, ...]:
+    devices = jax.local_devices()
+    return (
+        tuple((p, _version(p)) for p in _PACKAGES),
+        tuple((d.platform, d.device_kind) for d in devices),
+        os.environ.get("XLA_FLAGS", ""),
+        jax.config.jax_enable_x64,
+        str(jax.config.jax_default_matmul_precision),
+        _source_digest(),
+    )
+
+
+def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    shapes = []
+    for x in leaves:
+        aval = jax.typeof(x) if isinstance(x, jax.Array) else jnp.asarray(x).aval
+        shapes.append((aval.shape, str(aval.dtype), bool(getattr(aval, "weak_type", False))))
+    return (str(tree), tuple(shapes))
+
+
+@functools.cache
+def _register_linear_algebra() -> None:
+    """Lower (not run) the linear algebra the steps use, so that JAX registers its lazily
+    set-up LAPACK / solver kernels; an executable loaded before that crashes on its first
+    factorization."""
+
+    def kernels(a: jax.Array) -> Any:
+        s = a @ a.T + jnp.eye(3, dtype=a.dtype)
+        c = jnp.linalg.cholesky(s)
+        return (
+            c,
+            jnp.linalg.eigh(s),
+            jnp.linalg.slogdet(a),
+            jnp.linalg.qr(a),
+            jnp.linalg.svd(a),
+            jax.scipy.linalg.solve_triangular(c, a, lower=True),
+        )
+
+    for dtype in (jnp.float32, jnp.float64):
+        jax.jit(kernels).lower(jax.ShapeDtypeStruct((3, 3), dtype))
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _prune(directory: Path, keep: int = MAX_FILES) -> None:
+    files = sorted(directory.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime)
+    for path in files[: max(len(files) - keep, 0)]:
+        path.unlink(missing_ok=True)
+
+
+class StoredProgram:
+    """``fn`` (a step ``jax.pmap``ped over one device), run through its exported StableHLO
+    (:mod:`jax.export`): exported once per argument signature, or loaded from
+    :func:`store_directory` under a digest of ``key``, the signature and the environment,
+    and compiled through JAX's compilation cache. ``key=None`` keeps nothing on disk (the
+    key would not say what the trace depends on).
+
+    With several devices or processes, or where a step cannot be exported (host
+    callbacks), ``fn`` is called as it is."""
+
+    def __init__(self, fn: Callable[..., Any], key: Hashable | None) -> None:
+        self.fn = fn
+        self.key = key
+        self._calls: dict[tuple[Any, ...], Callable[..., Any]] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        if jax.local_device_count() != 1 or jax.process_count() > 1:
+            return self.fn(*args)
+        signature = _signature(args)
+        call = self._calls.get(signature)
+        if call is None:
+            call = self._calls[signature] = self._load_or_export(args, signature)
+        if call is self.fn:
+            return call(*args)
+        return call(*jax.device_put(args, jax.local_devices()[0]))  # one placement: one program
+
+    def _path(self, signature: tuple[Any, ...]) -> Path | None:
+        directory = store_directory()
+        if directory is None or self.key is None:
+            return None
+        digest = hashlib.sha256(repr((self.key, signature, _environment())).encode())
+        return directory / f"{digest.hexdigest()}{SUFFIX}"
+
+    def _load_or_export(
+        self, args: tuple[Any, ...], signature: tuple[Any, ...]
+    ) -> Callable[..., Any]:
+        global _loaded
+        path = self._path(signature)
+        if path is not None and path.exists():
+            try:
+                _register_linear_algebra()
+                module, out_tree = pickle.loads(path.read_bytes())
+                exported = jax.export.deserialize(bytearray(module))
+                os.utime(path)
+                _loaded += 1
+                return _flat_call(exported, out_tree)
+            except Exception:  # noqa: BLE001 - a stale or damaged file is traced anew
+                path.unlink(missing_ok=True)
+        leaves, in_tree = jax.tree_util.tree_flatten(args)
+        out_trees = []
+
+        def flat(*leaves: Any) -> list[Any]:  # flat in and out: custom pytrees stay here
+            out_leaves, out_tree = jax.tree_util.tree_flatten(
+                self.fn(*jax.tree_util.tree_unflatten(in_tree, leaves))
+            )
+            out_trees.append(out_tree)
+            return out_leaves
+
+        try:
+            exported = jax.export.export(jax.jit(flat), platforms=[jax.default_backend()])(*leaves)
+        except Exception:  # noqa: BLE001 - not exportable (host callbacks): run it as it is
+            return self.fn
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                data = pickle.dumps((bytes(exported.serialize()), out_trees[0]))
+                _write_atomically(path, data)
+                _prune(path.parent)
+            except Exception:  # noqa: BLE001 - not storing costs the next process time only
+                pass
+        return _flat_call(exported, out_trees[0])
+
+
+def _flat_call(exported: Any, out_tree: Any) -> Callable[..., Any]:
+    """``exported`` (flat leaves in, flat leaves out) called on pytrees, jitted."""
+    call = jax.jit(exported.call)
+
+    def run(*args: Any) -> Any:
+        return jax.tree_util.tree_unflatten(out_tree, call(*jax.tree_util.tree_leaves(args)))
+
+    return run

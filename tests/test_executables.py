@@ -1,0 +1,100 @@
+"""Traced steps stored on disk (nnqmc.executables): a later process loads them
+instead of tracing, and nothing stale, damaged or unstorable is ever run from disk."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nnqmc import executables
+from nnqmc.executables import SUFFIX, StoredProgram
+
+
+def _step(g, state, lr):
+    """A pmapped step shaped like nnqmc's: broadcast geometry, a collective, a factorization."""
+    a = state["a"]
+    s = a @ a.T + g * jnp.eye(a.shape[0])
+    mean = jax.lax.pmean(jnp.sum(jnp.linalg.cholesky(s)), "d")
+    return {"a": state["a"] * lr + mean}, mean
+
+
+def _args():
+    a = np.arange(9.0).reshape(1, 3, 3) / 10
+    return jnp.float64(2.0), {"a": jnp.asarray(a)}, jnp.float64(0.5)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setattr(executables, "store_directory", lambda *a: tmp_path)
+    return tmp_path
+
+
+def _pmapped(fn=_step):
+    return jax.pmap(fn, axis_name="d", in_axes=(None, 0, None))
+
+
+def test_a_second_program_with_the_same_key_loads_the_traced_step_and_agrees_bitwise(store):
+    first = StoredProgram(_pmapped(), ("h2", "train"))
+    out = first(*_args())
+    assert len(list(store.glob(f"*{SUFFIX}"))) == 1
+    loaded = executables.loaded()
+    again = StoredProgram(_pmapped(), ("h2", "train"))
+    out_again = again(*_args())
+    assert executables.loaded() == loaded + 1
+    for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(out_again), strict=True):
+        np.testing.assert_array_equal(x, y)
+    state, _ = out_again
+    again(_args()[0], state, _args()[2])  # its own outputs back in: same executable
+    assert executables.loaded() == loaded + 1
+
+
+def test_another_key_or_other_shapes_trace_their_own(store):
+    StoredProgram(_pmapped(), ("h2", "train"))(*_args())
+    loaded = executables.loaded()
+    StoredProgram(_pmapped(), ("lih", "train"))(*_args())
+    g, state, lr = _args()
+    StoredProgram(_pmapped(), ("h2", "train"))(g, {"a": state["a"][:, :2]}, lr)
+    assert executables.loaded() == loaded
+    assert len(list(store.glob(f"*{SUFFIX}"))) == 3
+
+
+def test_a_damaged_file_is_traced_anew_and_replaced(store):
+    expected = StoredProgram(_pmapped(), ("h2", "train"))(*_args())
+    (path,) = store.glob(f"*{SUFFIX}")
+    path.write_bytes(b"not an executable")
+    loaded = executables.loaded()
+    out = StoredProgram(_pmapped(), ("h2", "train"))(*_args())
+    assert executables.loaded() == loaded
+    np.testing.assert_array_equal(out[1], expected[1])
+    assert path.read_bytes() != b"not an executable"
+
+
+def test_steps_with_host_callbacks_or_without_a_key_are_not_stored(store):
+    def with_callback(g, state, lr):
+        new, mean = _step(g, state, lr)
+        shape = jax.ShapeDtypeStruct((), mean.dtype)
+        return new, mean + jax.pure_callback(lambda x: np.zeros((), x.dtype), shape, mean)
+
+    out = StoredProgram(_pmapped(with_callback), ("h2", "poisoned"))(*_args())
+    StoredProgram(_pmapped(), None)(*_args())
+    assert np.isfinite(out[1]).all()
+    assert not list(store.glob(f"*{SUFFIX}"))
+
+
+def test_the_store_follows_its_switch_and_the_compilation_cache(tmp_path):
+    where = executables.store_directory
+    assert where({}, str(tmp_path)) == tmp_path / "executables"
+    assert where({"NNQMC_EXECUTABLES": "on"}, str(tmp_path)) == tmp_path / "executables"
+    assert where({"NNQMC_EXECUTABLES": "off"}, str(tmp_path)) is None
+    assert where({}, "") is None  # compilation cache off
+
+
+def test_the_least_recently_used_files_go_first(tmp_path):
+    for k in range(5):
+        path = tmp_path / f"{k}{SUFFIX}"
+        path.write_bytes(b"x")
+        os.utime(path, (k, k))
+    executables._prune(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.glob(f"*{SUFFIX}")) == [f"3{SUFFIX}", f"4{SUFFIX}"]
