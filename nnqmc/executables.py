@@ -42,6 +42,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.api_util import shaped_abstractify
 
 from .compile_cache import OFF
 
@@ -102,11 +103,8 @@ def _environment() -> tuple[Any, ...]:
 
 def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
     leaves, tree = jax.tree_util.tree_flatten(args)
-    shapes = []
-    for x in leaves:
-        aval = jax.typeof(x) if isinstance(x, jax.Array) else jnp.asarray(x).aval
-        shapes.append((aval.shape, str(aval.dtype), bool(getattr(aval, "weak_type", False))))
-    return (str(tree), tuple(shapes))
+    avals = (shaped_abstractify(x) for x in leaves)
+    return (str(tree), tuple((a.shape, str(a.dtype), bool(a.weak_type)) for a in avals))
 
 
 @functools.cache
@@ -208,7 +206,7 @@ class StoredProgram:
             return out_leaves
 
         try:
-            exported = jax.export.export(jax.jit(flat), platforms=[jax.default_backend()])(*leaves)
+            exported = jax.export.export(jax.jit(flat))(*leaves)  # for the backend in use
         except Exception:  # noqa: BLE001 - not exportable (host callbacks): run it as it is
             return self.fn
         if path is not None:
