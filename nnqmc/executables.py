@@ -55,7 +55,7 @@ _loaded = 0
 
 
 def loaded() -> int:
-    """How many executables this process has loaded from disk (for tests and benches)."""
+    """How many traced steps this process has loaded from disk (for tests and benches)."""
     return _loaded
 
 
@@ -110,8 +110,8 @@ def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
 @functools.cache
 def _register_linear_algebra() -> None:
     """Lower (not run) the linear algebra the steps use, so that JAX registers its lazily
-    set-up LAPACK / solver kernels; an executable loaded before that crashes on its first
-    factorization."""
+    set-up LAPACK / solver kernels; a step loaded from disk lowers none of it itself, and its
+    program would crash on its first factorization."""
 
     def kernels(a: jax.Array) -> Any:
         s = a @ a.T + jnp.eye(3, dtype=a.dtype)
