@@ -3,7 +3,7 @@ import os
 import jax
 
 jax.config.update("jax_enable_x64", True)
-# Tests monkeypatch the physics; compiled steps stored on disk would not see it
+# Tests monkeypatch the physics; traced steps stored on disk would not see it
 # (nnqmc.executables). The tests of the store switch it on in their own processes.
 os.environ["NNQMC_EXECUTABLES"] = "off"
 
