@@ -101,6 +101,11 @@ def _environment() -> tuple[Any, ...]:
     )
 
 
+def _traced(args: tuple[Any, ...]) -> bool:
+    """Called inside a trace (``jax.eval_shape``, an outer ``jit``): nothing to export."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(args))
+
+
 def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
     leaves, tree = jax.tree_util.tree_flatten(args)
     avals = (shaped_abstractify(x) for x in leaves)
@@ -163,7 +168,7 @@ class StoredProgram:
         self._calls: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
     def __call__(self, *args: Any) -> Any:
-        if jax.local_device_count() != 1 or jax.process_count() > 1:
+        if jax.local_device_count() != 1 or jax.process_count() > 1 or _traced(args):
             return self.fn(*args)
         signature = _signature(args)
         call = self._calls.get(signature)

@@ -98,3 +98,12 @@ def test_the_least_recently_used_files_go_first(tmp_path):
         os.utime(path, (k, k))
     executables._prune(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.glob(f"*{SUFFIX}")) == [f"3{SUFFIX}", f"4{SUFFIX}"]
+
+
+def test_inside_a_trace_the_step_is_called_as_it_is_and_nothing_is_kept(store):
+    program = StoredProgram(_pmapped(), ("h2", "train"))
+    shapes = jax.eval_shape(program, *_args())
+    assert shapes[1].shape == (1,)
+    assert not program._calls and not list(store.glob(f"*{SUFFIX}"))
+    program(*_args())
+    assert len(program._calls) == 1 and len(list(store.glob(f"*{SUFFIX}"))) == 1
