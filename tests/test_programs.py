@@ -145,13 +145,32 @@ def test_the_cache_directory_follows_the_environment(tmp_path):
     assert cache_directory({"JAX_COMPILATION_CACHE_DIR": str(tmp_path)}) is None
 
 
-def test_a_second_process_loads_its_programs_from_the_cache(tmp_path):
-    """The same run in two processes: the second finds its compiled programs on disk."""
+def _in_two_processes(tmp_path, body: str, env: dict[str, str]) -> list[dict]:
+    """Run the H2 input twice, each in a new process sharing one cache directory: ``body``
+    runs it (``config``: its path, ``sys.argv[1]``: the run directory) and prints one JSON
+    line last, returned per process."""
     config = tmp_path / "h2.toml"
     config.write_text(H2.split("[scan]")[0])
-    script = textwrap.dedent(
-        f"""
-        import json, sys
+    script = f"import json, sys\nconfig = {str(config)!r}\n" + textwrap.dedent(body)
+    env = {**os.environ, "NNQMC_COMPILATION_CACHE": str(tmp_path / "cache"), **env}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    printed = []
+    for k in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / f"run{k}")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        printed.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return printed
+
+
+def test_a_second_process_loads_its_programs_from_the_cache(tmp_path):
+    """The same run in two processes: the second finds its compiled programs on disk."""
+    body = """
         from jax import monitoring
         hits = []
         monitoring.register_event_listener(
@@ -160,63 +179,26 @@ def test_a_second_process_loads_its_programs_from_the_cache(tmp_path):
         )
         import nnqmc
         from nnqmc.config import load_config
-        nnqmc.api.run(load_config({str(config)!r}), sys.argv[1])
-        print(json.dumps({{"hits": len(hits)}}))
+        nnqmc.api.run(load_config(config), sys.argv[1])
+        print(json.dumps({"hits": len(hits)}))
         """
-    )
-    env = {
-        **os.environ,
-        "NNQMC_COMPILATION_CACHE": str(tmp_path / "cache"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # these programs compile fast
-    }
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    hits = []
-    for k in range(2):
-        out = subprocess.run(
-            [sys.executable, "-c", script, str(tmp_path / f"run{k}")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert out.returncode == 0, out.stderr[-2000:]
-        hits.append(json.loads(out.stdout.strip().splitlines()[-1])["hits"])
+    env = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # these programs compile fast
+    hits = [p["hits"] for p in _in_two_processes(tmp_path, body, env)]
     assert hits[1] >= hits[0] + 3, hits  # at least burn-in, training and evaluation
     assert any((tmp_path / "cache").iterdir())
 
 
 def test_a_second_process_loads_its_steps_whole_and_repeats_the_run_bitwise(tmp_path):
-    """With the executable store on (nnqmc.executables), the second process traces none of
-    burn-in, training and evaluation: it loads them, and its run is the first one's."""
-    config = tmp_path / "h2.toml"
-    config.write_text(H2.split("[scan]")[0])
-    script = textwrap.dedent(
-        f"""
-        import json, sys
+    """With the store of traced steps on (nnqmc.executables), the second process traces none
+    of burn-in, training and evaluation: it loads them, and its run is the first one's."""
+    body = """
         import nnqmc
         from nnqmc import executables
         from nnqmc.config import load_config
-        result = nnqmc.api.run(load_config({str(config)!r}), sys.argv[1])
-        print(json.dumps({{"loaded": executables.loaded(), "energy": result["energy"]}}))
+        result = nnqmc.api.run(load_config(config), sys.argv[1])
+        print(json.dumps({"loaded": executables.loaded(), "energy": result["energy"]}))
         """
-    )
-    env = {
-        **os.environ,
-        "NNQMC_COMPILATION_CACHE": str(tmp_path / "cache"),
-        "NNQMC_EXECUTABLES": "on",
-    }
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    runs = []
-    for k in range(2):
-        out = subprocess.run(
-            [sys.executable, "-c", script, str(tmp_path / f"run{k}")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert out.returncode == 0, out.stderr[-2000:]
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    runs = _in_two_processes(tmp_path, body, {"NNQMC_EXECUTABLES": "on"})
     assert runs[0]["loaded"] == 0 and runs[1]["loaded"] >= 3, runs
     assert runs[1]["energy"] == runs[0]["energy"]
     for name in ("train.h5", "eval.h5"):
