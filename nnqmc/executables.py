@@ -10,8 +10,8 @@ digest of everything the trace depends on:
 - the caller's key (:attr:`nnqmc.run_setup.Run.program_key` and the step's name);
 - the arguments' tree, shapes and dtypes;
 - nnqmc's own source, byte for byte;
-- the versions of JAX, jaxlib, folx, optax and NumPy, the devices, ``XLA_FLAGS`` and the
-  JAX settings that change a trace.
+- the versions of JAX, jaxlib, folx, optax, NumPy and PySCF, the devices, ``XLA_FLAGS``, x64 and the
+  default matmul precision.
 
 A process that finds the digest deserializes the module instead of tracing, and its
 compilation comes from the compilation cache. Every process runs the exported module,
@@ -50,7 +50,7 @@ __all__ = ["MAX_FILES", "StoredProgram", "loaded", "store_directory"]
 
 MAX_FILES = 64
 SUFFIX = ".nnqmc-exe"
-_PACKAGES = ("jax", "jaxlib", "folx", "optax", "numpy")
+_PACKAGES = ("jax", "jaxlib", "folx", "optax", "numpy", "pyscf")
 _loaded = 0
 
 

@@ -11,6 +11,7 @@ of a scan with the same atoms, basis and settings runs the same compiled program
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -214,6 +215,17 @@ def physics_builder(
     return build
 
 
+def _basis_digest(basis: Any) -> str:
+    """The basis set's contents (shell centres, l, exponents, contractions): the steps carry
+    them as constants, and a basis given by name or file can change under the same name."""
+    h = hashlib.sha256()
+    for shell in basis.shells:
+        h.update(repr((shell.center, shell.l)).encode())
+        h.update(np.asarray(shell.exponents, np.float64).tobytes())
+        h.update(np.asarray(shell.coeffs, np.float64).tobytes())
+    return h.hexdigest()
+
+
 def program_key(config: Config, molecule: Molecule, scf: SCFResult, geometry: Any) -> Hashable:
     """What the compiled steps of a run depend on besides the geometry arrays' values: the
     settings (but not step counts, seeds or the geometry), the atoms, the occupations and
@@ -229,6 +241,7 @@ def program_key(config: Config, molecule: Molecule, scf: SCFResult, geometry: An
         cfg.eval.dipole,
         repr(cfg.hamiltonian),
         cfg.system.basis if cfg.system is not None else None,
+        _basis_digest(scf.basis),
         tuple(np.asarray(molecule.charges, np.float64).tolist()),
         molecule.n_up,
         molecule.n_down,
