@@ -101,13 +101,7 @@ def _environment() -> tuple[Any, ...]:
     )
 
 
-def _traced(args: tuple[Any, ...]) -> bool:
-    """Called inside a trace (``jax.eval_shape``, an outer ``jit``): nothing to export."""
-    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(args))
-
-
-def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    leaves, tree = jax.tree_util.tree_flatten(args)
+def _signature(leaves: list[Any], tree: Any) -> tuple[Any, ...]:
     avals = (shaped_abstractify(x) for x in leaves)
     return (str(tree), tuple((a.shape, str(a.dtype), bool(a.weak_type)) for a in avals))
 
@@ -168,15 +162,18 @@ class StoredProgram:
         self._calls: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
     def __call__(self, *args: Any) -> Any:
-        if jax.local_device_count() != 1 or jax.process_count() > 1 or _traced(args):
+        if jax.local_device_count() != 1 or jax.process_count() > 1:
             return self.fn(*args)
-        signature = _signature(args)
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):  # inside a trace: no export
+            return self.fn(*args)
+        signature = _signature(leaves, tree)
         call = self._calls.get(signature)
         if call is None:
-            call = self._calls[signature] = self._load_or_export(args, signature)
+            call = self._calls[signature] = self._load_or_export(leaves, tree, signature)
         if call is self.fn:
             return call(*args)
-        return call(*jax.device_put(args, jax.local_devices()[0]))  # one placement: one program
+        return call(jax.device_put(leaves, jax.local_devices()[0]))  # one placement: one program
 
     def _path(self, signature: tuple[Any, ...]) -> Path | None:
         directory = store_directory()
@@ -186,8 +183,10 @@ class StoredProgram:
         return directory / f"{digest.hexdigest()}{SUFFIX}"
 
     def _load_or_export(
-        self, args: tuple[Any, ...], signature: tuple[Any, ...]
+        self, leaves: list[Any], in_tree: Any, signature: tuple[Any, ...]
     ) -> Callable[..., Any]:
+        """``leaves -> outputs``: the step loaded from disk, or exported (and stored); or
+        ``fn`` itself where it cannot be exported."""
         global _loaded
         path = self._path(signature)
         if path is not None and path.exists():
@@ -200,7 +199,6 @@ class StoredProgram:
                 return _flat_call(exported, out_tree)
             except Exception:  # noqa: BLE001 - a stale or damaged file is traced anew
                 path.unlink(missing_ok=True)
-        leaves, in_tree = jax.tree_util.tree_flatten(args)
         out_trees = []
 
         def flat(*leaves: Any) -> list[Any]:  # flat in and out: custom pytrees stay here
@@ -225,11 +223,8 @@ class StoredProgram:
         return _flat_call(exported, out_trees[0])
 
 
-def _flat_call(exported: Any, out_tree: Any) -> Callable[..., Any]:
-    """``exported`` (flat leaves in, flat leaves out) called on pytrees, jitted."""
+def _flat_call(exported: Any, out_tree: Any) -> Callable[[list[Any]], Any]:
+    """``leaves -> outputs``: ``exported`` (flat leaves in and out), jitted, its outputs
+    rebuilt as ``out_tree``."""
     call = jax.jit(exported.call)
-
-    def run(*args: Any) -> Any:
-        return jax.tree_util.tree_unflatten(out_tree, call(*jax.tree_util.tree_leaves(args)))
-
-    return run
+    return lambda leaves: jax.tree_util.tree_unflatten(out_tree, call(*leaves))

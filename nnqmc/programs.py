@@ -49,7 +49,8 @@ _built = 0
 
 
 def compilations() -> int:
-    """How many step programs this process has built (each is traced and compiled once)."""
+    """How many step programs this process has built (each traced, or loaded from disk, and
+    compiled once)."""
     return _built
 
 
@@ -58,11 +59,18 @@ def clear() -> None:
     _PROGRAMS.clear()
 
 
+def _key(run: Run, name: Hashable) -> Hashable | None:
+    """What names ``run``'s step ``name``, in this process and on disk
+    (:mod:`nnqmc.executables`): its program key, which says what the trace depends on
+    besides code and versions, and the name; None without a program key."""
+    return None if run.program_key is None else (run.program_key, name)
+
+
 def _shared(run: Run, name: Hashable, make: Callable[[], Callable[..., Any]]) -> Callable:
     """The program ``name`` of runs shaped like ``run``, built by ``make`` if new; bound to
     ``run``'s geometry. Runs without a program key get a program of their own."""
     global _built
-    key = None if run.program_key is None else (run.program_key, name)
+    key = _key(run, name)
     program = _PROGRAMS.get(key) if key is not None else None
     if program is None:
         program = make()
@@ -78,12 +86,6 @@ def _shared(run: Run, name: Hashable, make: Callable[[], Callable[..., Any]]) ->
     else:
         geometry = jax.tree_util.tree_map(jnp.asarray, run.geometry)
     return functools.partial(program, geometry)
-
-
-def _disk_key(run: Run, name: str) -> Hashable | None:
-    """What names ``run``'s step ``name`` on disk (:mod:`nnqmc.executables`): its program
-    key, which says all the trace depends on besides code and versions; None without one."""
-    return None if run.program_key is None else (run.program_key, name)
 
 
 def train_program(run: Run) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
@@ -109,7 +111,7 @@ def train_program(run: Run) -> Callable[..., tuple[TrainState, dict[str, jax.Arr
             return one(state, key, lr_scale)
 
         pmapped = StoredProgram(
-            jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, None)), _disk_key(run, "train")
+            jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, None)), _key(run, "train")
         )
 
         def run_step(geometry, state: TrainState, keys: jax.Array, lr_scale: float = 1.0):
@@ -138,7 +140,7 @@ def burn_in_program(run: Run) -> Callable[..., tuple[jax.Array, jax.Array, jax.A
             return one(params, walkers, width, key)
 
         return StoredProgram(
-            jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, 0, 0)), _disk_key(run, "burn-in")
+            jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, 0, 0)), _key(run, "burn-in")
         )
 
     return _shared(run, "burn-in", make)
@@ -184,7 +186,7 @@ def eval_program(
             )
             return one(params, walkers, width, key)
 
-        stored = _disk_key(run, "eval") if extra is None else None
+        stored = _key(run, "eval") if extra is None else None
         return StoredProgram(jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0, 0, 0)), stored)
 
     if isinstance(extra, dict) and extra:
