@@ -26,12 +26,13 @@ from .runner import (
     run,
     summarize,
 )
-from .train import WaveObservable
+from .train import NuclearObservable, WaveObservable
 
 __all__ = [
     "DMCResult",
     "EvalResult",
     "Interrupted",
+    "NuclearObservable",
     "Progress",
     "Run",
     "RunError",

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from .executables import StoredProgram
 from .external import standard_observables
 from .optimize import AXIS
-from .run_setup import Run
-from .train import TrainState, eval_step, sample_step, train_step
+from .run_setup import Run, with_nuclei
+from .train import NucleiLogPsi, TrainState, eval_step, sample_step, train_step
 
 __all__ = [
     "ObservablesOf",
@@ -159,6 +159,18 @@ def observables_of(run: Run, extra: dict[str, Any] | ObservablesOf | None) -> Ob
     return of
 
 
+def _nuclei(physics_of: Callable[[Any], Any], geometry: Any) -> tuple[Any, NucleiLogPsi] | None:
+    """The nuclei of a molecular run's geometry and ``(params, coords, r) -> log|psi|``
+    with them moved to ``coords`` (:func:`~nnqmc.run_setup.with_nuclei`); None without."""
+    if not (isinstance(geometry, dict) and "coords" in geometry):
+        return None
+
+    def log_psi_at(params: Any, coords: jax.Array, r: jax.Array) -> jax.Array:
+        return physics_of(with_nuclei(geometry, coords)).ansatz.log_psi(params, r)
+
+    return geometry["coords"], log_psi_at
+
+
 def eval_program(
     run: Run, extra: dict[str, Any] | ObservablesOf | None = None
 ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
@@ -183,6 +195,7 @@ def eval_program(
                 chunk=cfg.train.local_energy_chunk,
                 observables=of(physics.hamiltonian),
                 step_scale=physics.step_scale,
+                nuclei=_nuclei(physics_of, geometry),
             )
             return one(params, walkers, width, key)
 

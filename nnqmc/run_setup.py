@@ -41,6 +41,7 @@ __all__ = [
     "initial_walkers",
     "precision_dtype",
     "prepare",
+    "with_nuclei",
 ]
 
 # Keys of the independent random streams of one run, all folded into the seed's key; a new
@@ -187,6 +188,15 @@ def geometry_arrays(
         "constant": np.float64(hamiltonian.constant_energy),
         "orbitals": slater_arrays(scf, molecule.charges, cusp=config.ansatz.cusp_correction),
     }
+
+
+def with_nuclei(geometry: dict[str, Any], coords: Any) -> dict[str, Any]:
+    """:func:`geometry_arrays`' output with the nuclei, and the orbitals' centres with them,
+    at ``coords`` (n_atoms, 3); MO and cusp coefficients and the constant energy unchanged.
+    Differentiating the ansatz built from it with respect to ``coords`` gives
+    d log|psi|/dR at frozen parameters (the Pulay term of the forces)."""
+    orbitals = {spin: {**a, "centers": coords} for spin, a in geometry["orbitals"].items()}
+    return {**geometry, "coords": coords, "orbitals": orbitals}
 
 
 def physics_builder(

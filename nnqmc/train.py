@@ -27,6 +27,20 @@ class WaveObservable(NamedTuple):
     fn: Callable[[Callable[[jax.Array], jax.Array], jax.Array, jax.Array], jax.Array]
 
 
+class NuclearObservable(NamedTuple):
+    """An observable of one walker that also sees how the wavefunction moves with the
+    nuclei: ``fn(log_psi_at, coords, r, e_local) -> array`` with ``log_psi_at(c, r) ->
+    log|psi|`` for nuclei (and the orbitals' centres) at ``c`` (n_atoms, 3), at frozen
+    parameters, MO and cusp coefficients; ``coords`` are the run's nuclei (e.g. for the
+    Pulay term d log|psi|/dR of the forces). Needs a molecular run (:mod:`nnqmc.programs`)."""
+
+    fn: Callable[..., jax.Array]
+
+
+# ``(params, coords, r) -> log|psi|`` with the nuclei at ``coords`` (see NuclearObservable)
+NucleiLogPsi = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+
 class TrainState(NamedTuple):
     params: Any
     opt_state: Any
@@ -270,15 +284,24 @@ def eval_step(
     chunk: int | None = None,
     observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable] | None = None,
     step_scale: StepScale | None = None,
+    nuclei: tuple[jax.Array, NucleiLogPsi] | None = None,
 ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
     """One device's evaluation step ``(params, walkers, width, key) -> (walkers, stats)``.
 
     ``stats`` holds walker averages over all devices of the local energy, its square, and of
-    each observable (a function of one walker's positions, or a :class:`WaveObservable`).
+    each observable (a function of one walker's positions, a :class:`WaveObservable`, or a
+    :class:`NuclearObservable`, which needs ``nuclei``: the nuclear coordinates and the
+    log-amplitude as a function of them).
     """
+    observables = observables or {}
+    for name, fn in observables.items():
+        if isinstance(fn, NuclearObservable) and nuclei is None:
+            raise ValueError(
+                f"observable {name!r} needs the wavefunction as a function of the nuclei, "
+                "which only a molecular run provides"
+            )
     log_psi = batch_log_psi(ansatz)
     energies = batch_local_energy(ansatz, hamiltonian, engine, chunk)
-    observables = observables or {}
 
     def step(params, walkers, width, key):
         walkers, _, acceptance = sample(
@@ -297,9 +320,14 @@ def eval_step(
             "acceptance": jax.lax.pmean(acceptance, AXIS),
             "n_nonfinite": jax.lax.psum(jnp.sum(~jnp.isfinite(e)), AXIS),
         }
+        if nuclei is not None:
+            log_psi_at = lambda c, y: nuclei[1](params, c, y)
         for name, fn in observables.items():
             if isinstance(fn, WaveObservable):
                 one = lambda x, e_x, fn=fn: fn.fn(lambda y: ansatz.log_psi(params, y), x, e_x)
+                values = jax.vmap(one)(walkers, e)
+            elif isinstance(fn, NuclearObservable):
+                one = lambda x, e_x, fn=fn: fn.fn(log_psi_at, nuclei[0], x, e_x)
                 values = jax.vmap(one)(walkers, e)
             else:
                 values = jax.vmap(fn)(walkers)

@@ -17,7 +17,12 @@ from nnqmc.estimate import estimate
 from nnqmc.hamiltonian import MolecularHamiltonian
 from nnqmc.molecule import ANGSTROM, Molecule
 from nnqmc.pes import BOHR_ANGSTROM, HARTREE_EV, read_dataset
-from nnqmc.pes.forces import force_observables, forces_from_records, nuclear_forces
+from nnqmc.pes.forces import (
+    FORCE_TERMS,
+    force_observables,
+    forces_from_records,
+    nuclear_forces,
+)
 from nnqmc.pes.geometry import (
     angle,
     generate,
@@ -254,8 +259,9 @@ def test_nearest_finished_geometry_of_the_same_shard(tmp_path):
 # --------------------------------------------------------------------------- forces
 def test_forces_match_the_energy_derivative_on_h2():
     """R = 1 bohr, HF determinant (sto-3g). For the fixed psi the ZV estimator must equal
-    the finite difference of <H(R)> on the same samples; with the zero-bias term it must
-    reproduce the HF force of PySCF (which includes the Pulay force)."""
+    the finite difference of <H(R)> on the same samples; with the exact zero-bias term it
+    must reproduce the HF force of PySCF (which includes the Pulay force), within its error
+    bar; the Q approximation of that term only within 0.02 Ha/bohr."""
     from pyscf import gto, scf
 
     mol = Molecule(("H", "H"), np.array([[0, 0, 0], [0, 0, 1.0]]))
@@ -263,7 +269,7 @@ def test_forces_match_the_energy_derivative_on_h2():
         "f",
         molecule=mol,
         basis="sto-3g",
-        ansatz={"kind": "hf"},
+        ansatz={"kind": "hf", "cusp_correction": False},
         train={"steps": 1, "walkers": 512},
         sampler={"burn_in": 50},
         eval={"steps": 60, "dipole": False},
@@ -280,19 +286,87 @@ def test_forces_match_the_energy_derivative_on_h2():
             shifted.append(MolecularHamiltonian(mol.charges, c, 1, 1).potential(r))
         return -(shifted[0] - shifted[1]) / (2 * h)
 
-    obs = {**force_observables(mol.charges, mol.coords), "fd": finite_difference}
+    obs = {
+        **force_observables(mol.charges, mol.coords),
+        **force_observables(mol.charges, mol.coords, pulay=False),
+        "fd": finite_difference,
+    }
     ev = evaluate(run, start.params, start.walkers, start.width, observables=obs)
-    zv, zv_err = forces_from_records(ev.records, mol.charges, mol.coords, zero_bias=False)
+    q_records = {k: v for k, v in ev.records.items() if k != FORCE_TERMS}
+    zv, zv_err = forces_from_records(q_records, mol.charges, mol.coords, zero_bias=False)
+    zvq, zvq_err = forces_from_records(q_records, mol.charges, mol.coords, zero_bias=True)
     zvzb, zvzb_err = forces_from_records(ev.records, mol.charges, mol.coords, zero_bias=True)
     fd = np.asarray(ev.records["fd"])
     diff = estimate(fd - np.asarray(ev.records["force_zv"])[:, 1, 2] - 1.0)  # F_nn = +1
     assert abs(diff.mean) < 4 * diff.error
     assert zv_err[1, 2] < 0.2 * estimate(fd).error  # zero variance: far smaller error
     assert zv[1, 2] > 0.3 and np.allclose(zv[0], -zv[1], atol=5 * zv_err.max())  # repulsive
+    terms = np.asarray(ev.records[FORCE_TERMS])
+    assert np.allclose(terms[:, 0], ev.records["force_zv"], atol=1e-9)  # the same F^ZV
     m = gto.M(atom="H 0 0 0; H 0 0 1", unit="Bohr", basis="sto-3g", verbose=0)
-    exact = -scf.RHF(m).run().nuc_grad_method().kernel()[1, 2]  # 0.365 Ha/bohr
-    assert abs(zvzb[1, 2] - exact) < max(4 * zvzb_err[1, 2], 0.02)
+    exact = -scf.RHF(m).run().nuc_grad_method().kernel()  # atom 1, z: 0.365 Ha/bohr
+    assert np.all(np.abs(zvzb - exact) < 4 * zvzb_err + 1e-6), (zvzb, zvzb_err, exact)
+    assert abs(zvq[1, 2] - exact[1, 2]) < max(4 * zvq_err[1, 2], 0.02)
     assert nuclear_forces([1, 1], mol.coords)[1, 2] == pytest.approx(1.0)
+
+
+def _lih_trained_a_little():
+    """LiH (sto-3g, a small generalized ansatz) after a few SPRING steps: psi depends on the
+    nuclei through the AOs, the cusps, the envelopes and the network."""
+    mol = Molecule(("Li", "H"), np.array([[0.1, -0.2, 0.0], [0.3, 0.1, 3.0]]))
+    cfg = nnqmc.settings(
+        "lih",
+        molecule=mol,
+        basis="sto-3g",
+        precision="float64",
+        ansatz={"kind": "generalized", "embedding_dim": 8, "layers": 1, "n_rbf": 4},
+        train={"steps": 5, "walkers": 64},
+        sampler={"burn_in": 20},
+        eval={"steps": 40, "dipole": False},
+    )
+    run = prepare(cfg)
+    return mol, run, train(run)
+
+
+def test_the_pulay_term_follows_a_translation_of_the_whole_molecule():
+    """psi(r + a; R + a) = psi(r; R), so every walker has sum_I d log|psi|/dR_I =
+    -sum_i grad_i log|psi| to rounding: nothing of psi is left behind when the nuclei move.
+    And the exact zero-bias forces then sum to zero within their error bars."""
+    import jax
+    import jax.numpy as jnp
+
+    from nnqmc.api import NuclearObservable
+
+    mol, run, start = _lih_trained_a_little()
+
+    def translation(log_psi_at, coords, r, e_local):
+        g_nuclei, g_r = jax.grad(log_psi_at, argnums=(0, 1))(coords, r)
+        residual = jnp.abs(jnp.sum(g_nuclei, axis=0) + jnp.sum(g_r, axis=0))
+        return jnp.stack([residual, jnp.abs(jnp.sum(g_r, axis=0))])
+
+    obs = {
+        "translation": NuclearObservable(translation),
+        **force_observables(mol.charges, mol.coords),
+    }
+    ev = evaluate(run, start.params, start.walkers, start.width, observables=obs)
+    residual, scale = np.asarray(ev.records["translation"]).transpose(1, 0, 2)
+    assert np.all(scale > 0.05) and np.all(residual < 1e-9 * scale.max() + 1e-10), residual.max()
+
+    terms = np.asarray(ev.records[FORCE_TERMS]).sum(axis=2)  # summed over the nuclei
+    e_mean = float(np.mean(ev.records["energy"]))
+    total = terms[:, 0] - 2.0 * (terms[:, 2] - e_mean * terms[:, 1])  # F^nn sums to zero
+    for k in range(3):
+        total_k = estimate(total[:, k])
+        assert abs(total_k.mean) < 4 * total_k.error, (k, total_k)
+
+
+def test_a_nuclear_observable_needs_a_molecular_run():
+    from nnqmc.api import NuclearObservable
+    from nnqmc.train import eval_step
+
+    observables = {"x": NuclearObservable(lambda log_psi_at, coords, r, e: e)}
+    with pytest.raises(ValueError, match="a function of the nuclei"):
+        eval_step(None, None, sweeps=1, observables=observables)
 
 
 # --------------------------------------------------------------------------- scans
@@ -431,6 +505,7 @@ H2_EXACT = {
     4.0: -1.0163903,
 }
 H2_SLOPE = {1.0: -0.3227, 1.4: -0.0005, 1.6: 0.0531, 2.0: 0.0888, 3.0: 0.0623, 4.0: 0.0227}
+FORCE_BIAS = 0.1 / 51.422  # 0.1 eV/A in Ha/bohr
 
 
 @pytest.mark.slow
@@ -460,9 +535,12 @@ def test_h2_scan_reaches_the_exact_curve_and_its_slope(tmp_path):
         assert e - H2_EXACT[r] < 1e-3, (r, e, err)
         assert e > H2_EXACT[r] - 3 * err, (r, e, err)
         if r in (1.4, 2.0, 3.0):
+            # VMC forces carry a bias of the trained psi's error besides their error bar:
+            # up to 3.6 mHa/bohr (2.5 sigma) in docs/pes.md's two seeds; allow 0.1 eV/A
             force, force_err = data.columns["forces"][k], data.columns["forces_err"][k]
-            assert abs(force[1, 2] + H2_SLOPE[r]) < 3 * force_err[1, 2], (r, force, force_err)
-            assert abs(force[0, 2] - H2_SLOPE[r]) < 3 * force_err[0, 2], (r, force, force_err)
+            allowed = 3 * force_err[:, 2] + FORCE_BIAS
+            assert abs(force[1, 2] + H2_SLOPE[r]) < allowed[1], (r, force, force_err)
+            assert abs(force[0, 2] - H2_SLOPE[r]) < allowed[0], (r, force, force_err)
 
 
 @pytest.mark.parametrize("name", ["h2_scan", "h2_scan_dense"])

@@ -12,10 +12,20 @@ singular terms cancel and
     F_I^ZV = Z_I sum_i [grad_i log|psi| - u_i (u_i . grad_i log|psi|)] / |d_i|,
 
 an estimator with a 1/r singularity only (finite variance). Zero bias: for an approximate psi
-the exact derivative of the variational energy has the extra term
--2 <(E_L - E) d log psi/dR_I>, and d log psi/dR_I ~ Q_I near the nuclear cusps, so
+the derivative of the variational energy has the Pulay term -2 <(E_L - E) d log|psi|/dR_I>:
 
-    F_I^ZVZB = <F_I^ZV> - 2 (<E_L Q_I> - <E_L><Q_I>) + F_I^nn.
+    F_I = <F_I^ZV> - 2 (<E_L g_I> - <E_L><g_I>) + F_I^nn.
+
+In a molecular run ``g_I`` is the exact d log|psi|/dR_I at frozen parameters, MO and cusp
+coefficients (:data:`FORCE_TERMS`, the nuclei moved with the orbitals' centres: see
+:func:`nnqmc.run_setup.with_nuclei`), so F is the derivative of the variational energy of
+the frozen wavefunction; translating all nuclei leaves that energy unchanged, so the forces
+sum to zero within their errors. Near a node, d log|psi|/dR and E_L both grow as 1/d, which
+gives (E_L - E) g an infinite variance; following Pathak & Wagner (AIP Adv. 10, 085213
+(2020)) g is multiplied by f(d/eps) = 9x^2 - 15x^4 + 7x^6 (x < 1; 1 beyond) with d =
+1/|grad log|psi|| the distance to the node to first order and eps = :data:`NODE_EPSILON`.
+Without the wavefunction's nuclear dependence (:func:`force_observables` with ``pulay =
+False``), ``g_I`` is approximated by ``Q_I``, exact only at the nuclear cusps.
 
 The per-walker quantities are observables of :func:`nnqmc.evaluate`; :func:`forces_from_records`
 combines the per-step averages into the force and its blocking error.
@@ -31,12 +41,15 @@ import numpy as np
 
 from ..estimate import estimate
 from ..hamiltonian import Hamiltonian, nuclei, positions
-from ..train import WaveObservable
+from ..train import NuclearObservable, WaveObservable
 
 # Observable names in eval.h5 (per step: walker averages, each (n_atoms, 3)).
 FORCE_ZV = "force_zv"
 FORCE_Q = "force_q"
 FORCE_EQ = "force_eq"
+# (3, n_atoms, 3) per step: F^ZV, g and E_L g, with g the regularised d log|psi|/dR
+FORCE_TERMS = "force_terms"
+NODE_EPSILON = 0.01  # bohr; the node regularisation's width in d = 1/|grad log|psi||
 
 
 def nuclear_forces(charges: np.ndarray, coords: np.ndarray) -> np.ndarray:
@@ -72,10 +85,43 @@ def zv_force(
     return charges[:, None] * jnp.sum((g - u * along) / dist[..., None], axis=1)
 
 
-def force_observables(charges: np.ndarray, coords: np.ndarray) -> dict[str, Any]:
-    """The observables :func:`forces_from_records` needs: F^ZV, Q and E_L Q per walker."""
+def node_factor(grad_log_psi: jax.Array, epsilon: float = NODE_EPSILON) -> jax.Array:
+    """Pathak–Wagner f(d/eps) with d = 1/|grad log|psi|| (all electrons): 1 away from the
+    nodes, 9 (d/eps)^2 to leading order as d -> 0."""
+    norm = jnp.sqrt(jnp.sum(grad_log_psi**2))
+    x = 1.0 / jnp.maximum(epsilon * norm, 1e-30)
+    x2 = jnp.minimum(x, 1.0) ** 2
+    return jnp.where(x < 1.0, x2 * (9.0 - 15.0 * x2 + 7.0 * x2 * x2), 1.0)
+
+
+def force_terms(
+    log_psi_at: Any, coords: jax.Array, r: jax.Array, e_local: jax.Array, charges: jax.Array
+) -> jax.Array:
+    """(F^ZV, g, E_L g) of one walker, shape (3, n_atoms, 3): ``g`` = d log|psi|/dR at the
+    nuclei ``coords``, node-regularised (:func:`node_factor`); one backward pass gives both
+    d/dR and the electrons' gradient."""
+    grad_nuclei, grad_r = jax.grad(log_psi_at, argnums=(0, 1))(coords, r)
+    g = grad_nuclei.reshape(-1, 3) * node_factor(grad_r)
+    zv = zv_force(grad_r, r, charges, coords.reshape(-1, 3))
+    return jnp.stack([zv, g, e_local * g])
+
+
+def force_observables(
+    charges: np.ndarray, coords: np.ndarray, pulay: bool = True
+) -> dict[str, Any]:
+    """The observables :func:`forces_from_records` needs. With ``pulay`` (a molecular run:
+    the wavefunction as a function of the nuclei), :data:`FORCE_TERMS` and the exact
+    zero-bias term; without, F^ZV, Q and E_L Q per walker (Q approximates d log|psi|/dR)."""
     charges_np = np.asarray(charges, np.float64)
     coords_np = positions(coords)  # a JAX array when traced (one program for all geometries)
+
+    if pulay:
+
+        def terms(log_psi_at, nuclei, r, e_local):
+            z = jnp.asarray(charges_np, r.dtype)
+            return force_terms(log_psi_at, jnp.asarray(nuclei, r.dtype), r, e_local, z)
+
+        return {FORCE_TERMS: NuclearObservable(terms)}
 
     def zv(log_psi, r, e_local):
         del e_local
@@ -104,20 +150,24 @@ def forces_from_records(
     coords: np.ndarray,
     zero_bias: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Force (n_atoms, 3) and its standard error from per-step averages (eval.h5).
+    """Force (n_atoms, 3) and its standard error from per-step averages (eval.h5), with
+    the exact zero-bias term where the records hold :data:`FORCE_TERMS`, else its ``Q``
+    approximation.
 
     The zero-bias term uses the mean energy over all steps; the error is from a blocking
     analysis of each component's per-step series.
     """
-    zv = np.asarray(records[FORCE_ZV], np.float64)
+    if FORCE_TERMS in records:
+        terms = np.asarray(records[FORCE_TERMS], np.float64)
+        zv, g, eg = terms[:, 0], terms[:, 1], terms[:, 2]
+    else:
+        zv = np.asarray(records[FORCE_ZV], np.float64)
+        g, eg = np.asarray(records[FORCE_Q], np.float64), np.asarray(records[FORCE_EQ], np.float64)
     series = zv
     if zero_bias:
-        energy = np.asarray(records["energy"], np.float64)
-        e_mean = float(np.mean(energy))
-        eq = np.asarray(records[FORCE_EQ], np.float64)
-        q = np.asarray(records[FORCE_Q], np.float64)
-        # per step: -2 (<E_L Q>_t - E <Q>_t); its mean is -2 cov(E_L, Q) over all samples
-        series = zv - 2.0 * (eq - e_mean * q)
+        e_mean = float(np.mean(np.asarray(records["energy"], np.float64)))
+        # per step: -2 (<E_L g>_t - E <g>_t); its mean is -2 cov(E_L, g) over all samples
+        series = zv - 2.0 * (eg - e_mean * g)
     n_steps, shape = series.shape[0], series.shape[1:]
     flat = series.reshape(n_steps, -1)
     parts = [estimate(flat[:, k]) for k in range(flat.shape[1])]
