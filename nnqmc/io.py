@@ -323,12 +323,14 @@ def save_eval_checkpoint(
     walkers: np.ndarray,
     records: dict[str, np.ndarray],
     previous: str | Path | None = None,
+    seconds: float = 0.0,
 ) -> None:
     """An evaluation's walkers after ``step`` steps and its records so far; ``tag`` says
-    which trained state and settings it belongs to."""
+    which trained state and settings it belongs to; ``seconds`` the wall time spent so far."""
 
     def fill(f: h5py.File) -> None:
         f.attrs["step"] = step
+        f.attrs["seconds"] = float(seconds)
         for name, value in tag.items():
             f.attrs[f"tag_{name}"] = value
         f.create_dataset("walkers", data=np.asarray(walkers))
@@ -348,11 +350,13 @@ def attr_value(value: Any) -> Any:
 
 
 def load_eval_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A verified evaluation checkpoint: step, tag, walkers and records."""
+    """A verified evaluation checkpoint: step, seconds (0 where not stored), tag, walkers
+    and records."""
 
     def read(f: h5py.File) -> dict[str, Any]:
         return {
             "step": int(f.attrs["step"]),
+            "seconds": float(f.attrs.get("seconds", 0.0)),
             "tag": {k[4:]: attr_value(f.attrs[k]) for k in f.attrs if k.startswith("tag_")},
             "walkers": np.asarray(f["walkers"]),
             "records": {k: np.asarray(v) for k, v in f["records"].items()},

@@ -191,10 +191,11 @@ def save_walker_checkpoint(
     walkers: Any,
     records: dict[str, Any],
     phase: str,
+    seconds: float = 0.0,
 ) -> None:
     """On every process: gather a sampling phase's device-split ``walkers`` (a collective),
-    then process 0 writes them with the rows after ``step`` steps (rotated to ``previous``);
-    a write error is a RunError "... at ``phase`` step N"."""
+    then process 0 writes them with the rows after ``step`` steps and the ``seconds`` spent
+    so far (rotated to ``previous``); a write error is a RunError "... at ``phase`` step N"."""
     all_walkers = gather_walkers(walkers)
     if not is_main_process():
         return
@@ -206,6 +207,7 @@ def save_walker_checkpoint(
             walkers=all_walkers,
             records={n: np.asarray(v) for n, v in records.items()},
             previous=previous,
+            seconds=seconds,
         )
     except OSError as err:
         raise RunError(f"{cannot_write(current, err)} at {phase} step {step}") from None
@@ -235,10 +237,15 @@ def load_walker_checkpoint(
     if step < 0:
         return None
     if saved is None:
-        saved = {"walkers": np.zeros(walker_shape), "records": empty_records(step)}
-    payload = {"walkers": np.asarray(saved["walkers"], np.float64), "records": saved["records"]}
+        saved = {"walkers": np.zeros(walker_shape), "records": empty_records(step), "seconds": 0}
+    payload = {
+        "walkers": np.asarray(saved["walkers"], np.float64),
+        "records": saved["records"],
+        "seconds": np.asarray(saved["seconds"], np.float64),
+    }
     payload = broadcast_from_main(payload)
     payload["step"] = step
+    payload["seconds"] = float(payload["seconds"])
     return payload
 
 

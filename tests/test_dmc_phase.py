@@ -127,8 +127,11 @@ def test_dmc_command_adds_a_run_and_extends_the_last_time_step(tmp_path):
     out = tmp_path / "run"
     plain = [s for s in TINY if not s.startswith("dmc.")]
     assert main(["run", H2, "--out", str(out), "--set", *plain]) == 0
-    assert "dmc_energy" not in json.loads((out / io.RESULT).read_text())
+    vmc = json.loads((out / io.RESULT).read_text())
+    assert "dmc_energy" not in vmc
     assert main(["dmc", str(out), "--steps", "5", "--timestep", "0.05"]) == 0
+    # the finished evaluation is resumed, not run again: its wall time is the first run's
+    assert json.loads((out / io.RESULT).read_text())["eval_seconds"] >= vmc["eval_seconds"]
     first = io.read_table(out / io.DMC_LOG)
     config = load_config(out / io.CONFIG_COPY)
     assert config.dmc.steps == 5 and config.dmc.timestep == (0.05,)
@@ -138,8 +141,10 @@ def test_dmc_command_adds_a_run_and_extends_the_last_time_step(tmp_path):
     longer = io.read_table(out / io.DMC_LOG)
     assert len(longer["energy"]) == n + 4
     np.testing.assert_array_equal(longer["energy"][:n], first["energy"])
+    assert np.all(np.diff(longer["wall_time"]) > 0)  # the clock goes on across the resume
     result = json.loads((out / io.RESULT).read_text())
     assert result["dmc"][0]["steps"] == 9
+    assert result["dmc_seconds"] >= longer["wall_time"][-1] > first["wall_time"][-1]
 
 
 def test_dmc_input_errors(tmp_path, capsys):

@@ -189,6 +189,7 @@ def dmc(
             start = saved["step"]
             positions = saved["walkers"]
             records = {n: list(v) for n, v in saved["records"].items()}
+    earlier = float(records["wall_time"][-1]) if records.get("wall_time") else 0.0  # resumed
     walkers_d = start_fn(params_d, scatter_walkers(jnp.asarray(positions, run.dtype), n_devices))
     if start == 0:
         e0 = np.asarray(gather_walkers(walkers_d.e_local))
@@ -251,7 +252,7 @@ def dmc(
                 "e_ref_next": control_now.e_ref,
                 "e_avg": control_now.e_avg,
                 "production": _is_production(k, equilibration, steps),
-                "wall_time": time.perf_counter() - t_start,
+                "wall_time": earlier + time.perf_counter() - t_start,
             }
             row = {n: np.asarray(values[n], dtype) for n, dtype in COLUMNS.items()}
             for name, value in row.items():
@@ -278,7 +279,7 @@ def dmc(
         rows=rows,
         steps=total,
         walkers=n_walkers,
-        wall_seconds=time.perf_counter() - t_start,
+        wall_seconds=earlier + time.perf_counter() - t_start,
         records=records_np,
     )
 

@@ -114,6 +114,7 @@ def evaluate(
     }
     records: dict[str, list] = {}
     start = 0
+    earlier = 0.0  # seconds spent before a resume
 
     def record_shapes() -> dict[str, Any]:
         keys = device_keys(key, 0, n_devices)
@@ -136,7 +137,7 @@ def evaluate(
             "evaluating from the first step",
         )
         if saved is not None:
-            start = saved["step"]
+            start, earlier = saved["step"], saved["seconds"]
             walkers_d = scatter_walkers(jnp.asarray(saved["walkers"], run.dtype), n_devices)
             records = {n: list(v) for n, v in saved["records"].items()}
 
@@ -151,6 +152,7 @@ def evaluate(
             walkers=walkers_d,
             records=records,
             phase="evaluation",
+            seconds=earlier + time.perf_counter() - t_start,
         )
 
     checkpoint = run_dir / io.EVAL_CHECKPOINT if run_dir is not None else None
@@ -189,7 +191,7 @@ def evaluate(
         tau=est.tau,
         steps=steps,
         energies=energies,
-        wall_seconds=time.perf_counter() - t_start,
+        wall_seconds=earlier + time.perf_counter() - t_start,
         observables=extra,
         records=records,
     )
