@@ -195,6 +195,9 @@ def with_nuclei(geometry: dict[str, Any], coords: Any) -> dict[str, Any]:
     at ``coords`` (n_atoms, 3); MO and cusp coefficients and the constant energy unchanged.
     Differentiating the ansatz built from it with respect to ``coords`` gives
     d log|psi|/dR at frozen parameters (the Pulay term of the forces)."""
+    for arrays in geometry["orbitals"].values():
+        if np.shape(arrays["centers"]) != np.shape(geometry["coords"]):
+            raise ValueError("the basis has centres other than the nuclei: cannot move them")
     orbitals = {spin: {**a, "centers": coords} for spin, a in geometry["orbitals"].items()}
     return {**geometry, "coords": coords, "orbitals": orbitals}
 

@@ -282,7 +282,8 @@ def eval_step(
     sweeps: int,
     engine: str = "exact",
     chunk: int | None = None,
-    observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable] | None = None,
+    observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable | NuclearObservable]
+    | None = None,
     step_scale: StepScale | None = None,
     nuclei: tuple[jax.Array, NucleiLogPsi] | None = None,
 ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:

@@ -111,15 +111,16 @@ def force_observables(
 ) -> dict[str, Any]:
     """The observables :func:`forces_from_records` needs. With ``pulay`` (a molecular run:
     the wavefunction as a function of the nuclei), :data:`FORCE_TERMS` and the exact
-    zero-bias term; without, F^ZV, Q and E_L Q per walker (Q approximates d log|psi|/dR)."""
+    zero-bias term, at the run's own nuclei (``coords`` is not used); without, F^ZV, Q and
+    E_L Q per walker at ``coords`` (Q approximates d log|psi|/dR)."""
     charges_np = np.asarray(charges, np.float64)
     coords_np = positions(coords)  # a JAX array when traced (one program for all geometries)
 
     if pulay:
 
-        def terms(log_psi_at, nuclei, r, e_local):
+        def terms(log_psi_at, centres, r, e_local):
             z = jnp.asarray(charges_np, r.dtype)
-            return force_terms(log_psi_at, jnp.asarray(nuclei, r.dtype), r, e_local, z)
+            return force_terms(log_psi_at, jnp.asarray(centres, r.dtype), r, e_local, z)
 
         return {FORCE_TERMS: NuclearObservable(terms)}
 

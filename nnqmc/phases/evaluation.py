@@ -40,7 +40,7 @@ from ..rundir import (
     stop_if_asked,
 )
 from ..threads import single_threaded_blas
-from ..train import WaveObservable
+from ..train import NuclearObservable, WaveObservable
 
 __all__ = ["EvalResult", "eval_step", "evaluate"]
 
@@ -75,7 +75,7 @@ def evaluate(
     width: float,
     steps: int | None = None,
     progress: Progress | None = None,
-    observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable]
+    observables: dict[str, Callable[[jax.Array], jax.Array] | WaveObservable | NuclearObservable]
     | ObservablesOf
     | None = None,
     out_dir: str | Path | None = None,
@@ -86,7 +86,10 @@ def evaluate(
 
     ``observables``: extra ones beside the dipole moment, a dict or a function of the
     Hamiltonian that builds them (:data:`nnqmc.programs.ObservablesOf`; only that lets the
-    geometries of a scan share one compiled program).
+    geometries of a scan share one compiled program). Each is a function of one walker's
+    positions, a :class:`~nnqmc.train.WaveObservable` (it also sees log|psi| and E_L) or,
+    in a molecular run, a :class:`~nnqmc.train.NuclearObservable` (it also sees log|psi| as
+    a function of the nuclei).
 
     ``walkers`` are all walkers (of all processes); each process evaluates its share. With
     ``out_dir``, every step's averages are appended to eval.h5 (flushed) and the walkers are
