@@ -10,8 +10,9 @@ digest of everything the trace depends on:
 - the caller's key (:attr:`nnqmc.run_setup.Run.program_key` and the step's name);
 - the arguments' tree, shapes and dtypes;
 - nnqmc's own source, byte for byte;
-- the versions of JAX, jaxlib, folx, optax, NumPy and PySCF, the devices, ``XLA_FLAGS``, x64 and the
-  default matmul precision.
+- the versions of JAX, jaxlib, folx, optax, NumPy and PySCF, the devices, ``XLA_FLAGS`` and
+  the JAX settings that change a trace (:data:`_SETTINGS`: x64, matmul precision, PRNG
+  implementation, dtype and rank promotion).
 
 A process that finds the digest deserializes the module instead of tracing, and its
 compilation comes from the compilation cache. Every process runs the exported module,
@@ -23,10 +24,14 @@ The files live in ``executables/`` inside the compilation cache directory and fo
 switch (``NNQMC_COMPILATION_CACHE=off``: none are kept); ``NNQMC_EXECUTABLES=off``
 switches off this store alone. At most :data:`MAX_FILES` are kept, the least recently used
 go first. Runs on several devices or processes call their steps as they are (an export is
-bound to its device count), as do steps with host callbacks (not exportable).
+bound to its device count), as do steps with host callbacks (not exportable) and calls under
+``jax.disable_jit()``. A file that cannot be read back is traced anew and replaced, except
+where JAX's serialization itself is missing (``flatbuffers``): then nothing is loaded, kept or
+deleted.
 
-The digest sees nnqmc's files, not code changed at run time: a Python session that
-monkeypatches nnqmc's physics should set ``NNQMC_EXECUTABLES=off`` (the test suite does).
+The digest sees nnqmc's files as they were when this module was imported, not code changed
+at run time: a Python session that monkeypatches nnqmc's physics should set
+``NNQMC_EXECUTABLES=off`` (the test suite does).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import functools
 import hashlib
 import os
 import pickle
+import secrets
 from collections.abc import Callable, Hashable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -51,6 +57,16 @@ __all__ = ["MAX_FILES", "StoredProgram", "loaded", "store_directory"]
 MAX_FILES = 64
 SUFFIX = ".nnqmc-exe"
 _PACKAGES = ("jax", "jaxlib", "folx", "optax", "numpy", "pyscf")
+# JAX settings a trace depends on (read where this JAX has them)
+_SETTINGS = (
+    "jax_enable_x64",
+    "jax_default_matmul_precision",
+    "jax_default_prng_impl",
+    "jax_threefry_partitionable",
+    "jax_numpy_dtype_promotion",
+    "jax_numpy_rank_promotion",
+    "jax_softmax_custom_jvp",
+)
 _loaded = 0
 
 
@@ -82,6 +98,9 @@ def _source_digest() -> str:
     return h.hexdigest()
 
 
+_SOURCE = _source_digest()  # the code this process runs: read now, not at the first step
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -95,9 +114,8 @@ def _environment() -> tuple[Any, ...]:
         tuple((p, _version(p)) for p in _PACKAGES),
         tuple((d.platform, d.device_kind) for d in devices),
         os.environ.get("XLA_FLAGS", ""),
-        jax.config.jax_enable_x64,
-        str(jax.config.jax_default_matmul_precision),
-        _source_digest(),
+        tuple((name, str(getattr(jax.config, name, None))) for name in _SETTINGS),
+        _SOURCE,
     )
 
 
@@ -129,7 +147,7 @@ def _register_linear_algebra() -> None:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -162,7 +180,7 @@ class StoredProgram:
         self._calls: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
     def __call__(self, *args: Any) -> Any:
-        if jax.local_device_count() != 1 or jax.process_count() > 1:
+        if jax.local_device_count() != 1 or jax.process_count() > 1 or jax.config.jax_disable_jit:
             return self.fn(*args)
         leaves, tree = jax.tree_util.tree_flatten(args)
         if any(isinstance(x, jax.core.Tracer) for x in leaves):  # inside a trace: no export
@@ -194,9 +212,12 @@ class StoredProgram:
                 _register_linear_algebra()
                 module, out_tree = pickle.loads(path.read_bytes())
                 exported = jax.export.deserialize(bytearray(module))
+                call = _flat_call(exported, out_tree, leaves)  # compiled here: a bad one fails here
                 os.utime(path)
                 _loaded += 1
-                return _flat_call(exported, out_tree)
+                return call
+            except ImportError:  # no serialization (flatbuffers) here: the file may be fine
+                path = None
             except Exception:  # noqa: BLE001 - a stale or damaged file is traced anew
                 path.unlink(missing_ok=True)
         out_trees = []
@@ -223,8 +244,12 @@ class StoredProgram:
         return _flat_call(exported, out_trees[0])
 
 
-def _flat_call(exported: Any, out_tree: Any) -> Callable[[list[Any]], Any]:
+def _flat_call(
+    exported: Any, out_tree: Any, example: list[Any] | None = None
+) -> Callable[[list[Any]], Any]:
     """``leaves -> outputs``: ``exported`` (flat leaves in and out), jitted, its outputs
-    rebuilt as ``out_tree``."""
+    rebuilt as ``out_tree``; compiled now for leaves like ``example`` where given."""
     call = jax.jit(exported.call)
+    if example is not None:
+        call = call.lower(*example).compile()
     return lambda leaves: jax.tree_util.tree_unflatten(out_tree, call(*leaves))

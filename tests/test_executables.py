@@ -77,10 +77,36 @@ def test_steps_with_host_callbacks_or_without_a_key_are_not_stored(store):
         shape = jax.ShapeDtypeStruct((), mean.dtype)
         return new, mean + jax.pure_callback(lambda x: np.zeros((), x.dtype), shape, mean)
 
-    out = StoredProgram(_pmapped(with_callback), ("h2", "poisoned"))(*_args())
+    program = StoredProgram(_pmapped(with_callback), ("h2", "poisoned"))
+    out = program(*_args())
     StoredProgram(_pmapped(), None)(*_args())
     assert np.isfinite(out[1]).all()
+    assert list(program._calls.values()) == [program.fn]  # the plain step, not an export
     assert not list(store.glob(f"*{SUFFIX}"))
+
+
+def test_under_disable_jit_the_step_is_called_as_it_is(store):
+    program = StoredProgram(_pmapped(), ("h2", "train"))
+    with jax.disable_jit():
+        program(*_args())
+    assert not program._calls and not list(store.glob(f"*{SUFFIX}"))
+
+
+def test_without_serialization_a_stored_file_is_kept_not_deleted(store, monkeypatch):
+    expected = StoredProgram(_pmapped(), ("h2", "train"))(*_args())
+    (path,) = store.glob(f"*{SUFFIX}")
+    data = path.read_bytes()
+
+    def no_flatbuffers(*args, **kwargs):
+        raise ImportError("No module named 'flatbuffers'")
+
+    monkeypatch.setattr(jax.export, "deserialize", no_flatbuffers)
+    monkeypatch.setattr(jax.export.Exported, "serialize", no_flatbuffers)
+    loaded = executables.loaded()
+    out = StoredProgram(_pmapped(), ("h2", "train"))(*_args())
+    assert executables.loaded() == loaded
+    np.testing.assert_array_equal(out[1], expected[1])
+    assert path.read_bytes() == data
 
 
 def test_the_store_follows_its_switch_and_the_compilation_cache(tmp_path):
