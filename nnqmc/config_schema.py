@@ -242,7 +242,7 @@ class ScanConfig:
     budget: int = _f(20, check=_positive)
     steps: int | None = _f(None, check=_positive)
     forces: bool = False  # Hellmann-Feynman forces (zero-variance estimator)
-    zero_bias: bool = True  # with the zero-bias (Pulay-like) correction
+    zero_bias: bool = True  # with the zero-bias (Pulay) term, exact d log|psi|/dR
     ccsd_t: bool = False  # CCSD(T) baseline in the same basis
     reference: tuple[float, ...] | None = None  # exact energies (Ha), one per geometry
 
