@@ -241,15 +241,15 @@ class StoredProgram:
                 _prune(path.parent)
             except Exception:  # noqa: BLE001 - not storing costs the next process time only
                 pass
-        return _flat_call(exported, out_trees[0])
+        return _flat_call(exported, out_trees[0], leaves)  # compiled as a loaded one is
 
 
 def _flat_call(
     exported: Any, out_tree: Any, example: list[Any] | None = None
 ) -> Callable[[list[Any]], Any]:
-    """``leaves -> outputs``: ``exported`` (flat leaves in and out), jitted, its outputs
-    rebuilt as ``out_tree``; compiled now for leaves like ``example`` where given."""
+    """``leaves -> outputs``: ``exported`` (flat leaves in and out), compiled now for
+    leaves like ``example`` (else jitted), its outputs rebuilt as ``out_tree``."""
     call = jax.jit(exported.call)
-    if example is not None:
-        call = call.lower(*example).compile()
+    if example is not None:  # placed as the calls' leaves are: one compilation, one cache key
+        call = call.lower(*jax.device_put(example, jax.local_devices()[0])).compile()
     return lambda leaves: jax.tree_util.tree_unflatten(out_tree, call(*leaves))
