@@ -36,6 +36,7 @@ at run time: a Python session that monkeypatches nnqmc's physics should set
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -213,13 +214,16 @@ class StoredProgram:
                 module, out_tree = pickle.loads(path.read_bytes())
                 exported = jax.export.deserialize(bytearray(module))
                 call = _flat_call(exported, out_tree, leaves)  # compiled here: a bad one fails here
-                os.utime(path)
-                _loaded += 1
-                return call
             except ImportError:  # no serialization (flatbuffers) here: the file may be fine
                 path = None
             except Exception:  # noqa: BLE001 - a stale or damaged file is traced anew
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a read-only store: trace, keep nothing
+                    path.unlink(missing_ok=True)
+            else:
+                with contextlib.suppress(OSError):  # recency for pruning; read-only is fine
+                    os.utime(path)
+                _loaded += 1
+                return call
         out_trees = []
 
         def flat(*leaves: Any) -> list[Any]:  # flat in and out: custom pytrees stay here

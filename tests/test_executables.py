@@ -71,6 +71,25 @@ def test_a_damaged_file_is_traced_anew_and_replaced(store):
     assert path.read_bytes() != b"not an executable"
 
 
+def test_a_stored_step_that_cannot_compile_for_these_arguments_is_traced_anew(store):
+    """A file that deserializes but whose module does not fit the arguments (here: another
+    step's, for other shapes) fails while it is compiled on load, not at the first call."""
+    g, state, lr = _args()
+    StoredProgram(_pmapped(), ("h2", "train"))(g, state, lr)
+    (good,) = store.glob(f"*{SUFFIX}")
+    small = {"a": state["a"][:, :2]}
+    program = StoredProgram(_pmapped(), ("h2", "train"))
+    leaves, tree = jax.tree_util.tree_flatten((g, small, lr))
+    target = program._path(executables._signature(leaves, tree))
+    target.write_bytes(good.read_bytes())
+    loaded = executables.loaded()
+    out = program(g, small, lr)
+    assert executables.loaded() == loaded
+    assert target.read_bytes() != good.read_bytes()  # replaced by its own trace
+    expected = StoredProgram(_pmapped(), None)(g, small, lr)
+    np.testing.assert_array_equal(out[1], expected[1])
+
+
 def test_steps_with_host_callbacks_or_without_a_key_are_not_stored(store):
     def with_callback(g, state, lr):
         new, mean = _step(g, state, lr)

@@ -220,6 +220,7 @@ def dmc(
             walkers=walkers_d.r,
             records=records,
             phase="DMC",
+            seconds=earlier + time.perf_counter() - t_start,
         )
 
     checkpoint = run_dir / io.DMC_CHECKPOINT if run_dir is not None else None

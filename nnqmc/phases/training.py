@@ -349,5 +349,5 @@ def train(
         width=float(state.width[0]),
         history={c: np.asarray(v) for c, v in history.items()},
         steps=max(start, cfg.train.steps),
-        wall_seconds=time.perf_counter() - t_start,
+        wall_seconds=wall_offset + time.perf_counter() - t_start,  # with a resumed run's past
     )
