@@ -89,7 +89,6 @@ def store_directory(
     return Path(base) / "executables"
 
 
-@functools.cache
 def _source_digest() -> str:
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
