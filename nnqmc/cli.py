@@ -8,7 +8,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
+
+from .report import format_result
 
 EXIT_USAGE = 2
 
@@ -43,52 +45,6 @@ class ProgressPrinter:
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def format_result(result: dict[str, Any]) -> str:
-    e, err = result["energy"], result["energy_err"]
-    lines = [
-        f"{result['name']}: E = {e:.6f} ± {err:.6f} Ha  (variance {result['variance']:.4f}, "
-        f"{result['steps']} steps, {result['walkers']} walkers, {result['wall_seconds']:.0f} s)",
-        f"  {result['hf_method']}/{result['basis']}: {result['hf_energy']:.6f} Ha",
-    ]
-    if result.get("cas_energy") is not None:
-        lines.append(f"  CASSCF/{result['basis']}: {result['cas_energy']:.6f} Ha")
-    ref = result["reference_energy"]
-    if ref is not None:
-        diff = (e - ref) * 1000
-        lines.append(f"  reference: {ref:.6f} Ha   E - E_ref = {diff:+.2f} ± {err * 1000:.2f} mHa")
-        if result["correlation_fraction"] is not None:
-            lines.append(
-                f"  correlation energy recovered: {100 * result['correlation_fraction']:.1f} %"
-            )
-    if result.get("dmc_energy") is not None:
-        lines.extend(_format_dmc(result))
-    return "\n".join(lines)
-
-
-def _format_dmc(result: dict[str, Any]) -> list[str]:
-    """VMC and DMC side by side, then E(τ) per time step."""
-    ref = result["reference_energy"]
-    rows = [("VMC", result["energy"], result["energy_err"])]
-    several = len(result["dmc"]) > 1
-    rows.append(("DMC τ->0" if several else "DMC", result["dmc_energy"], result["dmc_energy_err"]))
-    lines = [f"  {'':9s}{'E (Ha)':>24s}" + ("   E - E_ref (mHa)" if ref is not None else "")]
-    for name, e, err in rows:
-        line = f"  {name:9s}{e:14.6f} ± {err:.6f}"
-        if ref is not None:
-            line += f"   {(e - ref) * 1000:+8.2f} ± {err * 1000:.2f}"
-        lines.append(line)
-    for row in result["dmc"]:
-        lines.append(
-            f"    τ = {row['timestep']:<8g} E = {row['energy']:.6f} ± {row['energy_err']:.6f}"
-            f"  acceptance {row['acceptance']:.4f}  {row['steps']} steps"
-        )
-    tail = f"  DMC: {result['dmc_walkers']} walkers, {result['dmc_seconds']:.0f} s"
-    if result.get("dmc_timestep_chi2_per_dof") is not None:
-        tail += f"; χ²/dof of the line through E(τ): {result['dmc_timestep_chi2_per_dof']:.2f}"
-    lines.append(tail)
-    return lines
 
 
 class _Parser(argparse.ArgumentParser):

@@ -12,6 +12,9 @@ where ``tau`` is the integrated autocorrelation time (in units of samples;
   automatic choice of the block level; used for the standard error.
 * :func:`autocorrelation_time` -- FFT autocorrelation summed over Sokal's
   self-consistent window; used for ``tau``.
+
+:func:`training_slope` fits a line to the end of a series (the training energy)
+and gets the slope's error from the same blocking levels.
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Estimate", "autocorrelation_time", "blocking_error", "estimate"]
+__all__ = [
+    "Estimate",
+    "Slope",
+    "autocorrelation_time",
+    "blocking_error",
+    "estimate",
+    "training_slope",
+]
 
 # Blocking levels with fewer blocks than this are considered too noisy to be
 # trusted as the final answer (relative error of the error ~ 1/sqrt(2 n_b)).
@@ -29,6 +39,8 @@ MIN_BLOCKS = 16
 FALLBACK_FACTOR = 2.0
 # Quantile of the chi^2 hypothesis test in Jonsson's automatic blocking.
 _Z_99 = 2.3263478740408408  # standard-normal 0.99 quantile
+# Fewest finite points in the window of training_slope; shorter windows give None.
+MIN_SLOPE_POINTS = 10
 
 
 @dataclass(frozen=True)
@@ -112,20 +124,30 @@ def blocking_error(x: np.ndarray) -> tuple[float, float]:
         b = 0.5 * (b[0 : 2 * m : 2] + b[1 : 2 * m : 2])
 
     nb = np.asarray(n_blocks, dtype=np.float64)
-    r = np.asarray(corr)
     errs = np.sqrt(np.asarray(svar) / nb)
+    return mu, _chosen_error(nb, errs, np.asarray(corr), min_fallback_blocks=4, geometric=False)
+
+
+def _chosen_error(
+    nb: np.ndarray, errs: np.ndarray, r: np.ndarray, min_fallback_blocks: int, geometric: bool
+) -> float:
+    """The error of the first level that passes Jonsson's test (see :func:`blocking_error`),
+    corrected for the residual lag-1 correlation ``r`` of its blocks by ``1 + 2 r`` or, if
+    ``geometric``, by ``(1 + r) / (1 - r)`` (correlations ``r^t`` summed, ``r <= 1/2``);
+    or the fallback over the levels with at least ``min_fallback_blocks`` blocks."""
     stat = np.cumsum((nb * r**2)[::-1])[::-1]
     dof = np.arange(nb.size, 0, -1)
     passed = np.flatnonzero(stat < _chi2_quantile_99(dof))
-
     if passed.size and nb[passed[0]] >= MIN_BLOCKS:
         k = passed[0]
-        return mu, float(errs[k] * np.sqrt(max(1.0, 1.0 + 2.0 * r[k])))
-    reliable = errs[nb >= 4]
+        rk = float(r[k])
+        factor = (1.0 + min(rk, 0.5)) / (1.0 - min(rk, 0.5)) if geometric else 1.0 + 2.0 * rk
+        return float(errs[k] * np.sqrt(max(1.0, factor)))
+    reliable = errs[nb >= min_fallback_blocks]
     fallback = FALLBACK_FACTOR * errs[0]
     if reliable.size:
         fallback = max(fallback, float(reliable.max()))
-    return mu, float(fallback)
+    return float(fallback)
 
 
 def _autocorrelation(a: np.ndarray) -> np.ndarray:
@@ -170,3 +192,81 @@ def estimate(x: np.ndarray) -> Estimate:
         tau=autocorrelation_time(a),
         n=int(a.size),
     )
+
+
+@dataclass(frozen=True)
+class Slope:
+    """A straight line through the end of a series: ``slope`` and its standard ``error``
+    per step, ``n`` finite points fitted out of a ``window`` of the last steps."""
+
+    slope: float
+    error: float
+    n: int
+    window: int
+
+    @property
+    def change(self) -> float:
+        """The change the slope implies over the window (slope x window)."""
+        return self.slope * self.window
+
+    def falling(self, sigmas: float = 2.0) -> bool:
+        """Whether the slope is negative by more than ``sigmas`` standard errors."""
+        return self.slope < -sigmas * self.error
+
+
+def _line_levels(t: np.ndarray, y: np.ndarray) -> tuple[float, list[tuple[int, float, float]]]:
+    """The least-squares slope of ``y(t)`` and, per blocking level (pairs of neighbouring
+    points averaged, in ``t`` and ``y``), ``(blocks, slope error, lag-1 residual corr.)``."""
+    levels = []
+    slope = 0.0
+    while y.size >= 4:
+        tc = t - t.mean()
+        sxx = float(tc @ tc)
+        b = float(tc @ (y - y.mean())) / sxx
+        res = y - y.mean() - b * tc
+        rss = float(res @ res)
+        corr = float(res[:-1] @ res[1:]) / rss if rss > 0.0 else 0.0
+        levels.append((y.size, float(np.sqrt(rss / (y.size - 2) / sxx)), corr))
+        if len(levels) == 1:
+            slope = b
+        m = y.size // 2
+        t = 0.5 * (t[0 : 2 * m : 2] + t[1 : 2 * m : 2])
+        y = 0.5 * (y[0 : 2 * m : 2] + y[1 : 2 * m : 2])
+    return slope, levels
+
+
+def training_slope(energies: np.ndarray, fraction: float = 0.2) -> Slope | None:
+    """Slope (per step) of a per-step series over its last ``fraction`` of steps.
+
+    The window holds the last ``round(fraction * len)`` rows; non-finite rows (rejected
+    steps) are dropped, keeping the others' step numbers ``t``. The slope ``b`` is the
+    least-squares line ``y = a + b t``. Its error comes from the line refitted to block
+    means (level ``k``: ``2^k`` neighbouring points averaged, in ``t`` and ``y``):
+    ``err_k^2 = RSS_k / (n_k - 2) / S_tt,k``, with ``S_tt,k = sum (t_j - tbar)^2``, exact
+    for uncorrelated block means. The level is chosen as in :func:`blocking_error`
+    (Jonsson's test on the residuals' lag-1 correlations ``r_k``, at least ``MIN_BLOCKS``
+    blocks), with the remaining correlation of the blocks summed as a geometric series,
+    ``err^2 = err_k^2 (1 + r_k) / (1 - r_k)``; otherwise the fallback over levels of
+    >= 8 blocks. Honest (z-scores of unit spread) once the window spans many
+    autocorrelation times; a curved trend in the window enlarges the error. Returns
+    ``None`` with fewer than ``MIN_SLOPE_POINTS`` finite points in the window.
+    """
+    e = np.asarray(energies, dtype=np.float64)
+    if e.ndim != 1:
+        raise ValueError(f"expected a 1D series, got shape {e.shape}")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    window = min(e.size, max(1, round(fraction * e.size)))
+    tail = e[e.size - window :]
+    keep = np.isfinite(tail)
+    if np.count_nonzero(keep) < MIN_SLOPE_POINTS:
+        return None
+    t = np.flatnonzero(keep).astype(np.float64)
+    slope, levels = _line_levels(t, tail[keep])
+    nb, errs, corr = (np.asarray(c, dtype=np.float64) for c in zip(*levels, strict=True))
+    error = (
+        0.0
+        if errs[0] == 0.0
+        else _chosen_error(nb, errs, corr, min_fallback_blocks=8, geometric=True)
+    )
+    return Slope(slope=slope, error=error, n=int(keep.sum()), window=window)

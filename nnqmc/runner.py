@@ -14,6 +14,7 @@ import numpy as np
 from . import io, programs
 from .config import Config, load_config, to_toml
 from .errors import RunError
+from .estimate import training_slope
 from .parallel import global_device_count, process_count
 from .phases.dmc import DMCResult, dmc
 from .phases.evaluation import EvalResult, evaluate
@@ -89,6 +90,7 @@ def summarize(
         "optimizer": cfg.train.optimizer,
         "steps": trained.steps,
         "rejected_steps": int(np.sum(finite == 0)),
+        **_slope_summary(trained.history),
         "eval_steps": evaluated.steps,
         "walkers": cfg.train.walkers,
         "devices": global_device_count(),
@@ -100,6 +102,27 @@ def summarize(
         "observables": evaluated.observables,
         "version": __version__,
         **(_dmc_summary(run, diffused) if diffused is not None else {}),
+    }
+
+
+# The share of the last training steps whose energy slope result.json reports.
+SLOPE_FRACTION = 0.2
+
+
+def _slope_summary(history: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The training energy's slope over the last ``SLOPE_FRACTION`` of the steps (rejected
+    steps left out), in Ha per 1000 steps, and whether it still falls (by over 2σ);
+    ``None`` for too few steps."""
+    energy = np.asarray(history.get("energy", []), dtype=np.float64)
+    finite = np.asarray(history.get("finite", []))
+    if finite.shape == energy.shape:
+        energy = np.where(finite > 0, energy, np.nan)
+    fit = training_slope(energy, SLOPE_FRACTION)
+    return {
+        "training_slope": None if fit is None else 1000.0 * fit.slope,
+        "training_slope_err": None if fit is None else 1000.0 * fit.error,
+        "training_slope_steps": None if fit is None else fit.window,
+        "still_improving": None if fit is None else fit.falling(2.0),
     }
 
 

@@ -9,6 +9,7 @@ import h5py
 import pytest
 
 from nnqmc.cli import main
+from nnqmc.estimate import training_slope
 
 H2 = Path(__file__).parent.parent / "systems" / "h2.toml"
 SMALL = ["train.walkers=64", "eval.steps=20", "sampler.burn_in=20", "system.basis=cc-pvdz"]
@@ -32,6 +33,9 @@ def test_run_writes_results_and_resumes(tmp_path, capsys):
     ):
         assert key in result
     assert result["steps"] == 30 and result["walkers"] == 64
+    # 6 steps in the last 20 %: too few for the training slope
+    for key in ("training_slope", "training_slope_err", "training_slope_steps", "still_improving"):
+        assert key in result and result[key] is None
     assert result["reference_energy"] == pytest.approx(-1.174475)
     assert result["energy_err"] > 0
     with h5py.File(out / "train.h5") as f:
@@ -47,11 +51,20 @@ def test_run_writes_results_and_resumes(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
     # resume continues the same training from its checkpoint
-    args = ["run", str(H2), "--out", str(out), "--resume", "--set", "train.steps=40", *SMALL]
+    args = ["run", str(H2), "--out", str(out), "--resume", "--set", "train.steps=50", *SMALL]
     assert main(args) == 0
     with h5py.File(out / "train.h5") as f:
-        assert list(f["step"][:]) == list(range(40))
-    assert json.loads((out / "result.json").read_text())["steps"] == 40
+        assert list(f["step"][:]) == list(range(50))
+        energy = f["energy"][:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 50
+    # the slope of the training energy over the last 20 % (10 steps), in Ha per 1000 steps
+    fit = training_slope(energy)
+    assert result["training_slope_steps"] == 10
+    assert result["training_slope"] == pytest.approx(1000 * fit.slope)
+    assert result["training_slope_err"] == pytest.approx(1000 * fit.error) and fit.error > 0
+    assert result["still_improving"] is fit.falling()
+    assert "training slope over the last 10 steps" in capsys.readouterr().out
 
 
 H2_TEXT = 'name = "x"\n[system]\natoms = "H 0 0 0\\nH 0 0 1.4"\nunit = "bohr"\n'

@@ -8,7 +8,14 @@ import warnings
 import numpy as np
 import pytest
 
-from nnqmc.estimate import Estimate, autocorrelation_time, blocking_error, estimate
+from nnqmc.estimate import (
+    Estimate,
+    Slope,
+    autocorrelation_time,
+    blocking_error,
+    estimate,
+    training_slope,
+)
 
 N = 2**16
 SEEDS = (0, 1, 2, 3)
@@ -154,3 +161,63 @@ def test_invalid_input(bad):
     for fn in (blocking_error, autocorrelation_time, estimate):
         with pytest.raises(ValueError):
             fn(bad)
+
+
+# training_slope: a line through the last 20 % of a training curve, with an honest error.
+SLOPE_STEPS = 5000  # a window of 1000 steps
+
+
+def _naive_slope_error(y: np.ndarray) -> float:
+    """Least-squares slope error as if the points were uncorrelated."""
+    t = np.arange(y.size) - (y.size - 1) / 2
+    b = t @ y / (t @ t)
+    res = y - y.mean() - b * t
+    return float(np.sqrt(res @ res / (y.size - 2) / (t @ t)))
+
+
+def test_training_slope_of_a_flat_correlated_curve_is_zero_with_an_honest_error():
+    """Flat AR(1) curves (tau = 3): the slopes' z-scores have mean 0 and spread 1, which the
+    naive least-squares error (too small by ~sqrt(tau)) would miss."""
+    phi, seeds = 0.5, range(150)
+    fits = [training_slope(-1.0 + 1e-3 * ar1(phi, SLOPE_STEPS, seed)) for seed in seeds]
+    assert all(f is not None and f.window == f.n == SLOPE_STEPS // 5 for f in fits)
+    z = np.array([f.slope / f.error for f in fits])
+    assert abs(z.mean()) < 0.3 and 0.8 < z.std() < 1.2, (z.mean(), z.std())
+    assert np.mean(np.abs(z) > 2) < 0.12
+    assert np.mean([f.falling() for f in fits]) < 0.1
+    tails = [1e-3 * ar1(phi, SLOPE_STEPS, seed)[-SLOPE_STEPS // 5 :] for seed in seeds]
+    naive = np.array([f.slope / _naive_slope_error(y) for f, y in zip(fits, tails, strict=True)])
+    assert naive.std() > 1.4  # the check above is able to fail
+
+
+def test_training_slope_of_a_falling_curve_is_significantly_negative():
+    """Exponential decay plus AR(1) noise: the slope over the last 20 % is negative by many
+    error bars and agrees with the decay's mean slope there."""
+    t = np.arange(SLOPE_STEPS)
+    decay = 0.05 * np.exp(-t / 2000)
+    true = float(np.mean(np.gradient(decay)[-SLOPE_STEPS // 5 :]))
+    for seed in range(5):
+        fit = training_slope(-1.0 + decay + 1e-3 * ar1(0.7, SLOPE_STEPS, seed))
+        assert isinstance(fit, Slope) and fit.falling()
+        assert fit.slope < -4 * fit.error
+        assert abs(fit.slope - true) < 3 * fit.error
+        assert fit.change == pytest.approx(fit.slope * (SLOPE_STEPS // 5))
+
+
+def test_training_slope_ignores_rejected_steps_and_needs_enough_of_them():
+    y = -1.0 - 1e-4 * np.arange(200.0)
+    assert training_slope(y).slope == pytest.approx(-1e-4)
+    y[-40::3] = np.nan  # rejected steps in the window
+    y[-1] = np.inf
+    fit = training_slope(y)
+    assert fit.window == 40 and fit.n == 26
+    assert fit.slope == pytest.approx(-1e-4) and fit.error < 1e-12
+    assert training_slope(np.ones(50)) == Slope(slope=0.0, error=0.0, n=10, window=10)
+    assert training_slope(np.ones(47)) is None  # 9 steps in the window
+    assert training_slope(np.r_[np.ones(49), np.nan]) is None  # 9 of 10 finite
+    assert training_slope(np.array([])) is None
+    for bad in (np.zeros((10, 10)),):
+        with pytest.raises(ValueError):
+            training_slope(bad)
+    with pytest.raises(ValueError):
+        training_slope(np.ones(100), fraction=0.0)
