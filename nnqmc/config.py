@@ -212,7 +212,7 @@ def _build_system(table: dict, base_dir: Path, fail) -> SystemConfig:
             raise fail("system.unit", 'required with atoms: "bohr" or "angstrom"')
         geometry_key = "system.atoms"
 
-        def make(charge: int, spin: int) -> Molecule:
+        def read(charge: int, spin: int) -> Molecule:
             return Molecule.from_atoms_text(raw.atoms, raw.unit, charge, spin)
 
     else:
@@ -225,7 +225,7 @@ def _build_system(table: dict, base_dir: Path, fail) -> SystemConfig:
         if not xyz_path.is_file():
             raise fail(geometry_key, f"no such file {str(xyz_path)!r}")
 
-        def make(charge: int, spin: int) -> Molecule:
+        def read(charge: int, spin: int) -> Molecule:
             try:
                 return Molecule.from_xyz(xyz_path, charge, spin)
             except (OSError, UnicodeDecodeError) as exc:
@@ -236,21 +236,41 @@ def _build_system(table: dict, base_dir: Path, fail) -> SystemConfig:
     neutral = None
     for trial_spin in (0, 1):
         try:
-            neutral = make(0, trial_spin)
+            neutral = read(0, trial_spin)
             break
         except MoleculeError as exc:
             error = exc
     if neutral is None:
         raise fail(geometry_key, str(error))
+    make = read
+    potentials: dict = {}
+    if raw.ecp is not None:
+        potentials = _system_ecp(raw.ecp, neutral.symbols, base_dir, fail)
+        geometry = neutral
+        names = tuple((s, potentials[s].name) for s in sorted(potentials))
+        core = tuple(potentials[s].core if s in potentials else 0 for s in geometry.symbols)
+
+        def make(charge: int, spin: int) -> Molecule:
+            return Molecule(geometry.symbols, geometry.coords, charge, spin, names, core)
+
+        neutral = None
+        for trial_spin in (0, 1):
+            try:
+                neutral = make(0, trial_spin)
+                break
+            except MoleculeError:
+                continue
     try:
         molecule = (
             neutral if (raw.charge, raw.spin) == (0, neutral.spin) else make(raw.charge, raw.spin)
         )
     except MoleculeError as exc:
-        n_elec = neutral.n_elec - raw.charge
+        n_elec = (neutral.n_elec if neutral is not None else 1) - raw.charge
         raise fail("system.charge" if n_elec <= 0 else "system.spin", str(exc)) from None
+    except AttributeError:  # no neutral state of the valence electrons either
+        raise fail("system.ecp", "no charge and spin fit the valence electrons") from None
 
-    from .scf import BasisError, check_basis
+    from .scf import BasisError, check_basis, ecp_basis_mismatch
 
     try:
         with warnings.catch_warnings():  # PySCF suggests installing basis-set-exchange
@@ -258,7 +278,36 @@ def _build_system(table: dict, base_dir: Path, fail) -> SystemConfig:
             check_basis(raw.basis, molecule.symbols)
     except BasisError as exc:
         raise fail("system.basis", str(exc)) from None
-    return SystemConfig(molecule=molecule, basis=raw.basis)
+    for line in ecp_basis_mismatch(raw.basis, potentials):
+        warnings.warn(f"system.basis: {line}", ECPBasisWarning, stacklevel=2)
+    return SystemConfig(molecule=molecule, basis=raw.basis, ecp_points=raw.ecp_points)
+
+
+class ECPBasisWarning(UserWarning):
+    """An ECP atom with a basis not made for its potential."""
+
+
+def _system_ecp(spec, symbols, base_dir: Path, fail) -> dict:
+    """Element -> :class:`~nnqmc.ecp.AtomECP` of ``[system] ecp`` (file names relative to
+    the input file); one ConfigError line for an unknown name, a missing potential or a
+    malformed file."""
+    from .scf import ECPError, resolve_ecp
+
+    def located(name: str) -> str:
+        path = Path(name).expanduser()
+        if not path.is_absolute():
+            path = base_dir / path
+        return str(path) if path.is_file() else name
+
+    spec = located(spec) if isinstance(spec, str) else {k: located(v) for k, v in spec.items()}
+    if isinstance(spec, dict):
+        unknown = sorted(set(spec) - set(symbols))
+        if unknown:
+            raise fail("system.ecp", f"element {unknown[0]} is not in the molecule")
+    try:
+        return resolve_ecp(spec, symbols)
+    except ECPError as exc:
+        raise fail("system.ecp", str(exc)) from None
 
 
 def _cross_check(values: dict[str, Any], fail) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .molecule import Molecule
+from .molecule import ATOMIC_NUMBER, Molecule
 
 ANSATZ_KINDS = ("hf", "jastrow", "paulinet", "generalized")
 OPTIMIZERS = ("adam", "spring")
@@ -78,6 +78,17 @@ def _non_empty(v: Any) -> str | None:
     return None if v.strip() else "must not be empty"
 
 
+def _non_empty_name(v: Any) -> str | None:
+    return _non_empty(v) if isinstance(v, str) else None
+
+
+ECP_POINTS = (6, 12, 18, 26, 32)  # the rules of nnqmc.ecp.QUADRATURES
+
+
+def _ecp_points(v: Any) -> str | None:
+    return None if v in ECP_POINTS else f"must be one of {', '.join(map(str, ECP_POINTS))}"
+
+
 def _safe_name(v: Any) -> str | None:
     if _SAFE_NAME.fullmatch(v):
         return None
@@ -118,8 +129,19 @@ def _f(
 # --------------------------------------------------------------------------- dataclasses
 @dataclass(frozen=True)
 class SystemConfig:
+    """The molecule (with its ECP atoms and core electrons), the basis (one name, or
+    element -> name) and the points of the ECPs' nonlocal quadrature."""
+
     molecule: Molecule
-    basis: str = DEFAULT_BASIS
+    basis: str | dict[str, str] = DEFAULT_BASIS
+    ecp_points: int = 12
+
+    @property
+    def basis_label(self) -> str:
+        """The basis as one string (``"O: ccecp-cc-pvdz, H: cc-pvdz"`` for a table)."""
+        if isinstance(self.basis, str):
+            return self.basis
+        return ", ".join(f"{k}: {v}" for k, v in sorted(self.basis.items()))
 
 
 @dataclass(frozen=True)
@@ -173,6 +195,9 @@ class TrainConfig:
     max_bad_steps: int = _f(10, check=_positive)
     damping: float = _f(1e-3, check=_non_negative)
     momentum: float = _f(0.9, check=_half_open_unit)
+    # points of the ECP quadrature while training (0: the system's ecp_points); any rule is
+    # unbiased under the random rotation, fewer points only add variance (docs/ecp.md)
+    ecp_points: int = _f(6, check=lambda v: None if v == 0 else _ecp_points(v))
 
 
 @dataclass(frozen=True)
@@ -194,6 +219,8 @@ class DMCConfig:
     timestep: tuple[float, ...] = _f((0.01,), check=_all_positive, one_or_many=True)
     walkers: int = _f(0, check=_non_negative)
     equilibration: int = _f(500, check=_non_negative)
+    # with an ECP: size-consistent T-moves, or the locality approximation
+    nonlocal_scheme: str = _f("tmoves", choices=("tmoves", "locality"))
 
 
 @dataclass(frozen=True)
@@ -286,7 +313,11 @@ class SystemInput:
     unit: str | None = _f(None, choices=UNITS)  # required with atoms
     charge: int = 0
     spin: int = 0  # n_up - n_down
-    basis: str = _f(DEFAULT_BASIS, check=_non_empty)
+    basis: str | dict[str, str] = _f(DEFAULT_BASIS, check=_non_empty_name)
+    # effective core potentials: a family for every element that has one ("ccecp", "bfd"),
+    # element -> name (or NWChem file) for those elements only, or none (all-electron)
+    ecp: str | dict[str, str] | None = _f(None, check=_non_empty_name)
+    ecp_points: int = _f(12, check=_ecp_points)  # points of the nonlocal quadrature
 
 
 # Top-level bookkeeping fields that are not read from the document.
@@ -357,9 +388,25 @@ def _convert(value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if args == [str, dict[str, str]]:  # one name, or element -> name
+            return value if isinstance(value, str) else _convert(value, args[1])
         if len(args) != 1:  # pragma: no cover - no such field
             raise TypeError(f"unsupported field type {tp}")
         return _convert(value, args[0])
+    if origin is dict:
+        if not isinstance(value, dict) or not value:
+            raise TypeError(
+                f"expected a string or a table of element = name, got {describe(value)}"
+            )
+        out = {}
+        for k, v in value.items():
+            if not isinstance(v, str) or not v.strip():
+                raise TypeError(f"{k}: expected a non-empty string, got {describe(v)}")
+            symbol = str(k).capitalize()
+            if symbol not in ATOMIC_NUMBER:
+                raise TypeError(f"{k!r} is not an element")
+            out[symbol] = v
+        return out
     if tp is bool:
         if isinstance(value, bool):
             return value

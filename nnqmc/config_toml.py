@@ -31,8 +31,12 @@ def to_toml(data: dict) -> str:
     for name, table in tables:
         lines.append(f"\n[{_toml_key(name)}]")
         for key, value in table.items():
-            if isinstance(value, dict):
-                raise ValueError(f"nested table {name}.{key} is not supported")
+            if isinstance(value, dict):  # an inline table of scalars (element -> name)
+                if any(isinstance(v, dict | list) for v in value.values()):
+                    raise ValueError(f"nested table {name}.{key} is not supported")
+                items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+                lines.append(f"{_toml_key(key)} = {{{items}}}")
+                continue
             lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
     return "\n".join(lines).lstrip("\n") + "\n"
 

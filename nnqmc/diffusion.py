@@ -44,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .ansatz import Ansatz
-from .hamiltonian import Hamiltonian
+from .ecp import configuration_key
+from .hamiltonian import Hamiltonian, nonlocal_of
 from .optimize import AXIS
 from .train import batch_local_jet
 
@@ -132,16 +133,33 @@ def _local_slice(x: jax.Array, n_local: int) -> jax.Array:
     return jax.lax.dynamic_slice_in_dim(x, start, n_local)
 
 
+ROTATION_KEY = 104729
+"""Seeds the ECP quadrature's rotations in DMC, hashed with each configuration
+(:func:`nnqmc.ecp.configuration_key`): a walker's local energy is a function of its
+position, so a resumed run recomputes the stored one bit for bit."""
+
+
+def configuration_keys(r: jax.Array) -> jax.Array:
+    """One quadrature key per walker of ``r`` (n_walkers, n_elec, 3)."""
+    base = jax.random.PRNGKey(ROTATION_KEY)
+    return jax.vmap(configuration_key, in_axes=(None, 0))(base, r)
+
+
 def make_walkers(ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str = "forward"):
     """A pmapped ``(params, r) -> DMCWalkers`` with unit weights (start of a DMC run)."""
     signs = batch_sign(ansatz)
     local_jets = batch_local_jet(ansatz, hamiltonian, engine)
 
     def start(params, r):
-        log_psi, grad, e = local_jets(params, r)
+        log_psi, grad, e = local_jets(params, r, configuration_keys(r))
         return DMCWalkers(r, signs(params, r), log_psi, grad, e, jnp.ones_like(e))
 
     return jax.pmap(start, axis_name=AXIS)
+
+
+NONLOCAL_MODES = ("tmoves", "locality")
+"""How DMC treats a nonlocal (ECP) potential: size-consistent T-moves (the default), or the
+locality approximation (the nonlocal term only in the local energy)."""
 
 
 def make_dmc_step(
@@ -150,17 +168,27 @@ def make_dmc_step(
     *,
     engine: str = "forward",
     drift_a: float = 1.0,
+    nonlocal_mode: str = "tmoves",
 ) -> Callable[..., tuple[DMCWalkers, DMCControl, dict[str, jax.Array]]]:
     """A pmapped ``step(params, walkers, control, key, tau) -> (walkers, control, stats)``.
 
     ``key`` and ``tau`` are the same on every device. ``stats`` (replicated): ``energy``
     (the step's weighted mixed estimate), ``total_weight`` (Σw before resampling, over W),
     ``acceptance``, ``tau_eff``, ``e_ref``, ``n_nonfinite`` (proposals rejected for a
-    non-finite local energy or log|ψ|).
+    non-finite local energy or log|ψ|), ``t_moves`` (electrons moved by T-moves per walker).
+
+    With a nonlocal potential and ``nonlocal_mode = "tmoves"`` the walkers, after the
+    drift-diffusion move and its branching factor, make one sweep of T-moves
+    (:func:`nnqmc.ecp.t_move_sweep`), and their local energies are computed anew where they
+    moved; the branching keeps the full local energy (its nonlocal part included), whose
+    diagonal part and the T-moves' normalisation agree to O(τ²) per step.
     """
+    if nonlocal_mode not in NONLOCAL_MODES:
+        raise ValueError(f"nonlocal_mode must be one of {NONLOCAL_MODES}, not {nonlocal_mode!r}")
     signs = batch_sign(ansatz)
     local_jets = batch_local_jet(ansatz, hamiltonian, engine)
     n_elec = ansatz.n_up + ansatz.n_down
+    t_moves = nonlocal_mode == "tmoves" and nonlocal_of(hamiltonian) is not None
 
     def step(params, walkers: DMCWalkers, control: DMCControl, key, tau):
         n_local = walkers.r.shape[0]
@@ -172,7 +200,7 @@ def make_dmc_step(
         drift = limited_drift(walkers.grad, tau, drift_a)
         proposal = walkers.r + drift * tau + jnp.sqrt(tau) * noise
         sign_new = signs(params, proposal)
-        log_psi_new, grad_new, e_new = local_jets(params, proposal)
+        log_psi_new, grad_new, e_new = local_jets(params, proposal, configuration_keys(proposal))
         drift_back = limited_drift(grad_new, tau, drift_a)
         forward = jnp.sum((proposal - walkers.r - drift * tau) ** 2, axis=(1, 2))
         backward = jnp.sum((walkers.r - proposal - drift_back * tau) ** 2, axis=(1, 2))
@@ -207,6 +235,9 @@ def make_dmc_step(
             jnp.where(accept, e_new_safe, walkers.e_local),
             weight,
         )
+        n_moved = jnp.zeros((n_local,), jnp.int32)
+        if t_moves:
+            moved, n_moved = _t_moves(moved, keys, tau, params)
         population = jax.tree_util.tree_map(_gather, moved)
         g_weight, g_mixed = population.weight, _gather(e_mixed)
         n_total = g_weight.shape[0]
@@ -229,8 +260,31 @@ def make_dmc_step(
             "tau_eff": tau_eff,
             "e_ref": control.e_ref,
             "n_nonfinite": jnp.sum(_gather((~finite).astype(jnp.int32))),
+            "t_moves": jnp.sum(_gather(n_moved).astype(dtype)) / n_total,
         }
         return resampled, DMCControl(e_ref, e_avg, count), stats
+
+    def _t_moves(walkers: DMCWalkers, keys, tau, params) -> tuple[DMCWalkers, jax.Array]:
+        """One T-move sweep per walker, then the local jets where it moved (a walker whose
+        new local energy is not finite stays where it was)."""
+
+        def sweep(r, k):
+            signed = lambda x: ansatz.apply(params, x)
+            return hamiltonian.t_move(signed, r, jax.random.fold_in(k, 2), tau)
+
+        r_new, count = jax.vmap(sweep)(walkers.r, keys)
+        log_psi, grad, e = local_jets(params, r_new, configuration_keys(r_new))
+        ok = (count > 0) & jnp.isfinite(e) & jnp.isfinite(log_psi)
+        ok &= jnp.all(jnp.isfinite(grad), axis=(1, 2))
+        pick = lambda new, old: jnp.where(ok.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+        updated = walkers._replace(
+            r=pick(r_new, walkers.r),
+            sign=pick(signs(params, r_new), walkers.sign),
+            log_psi=pick(log_psi, walkers.log_psi),
+            grad=pick(grad, walkers.grad),
+            e_local=pick(e, walkers.e_local),
+        )
+        return updated, jnp.where(ok, count, 0)
 
     pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, 0, None, None))
 

@@ -9,6 +9,11 @@ without (Hooke's atom, quantum dots) may leave them out.
 External one-body potentials (:mod:`nnqmc.external`: a uniform field, point charges, a
 harmonic trap) are added with ``MolecularHamiltonian(..., external=terms)`` or, for any
 Hamiltonian, :func:`with_external`.
+
+Effective core potentials (:mod:`nnqmc.ecp`): a Hamiltonian with ``ecp`` arrays has the
+local channel in its ``potential`` and a nonlocal term, which needs the wavefunction:
+``nonlocal_elements(signed_log_psi, r, key)`` (see :func:`nonlocal_of`). The charges are
+then the effective ones, ``Z - core``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .ecp import local_potential, nonlocal_elements, quadrature, t_move_sweep
 from .laplacian import KINETIC_ENGINES, KINETIC_JETS
 
 __all__ = [
@@ -32,6 +38,8 @@ __all__ = [
     "MolecularHamiltonian",
     "electron_nuclear_distances",
     "local_energy",
+    "nonlocal_energy",
+    "nonlocal_of",
     "nuclei",
     "pair_distances",
     "positions",
@@ -128,10 +136,16 @@ class MolecularHamiltonian:
     n_up: int
     n_down: int
     external: tuple[ExternalPotential, ...] = ()
+    # effective core potentials: :func:`nnqmc.ecp.ecp_arrays` of the atoms (charges are then
+    # Z - core) and the points of the nonlocal quadrature
+    ecp: dict[str, np.ndarray] | None = None
+    ecp_points: int = 12
 
     def __post_init__(self) -> None:
         if self.external:
             _check_external(self.external, *nuclei(self))
+        if self.ecp is not None:
+            quadrature(self.ecp_points)  # an unknown rule fails here
 
     @classmethod
     def without_nuclei(
@@ -157,14 +171,26 @@ class MolecularHamiltonian:
         )
 
     def potential(self, r: jax.Array) -> jax.Array:
-        """Electron–nucleus + electron–electron + nuclear repulsion + external terms."""
+        """Electron–nucleus + electron–electron + nuclear repulsion + external terms + the
+        local channel of the ECPs."""
         charges_np, coords_np = nuclei(self)
         coords = jnp.asarray(coords_np, r.dtype)
         charges = jnp.asarray(charges_np, r.dtype)
         v_en = -jnp.sum(charges / electron_nuclear_distances(r, coords))
         v_ee = jnp.sum(1.0 / pair_distances(r)) if r.shape[0] > 1 else 0.0
         v_ext = _external_energy(self.external, r, charges_np, coords_np)
-        return v_en + v_ee + self.nuclear_repulsion + v_ext
+        return v_en + v_ee + self.nuclear_repulsion + v_ext + _ecp_local(self.ecp, coords, r)
+
+    def nonlocal_elements(
+        self, signed_log_psi: Callable[[jax.Array], tuple[jax.Array, jax.Array]], r, key
+    ) -> tuple[jax.Array, jax.Array]:
+        """The ECPs' nonlocal matrix elements of one walker and the positions they lead to
+        (:func:`nnqmc.ecp.nonlocal_elements`); their sum is ``(V_nl psi)/psi``."""
+        return _ecp_nonlocal(self.ecp, self.ecp_points, self.coords, signed_log_psi, r, key)
+
+    def t_move(self, signed_log_psi, r: jax.Array, key: jax.Array, tau: jax.Array):
+        """One sweep of T-moves of one walker (:func:`nnqmc.ecp.t_move_sweep`)."""
+        return _ecp_t_move(self, signed_log_psi, r, key, tau)
 
 
 @dataclass(frozen=True)
@@ -179,15 +205,29 @@ class GeometryHamiltonian:
     n_down: int
     constant: jax.Array
     external: tuple[ExternalPotential, ...] = ()
+    ecp: dict[str, Any] | None = None
+    ecp_points: int = 12
 
     def potential(self, r: jax.Array) -> jax.Array:
-        """Electron–nucleus + electron–electron + constant + external one-body terms."""
+        """Electron–nucleus + electron–electron + constant + external one-body terms + the
+        local channel of the ECPs."""
         coords = jnp.asarray(self.coords, r.dtype).reshape(-1, 3)
         charges = jnp.asarray(self.charges, r.dtype)
         v_en = -jnp.sum(charges / electron_nuclear_distances(r, coords))
         v_ee = jnp.sum(1.0 / pair_distances(r)) if r.shape[0] > 1 else 0.0
         v_ext = sum((t.electron_potential(r) for t in self.external), jnp.zeros((), r.dtype))
-        return v_en + v_ee + jnp.asarray(self.constant, r.dtype) + v_ext
+        v_ecp = _ecp_local(self.ecp, coords, r)
+        return v_en + v_ee + jnp.asarray(self.constant, r.dtype) + v_ext + v_ecp
+
+    def nonlocal_elements(
+        self, signed_log_psi: Callable[[jax.Array], tuple[jax.Array, jax.Array]], r, key
+    ) -> tuple[jax.Array, jax.Array]:
+        """As :meth:`MolecularHamiltonian.nonlocal_elements`."""
+        return _ecp_nonlocal(self.ecp, self.ecp_points, self.coords, signed_log_psi, r, key)
+
+    def t_move(self, signed_log_psi, r: jax.Array, key: jax.Array, tau: jax.Array):
+        """One sweep of T-moves of one walker (:func:`nnqmc.ecp.t_move_sweep`)."""
+        return _ecp_t_move(self, signed_log_psi, r, key, tau)
 
 
 @dataclass(frozen=True)
@@ -221,10 +261,59 @@ class ExtendedHamiltonian:
         """Nuclear positions of ``base`` in bohr (empty if it has none)."""
         return nuclei(self.base)[1]
 
+    @property
+    def ecp(self) -> Any:
+        """The ECP arrays of ``base`` (None without)."""
+        return getattr(self.base, "ecp", None)
+
     def potential(self, r: jax.Array) -> jax.Array:
         """``base.potential(r)`` plus the external terms."""
         charges, coords = nuclei(self.base)
         return self.base.potential(r) + _external_energy(self.external, r, charges, coords)
+
+    def nonlocal_elements(self, signed_log_psi, r, key) -> tuple[jax.Array, jax.Array]:
+        """The nonlocal term of ``base``."""
+        return self.base.nonlocal_elements(signed_log_psi, r, key)
+
+    def t_move(self, signed_log_psi, r: jax.Array, key: jax.Array, tau: jax.Array):
+        """T-moves of ``base``."""
+        return self.base.t_move(signed_log_psi, r, key, tau)
+
+
+def _ecp_local(ecp: Any, coords: jax.Array, r: jax.Array) -> jax.Array:
+    if ecp is None:
+        return jnp.zeros((), r.dtype)
+    return local_potential(ecp, coords, r)
+
+
+def _ecp_nonlocal(ecp, points, coords, signed_log_psi, r, key) -> tuple[jax.Array, jax.Array]:
+    if ecp is None:
+        raise ValueError("this Hamiltonian has no effective core potential")
+    nodes, weights = quadrature(points)
+    return nonlocal_elements(signed_log_psi, ecp, positions(coords), r, key, nodes, weights)
+
+
+def _ecp_t_move(hamiltonian, signed_log_psi, r, key, tau) -> tuple[jax.Array, jax.Array]:
+    nodes, weights = quadrature(hamiltonian.ecp_points)
+    coords = positions(hamiltonian.coords)
+    return t_move_sweep(signed_log_psi, hamiltonian.ecp, coords, r, key, tau, nodes, weights)
+
+
+NonlocalTerm = Callable[
+    [Callable[[jax.Array], tuple[jax.Array, jax.Array]], jax.Array, jax.Array],
+    tuple[jax.Array, jax.Array],
+]
+"""``(signed_log_psi, r, key) -> (elements, moved)`` of one walker (see :mod:`nnqmc.ecp`)."""
+
+
+def nonlocal_of(hamiltonian: Any) -> NonlocalTerm | None:
+    """The Hamiltonian's nonlocal term, or None if it has none: any Hamiltonian may add
+    one by a ``nonlocal_elements`` method and a non-None ``ecp`` attribute (a custom
+    nonlocal operator may define ``nonlocal_elements`` with ``ecp = True``)."""
+    method = getattr(hamiltonian, "nonlocal_elements", None)
+    if method is None or getattr(hamiltonian, "ecp", None) is None:
+        return None
+    return method
 
 
 def with_external(hamiltonian: Hamiltonian, external: Sequence[ExternalPotential]) -> Hamiltonian:
@@ -242,9 +331,30 @@ def local_energy(
     hamiltonian: Hamiltonian,
     r: jax.Array,
     engine: str = "exact",
+    *,
+    signed_log_psi: Callable[[jax.Array], tuple[jax.Array, jax.Array]] | None = None,
+    key: jax.Array | None = None,
 ) -> jax.Array:
-    """``E_L(r) = -1/2 (nabla^2 log|psi| + |nabla log|psi||^2) + V(r)`` for one walker."""
-    return KINETIC_ENGINES[engine](log_psi, r) + hamiltonian.potential(r)
+    """``E_L(r) = -1/2 (nabla^2 log|psi| + |nabla log|psi||^2) + V(r)`` for one walker,
+    plus ``(V_nl psi)/psi`` for a Hamiltonian with a nonlocal term (which needs
+    ``signed_log_psi: r -> (sign, log|psi|)`` and a random ``key`` for the quadrature)."""
+    e = KINETIC_ENGINES[engine](log_psi, r) + hamiltonian.potential(r)
+    return e + nonlocal_energy(hamiltonian, signed_log_psi, r, key)
+
+
+def nonlocal_energy(
+    hamiltonian: Hamiltonian,
+    signed_log_psi: Callable[[jax.Array], tuple[jax.Array, jax.Array]] | None,
+    r: jax.Array,
+    key: jax.Array | None,
+) -> jax.Array:
+    """``(V_nl psi)/psi`` of one walker; 0 for a Hamiltonian without a nonlocal term."""
+    term = nonlocal_of(hamiltonian)
+    if term is None:
+        return jnp.zeros((), r.dtype)
+    if signed_log_psi is None or key is None:
+        raise ValueError("a nonlocal potential needs signed_log_psi and a key")
+    return jnp.sum(term(signed_log_psi, r, key)[0])
 
 
 def local_jet(

@@ -25,25 +25,54 @@ class MoleculeError(ValueError):
 
 @dataclass(frozen=True)
 class Molecule:
-    """Nuclei (bohr) and electron counts. The first ``n_up`` electrons are spin-up."""
+    """Nuclei (bohr) and electron counts. The first ``n_up`` electrons are spin-up.
+
+    With effective core potentials, ``ecp`` maps each element that has one to its name
+    (or NWChem file) and ``core`` holds the electrons each atom's potential removes:
+    :attr:`charges` are then the effective charges ``Z - core`` and the electron counts
+    are those of the valence electrons.
+    """
 
     symbols: tuple[str, ...]
     coords: np.ndarray = field(repr=False)
     charge: int = 0
     spin: int = 0
+    ecp: tuple[tuple[str, str], ...] = ()
+    core: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         coords = np.asarray(self.coords, dtype=np.float64).reshape(-1, 3)
         object.__setattr__(self, "coords", coords)
-        _validate(self.symbols, coords, self.charge, self.spin)
+        core = tuple(int(c) for c in self.core) or (0,) * len(self.symbols)
+        object.__setattr__(self, "core", core)
+        object.__setattr__(self, "ecp", tuple((str(s), str(n)) for s, n in self.ecp))
+        _validate(self.symbols, coords, self.charge, self.spin, core)
 
     @property
-    def charges(self) -> np.ndarray:
+    def atomic_numbers(self) -> np.ndarray:
         return np.array([ATOMIC_NUMBER[s] for s in self.symbols], dtype=np.float64)
 
     @property
+    def charges(self) -> np.ndarray:
+        """Nuclear charges seen by the electrons: Z, less the core of an ECP atom."""
+        return self.atomic_numbers - np.asarray(self.core, np.float64)
+
+    @property
+    def ecp_atoms(self) -> np.ndarray:
+        """Whether each atom has an effective core potential (a bounded potential: no
+        nuclear cusp)."""
+        names = dict(self.ecp)
+        return np.array([s in names for s in self.symbols], dtype=bool)
+
+    @property
+    def cusp_charges(self) -> np.ndarray:
+        """The charges whose Coulomb singularity the orbitals must cusp: :attr:`charges`
+        for all-electron atoms, 0 for atoms with an ECP (their potential is bounded)."""
+        return np.where(self.ecp_atoms, 0.0, self.charges)
+
+    @property
     def n_elec(self) -> int:
-        return int(sum(ATOMIC_NUMBER[s] for s in self.symbols)) - self.charge
+        return int(round(float(np.sum(self.charges)))) - self.charge
 
     @property
     def n_up(self) -> int:
@@ -62,7 +91,9 @@ class Molecule:
         return energy
 
     def with_coords(self, coords: np.ndarray) -> Molecule:
-        return Molecule(self.symbols, np.asarray(coords), self.charge, self.spin)
+        return Molecule(
+            self.symbols, np.asarray(coords), self.charge, self.spin, self.ecp, self.core
+        )
 
     @classmethod
     def from_atoms_text(cls, text: str, unit: str, charge: int = 0, spin: int = 0) -> Molecule:
@@ -88,7 +119,15 @@ class Molecule:
     def from_pyscf(cls, mol) -> Molecule:
         """Atoms, charge and spin of a built PySCF ``gto.Mole`` (ghost atoms not allowed)."""
         symbols = tuple(mol.atom_pure_symbol(i) for i in range(mol.natm))
-        return cls(symbols, np.asarray(mol.atom_coords(unit="Bohr")), mol.charge, mol.spin)
+        core = tuple(int(mol.atom_nelec_core(i)) for i in range(mol.natm))
+        names = mol.ecp if isinstance(mol.ecp, dict) else dict.fromkeys(symbols, mol.ecp)
+        ecp = tuple(
+            (s, str(names[s]))
+            for s in sorted(set(symbols))
+            if any(c for t, c in zip(symbols, core, strict=True) if t == s) and s in names
+        )
+        coords = np.asarray(mol.atom_coords(unit="Bohr"))
+        return cls(symbols, coords, mol.charge, mol.spin, ecp, core if any(core) else ())
 
     def atoms_text(self) -> str:
         """Lines ``SYMBOL x y z`` in bohr (exact round trip through ``from_atoms_text``)."""
@@ -144,7 +183,9 @@ def _to_bohr(coords: np.ndarray, unit: str) -> np.ndarray:
     raise MoleculeError(f"unit must be 'bohr' or 'angstrom', not {unit!r}")
 
 
-def _validate(symbols: tuple[str, ...], coords: np.ndarray, charge: int, spin: int) -> None:
+def _validate(
+    symbols: tuple[str, ...], coords: np.ndarray, charge: int, spin: int, core: tuple[int, ...]
+) -> None:
     for s in symbols:
         if s not in ATOMIC_NUMBER:
             raise MoleculeError(f"unknown element {s!r}")
@@ -160,13 +201,18 @@ def _validate(symbols: tuple[str, ...], coords: np.ndarray, charge: int, spin: i
                     f"atoms {j + 1} ({symbols[j]}) and {i + 1} ({symbols[i]}) overlap "
                     f"(distance {d:.3g} bohr)"
                 )
-    n_elec = sum(ATOMIC_NUMBER[s] for s in symbols) - charge
+    if len(core) != len(symbols) or any(
+        c < 0 or c >= ATOMIC_NUMBER[s] for s, c in zip(symbols, core, strict=False)
+    ):
+        raise MoleculeError("need one core-electron count per atom, below its atomic number")
+    n_elec = sum(ATOMIC_NUMBER[s] for s in symbols) - sum(core) - charge
+    valence = " valence" if any(core) else ""
     if n_elec <= 0:
-        raise MoleculeError(f"charge {charge} leaves {n_elec} electrons")
+        raise MoleculeError(f"charge {charge} leaves {n_elec}{valence} electrons")
     if abs(spin) > n_elec or (n_elec - spin) % 2 != 0:
         parity = "even" if n_elec % 2 == 0 else "odd"
         raise MoleculeError(
-            f"spin {spin} is impossible for {n_elec} electrons (spin must be {parity} "
+            f"spin {spin} is impossible for {n_elec}{valence} electrons (spin must be {parity} "
             f"and at most {n_elec} in magnitude)"
         )
     if spin < 0:

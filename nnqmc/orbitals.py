@@ -245,7 +245,8 @@ class CuspParams:
 def cusp_radii(centers: np.ndarray, charges: np.ndarray) -> np.ndarray:
     """``rc_A = min(0.5 / Z_A, 0.4 * min_B |R_A - R_B|)`` (only the first term for atoms)."""
     centers = np.asarray(centers, np.float64).reshape(-1, 3)
-    rc = CUSP_RC_Z / np.asarray(charges, np.float64)
+    charges = np.asarray(charges, np.float64)
+    rc = CUSP_RC_Z / np.where(charges > 0, charges, 1.0)
     if len(centers) > 1:
         dist = np.linalg.norm(centers[:, None] - centers[None], axis=-1)
         np.fill_diagonal(dist, np.inf)
@@ -347,7 +348,8 @@ def fit_cusps(
     alpha2..4 matching value, slope and curvature of ``phi_s`` at rc.
 
     A pair is corrected only if ``phi_s`` keeps one sign on ``[0, rc]`` (checked on
-    ``n_grid`` points), ``|phi_s(0)| > max(1e-7 * max_B |phi_k(R_B)|, 1e-8)``, and the
+    ``n_grid`` points), ``|phi_s(0)| > max(1e-7 * max_B |phi_k(R_B)|, 1e-8)``, the atom's
+    charge is positive (pass 0 for atoms with an effective core potential), and the
     fitted ``exp(p)`` stays below ``10 * max(|phi_s|, |phi_k(R_A)|)`` on ``[0, rc]``.
     """
     mo_coeff = np.asarray(mo_coeff, np.float64)
@@ -365,6 +367,8 @@ def fit_cusps(
     s_index = np.nonzero(tables.ao_l == 0)[0]
     s_weights = np.zeros((n_atoms, len(s_index), n_mo))
     for a in range(n_atoms):
+        if charges[a] <= 0:  # an ECP atom (bounded potential) or a ghost: no cusp
+            continue
         on_a = tables.ao_center[s_index] == a
         s_weights[a, on_a] = mo_coeff[s_index[on_a]]
         exps, w = _s_radial(tables, a, mo_coeff)

@@ -99,7 +99,7 @@ def train_program(run: Run) -> Callable[..., tuple[TrainState, dict[str, jax.Arr
             physics = physics_of(geometry)
             one = train_step(
                 physics.ansatz,
-                physics.hamiltonian,
+                training_hamiltonian(physics.hamiltonian, cfg.train.ecp_points),
                 run.optimizer_for(physics),
                 sweeps=cfg.sampler.decorrelation,
                 clip_width=cfg.train.clip_width,
@@ -120,6 +120,17 @@ def train_program(run: Run) -> Callable[..., tuple[TrainState, dict[str, jax.Arr
         return run_step
 
     return _shared(run, "train", make)
+
+
+def training_hamiltonian(hamiltonian: Any, ecp_points: int) -> Any:
+    """``hamiltonian`` with ``ecp_points`` quadrature points for its nonlocal term (0, or no
+    ECP: itself). Under the random rotation every rule gives the angular integral without
+    bias; fewer points only add variance to the training's local energies."""
+    if not ecp_points or getattr(hamiltonian, "ecp", None) is None:
+        return hamiltonian
+    if not dataclasses.is_dataclass(hamiltonian) or not hasattr(hamiltonian, "ecp_points"):
+        return hamiltonian
+    return dataclasses.replace(hamiltonian, ecp_points=ecp_points)
 
 
 def burn_in_program(run: Run) -> Callable[..., tuple[jax.Array, jax.Array, jax.Array]]:

@@ -23,6 +23,7 @@ import numpy as np
 from .ansatz import Ansatz, slater_jastrow_from_part
 from .ansatz.slater import slater_arrays, slater_from_arrays
 from .config import Config
+from .ecp import ecp_arrays
 from .errors import RunError
 from .external import external_terms, scf_external
 from .hamiltonian import GeometryHamiltonian, Hamiltonian, MolecularHamiltonian
@@ -30,7 +31,7 @@ from .molecule import Molecule
 from .optimize import Optimizer, make_optimizer
 from .parallel import device_count, global_device_count, process_count
 from .sampler import StepScale, init_walkers, nucleus_step_scale
-from .scf import SCFResult, run_scf
+from .scf import SCFResult, atom_potentials, run_scf
 from .train import batch_log_psi
 
 __all__ = [
@@ -136,7 +137,7 @@ def precision_dtype(precision: str) -> Any:
 
 def build_ansatz(config: Config, molecule: Molecule, scf: SCFResult, dtype: Any = None) -> Ansatz:
     """The config's ansatz in ``dtype`` (default: that of ``config.precision``)."""
-    arrays = slater_arrays(scf, molecule.charges, cusp=config.ansatz.cusp_correction)
+    arrays = slater_arrays(scf, molecule.cusp_charges, cusp=config.ansatz.cusp_correction)
     return ansatz_from_arrays(config, molecule, scf, arrays, molecule.coords, dtype)
 
 
@@ -160,7 +161,7 @@ def ansatz_from_arrays(
     if kind == "generalized":
         from .ansatz.generalized import generalized_from_options
 
-        return generalized_from_options(slater, coords, molecule.charges, a, dtype)
+        return generalized_from_options(slater, coords, molecule.cusp_charges, a, dtype)
     from .ansatz.paulinet import paulinet_from_slater
 
     return paulinet_from_slater(
@@ -183,11 +184,14 @@ def geometry_arrays(
 ) -> dict[str, Any]:
     """The arrays of a molecular run that change with the geometry (float64): nuclear
     positions, the energy without electrons, the orbitals' MO and cusp coefficients."""
-    return {
+    arrays = {
         "coords": np.asarray(molecule.coords, np.float64).reshape(-1, 3),
         "constant": np.float64(hamiltonian.constant_energy),
-        "orbitals": slater_arrays(scf, molecule.charges, cusp=config.ansatz.cusp_correction),
+        "orbitals": slater_arrays(scf, molecule.cusp_charges, cusp=config.ansatz.cusp_correction),
     }
+    if hamiltonian.ecp is not None:
+        arrays["ecp"] = hamiltonian.ecp
+    return arrays
 
 
 def with_nuclei(geometry: dict[str, Any], coords: Any) -> dict[str, Any]:
@@ -221,6 +225,8 @@ def physics_builder(
             hamiltonian.n_down,
             geometry["constant"],
             hamiltonian.external,
+            geometry.get("ecp"),
+            hamiltonian.ecp_points,
         )
         uniform = config.sampler.proposal == "uniform"
         return Physics(ansatz, h, gradient, None if uniform else nucleus_step_scale(coords))
@@ -253,7 +259,8 @@ def program_key(config: Config, molecule: Molecule, scf: SCFResult, geometry: An
         cfg.eval.decorrelation,
         cfg.eval.dipole,
         repr(cfg.hamiltonian),
-        cfg.system.basis if cfg.system is not None else None,
+        cfg.system.basis_label if cfg.system is not None else None,
+        cfg.system.ecp_points if cfg.system is not None else None,
         _basis_digest(scf.basis),
         tuple(np.asarray(molecule.charges, np.float64).tolist()),
         molecule.n_up,
@@ -279,7 +286,13 @@ def prepare(config: Config) -> Run:
     except ValueError as err:
         raise RunError(f"ansatz.cas: {err}") from None
     hamiltonian = MolecularHamiltonian(
-        molecule.charges, molecule.coords, molecule.n_up, molecule.n_down, external
+        molecule.charges,
+        molecule.coords,
+        molecule.n_up,
+        molecule.n_down,
+        external,
+        ecp=ecp_arrays(atom_potentials(molecule)),
+        ecp_points=config.system.ecp_points,
     )
     geometry = geometry_arrays(config, molecule, scf, hamiltonian)
     build = physics_builder(config, molecule, scf, hamiltonian)

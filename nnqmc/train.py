@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from .ansatz import Ansatz
-from .hamiltonian import Hamiltonian, local_jet
+from .hamiltonian import Hamiltonian, local_jet, nonlocal_energy, nonlocal_of
 from .optimize import AXIS, Optimizer, clip_local_energies
 from .sampler import StepScale, adapt_width, sample
 
@@ -94,18 +94,33 @@ def local_energy_chunk(n_walkers: int, n_elec: int, itemsize: int, backend: str)
     return max(1, min(chunk, n_walkers))
 
 
-def _batched(one: Callable, chunk: int | None) -> Callable[[Any, jax.Array], Any]:
-    """``one(params, r)`` over a batch of walkers, ``chunk`` walkers at a time (``None``:
-    :func:`local_energy_chunk`)."""
+ECP_STREAM = 7919
+"""Folded into a step's key for the random rotations of the ECP quadrature (the sampling
+keys stay as they were without ECPs)."""
 
-    def batch(params: Any, r: jax.Array) -> Any:
+
+def walker_keys(key: jax.Array | None, n_walkers: int) -> jax.Array:
+    """One key per walker, ``fold_in(key, index)`` (zeros where no key is given: runs
+    without a nonlocal term draw nothing)."""
+    if key is None:
+        key = jax.random.PRNGKey(0)
+    return jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(n_walkers))
+
+
+def _batched(one: Callable, chunk: int | None) -> Callable[..., Any]:
+    """``one(params, r, key)`` over a batch of walkers, ``chunk`` walkers at a time
+    (``None``: :func:`local_energy_chunk`); walker ``g`` gets ``fold_in(key, g)``, or its
+    own row of ``key`` when given one key per walker (n_walkers, 2)."""
+
+    def batch(params: Any, r: jax.Array, key: jax.Array | None = None) -> Any:
         n_walkers, n_elec = r.shape[:2]
         size = chunk or local_energy_chunk(
             n_walkers, n_elec, r.dtype.itemsize, jax.default_backend()
         )
+        keys = key if key is not None and key.ndim == 2 else walker_keys(key, n_walkers)
         if size >= n_walkers:
-            return jax.vmap(one, in_axes=(None, 0))(params, r)
-        return jax.lax.map(lambda x: one(params, x), r, batch_size=size)
+            return jax.vmap(one, in_axes=(None, 0, 0))(params, r, keys)
+        return jax.lax.map(lambda xk: one(params, *xk), (r, keys), batch_size=size)
 
     return batch
 
@@ -119,7 +134,7 @@ def batch_local_energy(
     ``chunk`` walkers are evaluated at a time (``None``: :func:`local_energy_chunk`).
     """
     one = _one_local_jet(ansatz, hamiltonian, engine)
-    return _batched(lambda params, r: one(params, r)[2], chunk)
+    return _batched(lambda params, r, key: one(params, r, key)[2], chunk)
 
 
 def batch_local_jet(
@@ -132,15 +147,29 @@ def batch_local_jet(
 
 
 def _one_local_jet(ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str) -> Callable:
+    """``(params, r, key) -> (log|psi|, grad, E_L)`` of one walker; ``key`` rotates the
+    quadrature of a nonlocal term (unused without one)."""
     if engine == "forward" and ansatz.kinetic_jet is not None:
         jet = ansatz.kinetic_jet
 
-        def one(params, r):
+        def base(params, r):
             f, g, t = jet(params, r)
             return f, g, t + hamiltonian.potential(r)
 
-        return one
-    return lambda params, r: local_jet(lambda x: ansatz.log_psi(params, x), hamiltonian, r, engine)
+    else:
+
+        def base(params, r):
+            return local_jet(lambda x: ansatz.log_psi(params, x), hamiltonian, r, engine)
+
+    if nonlocal_of(hamiltonian) is None:
+        return lambda params, r, key: base(params, r)
+
+    def one(params, r, key):
+        f, g, e = base(params, r)
+        nl = nonlocal_energy(hamiltonian, lambda x: ansatz.apply(params, x), r, key)
+        return f, g, e + nl
+
+    return one
 
 
 def _energy_stats(e: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -199,7 +228,7 @@ def train_step(
             step_scale,
         )
         acceptance = jax.lax.pmean(acceptance, AXIS)
-        e = energies(params, walkers)
+        e = energies(params, walkers, jax.random.fold_in(key, ECP_STREAM))
         e_clipped = clip_local_energies(e, clip_width)
         new_params, new_opt_state, grad_norm = optimizer.update(
             params, state.opt_state, walkers, e_clipped
@@ -314,7 +343,7 @@ def eval_step(
             sweeps,
             step_scale,
         )
-        e = energies(params, walkers)
+        e = energies(params, walkers, jax.random.fold_in(key, ECP_STREAM))
         stats = {
             "energy": jax.lax.pmean(jnp.mean(e), AXIS),
             "energy_sq": jax.lax.pmean(jnp.mean(e**2), AXIS),

@@ -72,8 +72,10 @@ def copy_rotations(n: int, copies: int, seed: int = 0) -> np.ndarray:
 
 
 def envelope(d: jax.Array, z: jax.Array, zeta: jax.Array) -> jax.Array:
-    """exp(-Z d + (Z - zeta) d^2 / (1/Z + d)): slope -Z at d = 0, decay exp(-zeta d)."""
-    return jnp.exp(-z * d + (z - zeta) * d * d / (1.0 / z + d))
+    """exp(-Z d + (Z - zeta) d^2 / (1/Z + d)): slope -Z at d = 0, decay exp(-zeta d);
+    for Z = 0 (an atom with an effective core potential: no cusp) exp(-zeta d^2 / (1 + d))."""
+    scale = jnp.where(z > 0, 1.0 / jnp.where(z > 0, z, 1.0), 1.0)
+    return jnp.exp(-z * d + (z - zeta) * d * d / (scale + d))
 
 
 def _softplus_inverse(x: float) -> float:

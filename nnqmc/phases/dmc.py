@@ -66,6 +66,7 @@ COLUMNS = {
     "tau_eff": np.float64,
     "e_ref": np.float64,
     "n_nonfinite": np.int64,
+    "t_moves": np.float64,
     "e_ref_next": np.float64,
     "e_avg": np.float64,
     "production": np.int8,
@@ -73,7 +74,8 @@ COLUMNS = {
 }
 """The columns of dmc.h5, one row per step (``e_ref``: the reference energy the step used;
 ``e_ref_next``, ``e_avg``: the population-control state after it; ``total_weight``: Σw / W
-before resampling; ``production``: 0 for equilibration steps)."""
+before resampling; ``production``: 0 for equilibration steps; ``t_moves``: electrons moved
+by T-moves per walker, 0 without an ECP or in the locality approximation)."""
 
 
 @dataclass
@@ -163,7 +165,9 @@ def dmc(
     key = jax.random.fold_in(jax.random.PRNGKey(run.config.train.seed), STREAM_DMC)
     engine = run.config.train.laplacian
     start_fn = make_walkers(run.ansatz, run.hamiltonian, engine)
-    step_fn = make_dmc_step(run.ansatz, run.hamiltonian, engine=engine)
+    step_fn = make_dmc_step(
+        run.ansatz, run.hamiltonian, engine=engine, nonlocal_mode=cfg.nonlocal_scheme
+    )
     params_d = replicate(params, n_devices)
     positions = _start_walkers(walkers, n_walkers)
     run_dir = Path(out_dir) if out_dir is not None else None
@@ -173,6 +177,11 @@ def dmc(
         "walkers": n_walkers,
         "precision": run.config.precision,
         "equilibration": equilibration,
+        **(
+            {"nonlocal_scheme": cfg.nonlocal_scheme}
+            if getattr(run.hamiltonian, "ecp", None) is not None
+            else {}
+        ),
     }
     records: dict[str, list] = {}
     start = 0
