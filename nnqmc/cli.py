@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from .report import format_result
+from .report import ecp_line, format_result
 
 EXIT_USAGE = 2
 
@@ -369,7 +370,7 @@ def _execute(args) -> int:
     import shlex
 
     from .api import Interrupted, RunError, dmc_run, evaluate_run, run, run_directory
-    from .config import ConfigError, load_config
+    from .config import ConfigError, ECPBasisWarning, load_config
     from .parallel import is_main_process
 
     progress = ProgressPrinter() if is_main_process() else None
@@ -389,7 +390,13 @@ def _execute(args) -> int:
             how = f"nnqmc dmc {shlex.quote(args.run_dir)}"
             result = dmc_run(args.run_dir, args.steps, args.timestep, progress=progress)
         else:
-            config = load_config(args.file, args.set)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ECPBasisWarning)
+                config = load_config(args.file, args.set)
+            for warning in caught:
+                if issubclass(warning.category, ECPBasisWarning):
+                    print(f"nnqmc: warning: {warning.message}", file=sys.stderr, flush=True)
+            _print_ecp(config)
             out = run_directory(config, args.out)
             sets = " ".join(shlex.quote(s) for s in args.set)
             how = f"nnqmc run {shlex.quote(args.file)} --out {shlex.quote(str(out))} --resume"
@@ -402,6 +409,16 @@ def _execute(args) -> int:
     if is_main_process():
         print(format_result(result))
     return 0
+
+
+def _print_ecp(config) -> None:
+    """Which atoms run with which ECP, before the run starts."""
+    mol = config.system.molecule if config.system is not None else None
+    if mol is None or not mol.ecp:
+        return
+    names = dict(mol.ecp)
+    line = ecp_line(list(mol.symbols), [names.get(s) for s in mol.symbols], list(mol.core))
+    print(f"nnqmc: {line} ({mol.n_elec} valence electrons)", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,33 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["format_result"]
+__all__ = ["basis_label", "ecp_line", "format_result"]
+
+
+def basis_label(basis: Any) -> str:
+    """One basis name, or ``"H: cc-pvdz, O: ccecp-cc-pvdz"`` for element -> name."""
+    if isinstance(basis, dict):
+        return ", ".join(f"{k}: {v}" for k, v in sorted(basis.items()))
+    return str(basis)
+
+
+def ecp_line(symbols: list[str], ecp: list[str | None], core: list[int]) -> str | None:
+    """Which atoms have which ECP and how many electrons it removes, which stay
+    all-electron, and that energies are then valence totals; None without ECPs."""
+    if not any(name is not None for name in ecp):
+        return None
+    with_ecp: dict[str, tuple[str, int]] = {}
+    plain: list[str] = []
+    for symbol, name, n in zip(symbols, ecp, core, strict=True):
+        if name is None:
+            if symbol not in plain:
+                plain.append(symbol)
+        else:
+            with_ecp[symbol] = (name, n)
+    parts = [f"{s} {name} ({n} core electrons)" for s, (name, n) in with_ecp.items()]
+    text = "ECP: " + ", ".join(parts)
+    text += f"; all-electron: {', '.join(plain)}" if plain else ""
+    return text + "; energies are valence totals"
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -13,10 +39,14 @@ def format_result(result: dict[str, Any]) -> str:
     lines = [
         f"{result['name']}: E = {e:.6f} ± {err:.6f} Ha  (variance {result['variance']:.4f}, "
         f"{result['steps']} steps, {result['walkers']} walkers, {result['wall_seconds']:.0f} s)",
-        f"  {result['hf_method']}/{result['basis']}: {result['hf_energy']:.6f} Ha",
+        f"  {result['hf_method']}/{basis_label(result['basis'])}: {result['hf_energy']:.6f} Ha",
     ]
+    if result.get("ecp") is not None:
+        line = ecp_line(result["atoms"], result["ecp"], result["core_electrons"])
+        if line:
+            lines.append(f"  {line} ({result['electrons']} valence electrons)")
     if result.get("cas_energy") is not None:
-        lines.append(f"  CASSCF/{result['basis']}: {result['cas_energy']:.6f} Ha")
+        lines.append(f"  CASSCF/{basis_label(result['basis'])}: {result['cas_energy']:.6f} Ha")
     ref = result["reference_energy"]
     if ref is not None:
         diff = (e - ref) * 1000

@@ -59,9 +59,14 @@ def wants_dmc(config: Config) -> bool:
     return "dmc" in config.data
 
 
+CORRELATION_FLOOR = 1e-4
+"""Ha: below this correlation energy (e.g. one valence electron with an ECP) the fraction
+recovered means nothing and is not reported."""
+
+
 def correlation_fraction(energy: float, hf_energy: float, exact: float | None) -> float | None:
     """(E_HF - E) / (E_HF - E_exact)."""
-    if exact is None or hf_energy == exact:
+    if exact is None or abs(hf_energy - exact) < CORRELATION_FLOOR:
         return None
     return (hf_energy - energy) / (hf_energy - exact)
 
@@ -83,6 +88,7 @@ def summarize(
         "hf_method": run.scf.hf_method or run.scf.method,
         "cas_energy": run.scf.cas_energy,
         "basis": cfg.system.basis,
+        **_electrons_summary(run),
         "reference_energy": ref,
         "error_vs_reference": None if ref is None else evaluated.energy - ref,
         "correlation_fraction": correlation_fraction(evaluated.energy, run.scf.energy, ref),
@@ -102,6 +108,21 @@ def summarize(
         "observables": evaluated.observables,
         "version": __version__,
         **(_dmc_summary(run, diffused) if diffused is not None else {}),
+    }
+
+
+def _electrons_summary(run: Run) -> dict[str, Any]:
+    """The atoms, each one's ECP (None: all-electron) and core electrons removed, and the
+    (valence) electron count the energies belong to."""
+    mol = run.molecule
+    if mol is None:
+        return {}
+    names = dict(mol.ecp)
+    return {
+        "atoms": list(mol.symbols),
+        "ecp": [names.get(s) for s in mol.symbols] if names else None,
+        "core_electrons": [int(c) for c in mol.core],
+        "electrons": int(mol.n_elec),
     }
 
 

@@ -32,9 +32,14 @@ class NuclearObservable(NamedTuple):
     nuclei: ``fn(log_psi_at, coords, r, e_local) -> array`` with ``log_psi_at(c, r) ->
     log|psi|`` for nuclei (and the orbitals' centres) at ``c`` (n_atoms, 3), at frozen
     parameters, MO and cusp coefficients; ``coords`` are the run's nuclei (e.g. for the
-    Pulay term d log|psi|/dR of the forces). Needs a molecular run (:mod:`nnqmc.programs`)."""
+    Pulay term d log|psi|/dR of the forces). Needs a molecular run (:mod:`nnqmc.programs`).
+
+    With ``signed``, ``fn`` is also called with the keywords ``signed_log_psi`` (``r ->
+    (sign psi, log|psi|)`` at the run's own nuclei and frozen parameters) and ``key`` (a
+    random key of its own for every walker and step; e.g. for the ECP quadrature)."""
 
     fn: Callable[..., jax.Array]
+    signed: bool = False
 
 
 # ``(params, coords, r) -> log|psi|`` with the nuclei at ``coords`` (see NuclearObservable)
@@ -97,6 +102,10 @@ def local_energy_chunk(n_walkers: int, n_elec: int, itemsize: int, backend: str)
 ECP_STREAM = 7919
 """Folded into a step's key for the random rotations of the ECP quadrature (the sampling
 keys stay as they were without ECPs)."""
+
+OBSERVABLE_STREAM = 7927
+"""Folded into an evaluation step's key for the keys of the observables that ask for one
+(:class:`NuclearObservable` with ``signed``); no other stream changes."""
 
 
 def walker_keys(key: jax.Array | None, n_walkers: int) -> jax.Array:
@@ -321,7 +330,8 @@ def eval_step(
     ``stats`` holds walker averages over all devices of the local energy, its square, and of
     each observable (a function of one walker's positions, a :class:`WaveObservable`, or a
     :class:`NuclearObservable`, which needs ``nuclei``: the nuclear coordinates and the
-    log-amplitude as a function of them).
+    log-amplitude as a function of them). Observable ``k`` (in the dict's order) that asks
+    for keys gets ``fold_in(fold_in(key, OBSERVABLE_STREAM), k)``, one per walker.
     """
     observables = observables or {}
     for name, fn in observables.items():
@@ -352,10 +362,20 @@ def eval_step(
         }
         if nuclei is not None:
             log_psi_at = lambda c, y: nuclei[1](params, c, y)
-        for name, fn in observables.items():
+        signed_log_psi = lambda y: ansatz.apply(params, y)
+        for index, (name, fn) in enumerate(observables.items()):
             if isinstance(fn, WaveObservable):
                 one = lambda x, e_x, fn=fn: fn.fn(lambda y: ansatz.log_psi(params, y), x, e_x)
                 values = jax.vmap(one)(walkers, e)
+            elif isinstance(fn, NuclearObservable) and fn.signed:
+                keys = walker_keys(
+                    jax.random.fold_in(jax.random.fold_in(key, OBSERVABLE_STREAM), index),
+                    walkers.shape[0],
+                )
+                one = lambda x, e_x, k, fn=fn: fn.fn(
+                    log_psi_at, nuclei[0], x, e_x, signed_log_psi=signed_log_psi, key=k
+                )
+                values = jax.vmap(one)(walkers, e, keys)
             elif isinstance(fn, NuclearObservable):
                 one = lambda x, e_x, fn=fn: fn.fn(log_psi_at, nuclei[0], x, e_x)
                 values = jax.vmap(one)(walkers, e)

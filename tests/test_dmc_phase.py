@@ -62,12 +62,15 @@ def _run_args(out: Path, *extra: str) -> list[str]:
     return ["run", H2, "--out", str(out), *extra, "--set", *TINY]
 
 
-def _killed_run(out: Path, at: int, action: str, *extra: str) -> tuple[int, str]:
+def _killed_run(
+    out: Path, at: int, action: str, *extra: str, args: list[str] | None = None
+) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NNQMC_", "SLURM_"))}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     env["JAX_PLATFORMS"] = "cpu"
+    args = _run_args(out, *extra) if args is None else args
     proc = subprocess.run(
-        [sys.executable, "-c", KILLER, str(at), action, *_run_args(out, *extra)],
+        [sys.executable, "-c", KILLER, str(at), action, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -158,3 +161,39 @@ def test_dmc_input_errors(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "holds no run" in err
     assert main(["dmc", str(tmp_path), "--timestep", "-1"]) == 2
     assert "--timestep must be positive" in capsys.readouterr().err
+
+
+BH_ECP = """
+name = "bh_ecp"
+[system]
+atoms = "B 0 0 0\\nH 0 0 2.33"
+unit = "bohr"
+basis = {B = "ccecp-cc-pvdz", H = "cc-pvdz"}
+ecp = {B = "ccecp"}
+"""
+
+
+def test_ecp_dmc_with_t_moves_resumes_to_the_same_numbers_after_kill(tmp_path):
+    """BH with ccECP on B (closed shell: HF has one solution): T-moves happen (electrons
+    moved across the nodes of the trial function), and a DMC killed with -9 and resumed
+    gives the same rows."""
+    system = tmp_path / "bh.toml"
+    system.write_text(BH_ECP)
+    tiny = [s for s in TINY if not s.startswith("system.basis")]
+    args = lambda out, *extra: ["run", str(system), "--out", str(out), *extra, "--set", *tiny]
+    reference = tmp_path / "reference"  # in a process set up like the killed one: the
+    # rotations hash the walkers' bits, which the traced steps kept on disk may round apart
+    rc, err = _killed_run(reference, 10**9, "none", args=args(reference))
+    assert rc == 0, err[-2000:]
+    table = _dmc_table(reference)
+    assert table["t_moves"].sum() > 0
+    out = tmp_path / "run"
+    rc, err = _killed_run(out, 9, "kill", args=args(out))
+    assert rc == -signal.SIGKILL, err[-2000:]
+    rc, err = _killed_run(out, 10**9, "none", "--resume", args=args(out, "--resume"))
+    assert rc == 0, err[-2000:]
+    a = _dmc_table(out)
+    for column in table:
+        np.testing.assert_allclose(a[column], table[column], rtol=1e-12, atol=0, err_msg=column)
+    result = json.loads((reference / io.RESULT).read_text())
+    assert result["electrons"] == 4 and result["core_electrons"] == [2, 0]

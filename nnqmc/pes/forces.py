@@ -27,6 +27,15 @@ gives (E_L - E) g an infinite variance; following Pathak & Wagner (AIP Adv. 10, 
 Without the wavefunction's nuclear dependence (:func:`force_observables` with ``pulay =
 False``), ``g_I`` is approximated by ``Q_I``, exact only at the nuclear cusps.
 
+Effective core potentials (:mod:`nnqmc.ecp`): the potential of an ECP atom, ``-Z_eff/r +
+v_loc(r)`` plus the nonlocal term, is bounded (the local channel's first term is ``Z_eff
+e^{-a r^2}/r``), so its Hellmann–Feynman force needs no zero-variance trick:
+:func:`ecp_force` is ``-d/dR_I`` of that potential per walker, psi held fixed (its own
+nuclei), the nonlocal term ``(V_nl psi)/psi`` differentiated through ``v_l(|r_i - R_I|)``,
+the Legendre angle and the quadrature points ``R_I + |r_i - R_I| Omega_q`` (rotated at
+random, independently of R: the derivative of an unbiased estimate is unbiased). The
+all-electron atoms keep F^ZV; both share the first slot of :data:`FORCE_TERMS`.
+
 The per-walker quantities are observables of :func:`nnqmc.evaluate`; :func:`forces_from_records`
 combines the per-step averages into the force and its blocking error.
 """
@@ -39,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..ecp import nonlocal_elements, quadrature, radial
 from ..estimate import estimate
 from ..hamiltonian import Hamiltonian, nuclei, positions
 from ..train import NuclearObservable, WaveObservable
@@ -47,7 +57,8 @@ from ..train import NuclearObservable, WaveObservable
 FORCE_ZV = "force_zv"
 FORCE_Q = "force_q"
 FORCE_EQ = "force_eq"
-# (3, n_atoms, 3) per step: F^ZV, g and E_L g, with g the regularised d log|psi|/dR
+# (3, n_atoms, 3) per step: F^HF (ZV for all-electron atoms), g and E_L g, with g the
+# regularised d log|psi|/dR
 FORCE_TERMS = "force_terms"
 NODE_EPSILON = 0.01  # bohr; the node regularisation's width in d = 1/|grad log|psi||
 
@@ -106,15 +117,74 @@ def force_terms(
     return jnp.stack([zv, g, e_local * g])
 
 
+def ecp_potential(
+    ecp: dict[str, Any], charges: jax.Array, coords: jax.Array, r: jax.Array
+) -> jax.Array:
+    """``sum_i sum_{I in ECP} (-Z_I/|r_i - R_I| + v_loc,I(|r_i - R_I|))`` of one walker:
+    the ECP atoms' attraction and local channel together, whose singularities cancel
+    (distances kept off zero, so that the gradient stays finite)."""
+    atoms = ecp["atoms"]
+    centres = coords.reshape(-1, 3)[atoms]
+    d = r[:, None, :] - centres[None, :, :]
+    dist = jnp.sqrt(jnp.sum(d * d, axis=-1) + jnp.finfo(r.dtype).tiny)
+    local = radial(jnp.asarray(ecp["local"], r.dtype)[None], dist)  # (n_elec, n_ecp)
+    return jnp.sum(local - charges[atoms][None, :] / dist)
+
+
+def ecp_force(
+    signed_log_psi: Any,
+    ecp: dict[str, Any],
+    points: np.ndarray,
+    weights: np.ndarray,
+    charges: jax.Array,
+    coords: jax.Array,
+    r: jax.Array,
+    key: jax.Array,
+) -> jax.Array:
+    """The Hellmann–Feynman force of the ECP atoms on one walker, shape (n_atoms, 3) (zero
+    rows for the others): ``-d/dR`` of :func:`ecp_potential` plus ``(V_nl psi)/psi`` with
+    psi (``signed_log_psi``, its nuclei fixed) and the quadrature's rotation (``key``)
+    held fixed."""
+
+    def energy(c: jax.Array) -> jax.Array:
+        elements, _ = nonlocal_elements(signed_log_psi, ecp, c, r, key, points, weights)
+        return ecp_potential(ecp, charges, c, r) + jnp.sum(elements)
+
+    return -jax.grad(energy)(coords.reshape(-1, 3))
+
+
 def force_observables(
-    charges: np.ndarray, coords: np.ndarray, pulay: bool = True
+    charges: np.ndarray,
+    coords: np.ndarray,
+    pulay: bool = True,
+    ecp: dict[str, Any] | None = None,
+    ecp_points: int = 12,
 ) -> dict[str, Any]:
     """The observables :func:`forces_from_records` needs. With ``pulay`` (a molecular run:
     the wavefunction as a function of the nuclei), :data:`FORCE_TERMS` and the exact
     zero-bias term, at the run's own nuclei (``coords`` is not used); without, F^ZV, Q and
-    E_L Q per walker at ``coords`` (Q approximates d log|psi|/dR)."""
+    E_L Q per walker at ``coords`` (Q approximates d log|psi|/dR).
+
+    With ``ecp`` (:func:`nnqmc.ecp.ecp_arrays`, possibly traced; ``charges`` then Z_eff)
+    the ECP atoms' Hellmann–Feynman force is :func:`ecp_force` (by an ``ecp_points``
+    quadrature), the others' F^ZV; it needs ``pulay``."""
     charges_np = np.asarray(charges, np.float64)
     coords_np = positions(coords)  # a JAX array when traced (one program for all geometries)
+
+    if ecp is not None:
+        if not pulay:
+            raise ValueError("forces with effective core potentials need pulay = True")
+        nodes, weights = quadrature(ecp_points)
+
+        def ecp_terms(log_psi_at, centres, r, e_local, *, signed_log_psi, key):
+            c = jnp.asarray(centres, r.dtype).reshape(-1, 3)
+            z = jnp.asarray(charges_np, r.dtype)
+            all_electron = z.at[jnp.asarray(ecp["atoms"])].set(0.0)
+            out = force_terms(log_psi_at, c, r, e_local, all_electron)
+            hf = ecp_force(signed_log_psi, ecp, nodes, weights, z, c, r, key)
+            return out.at[0].add(hf)
+
+        return {FORCE_TERMS: NuclearObservable(ecp_terms, signed=True)}
 
     if pulay:
 
@@ -140,9 +210,16 @@ def force_observables(
 
 
 def nuclear_force_observables(hamiltonian: Hamiltonian) -> dict[str, Any]:
-    """:func:`force_observables` of the Hamiltonian's nuclei: as a function of the
+    """:func:`force_observables` of the Hamiltonian's nuclei and ECPs: as a function of the
     Hamiltonian, the evaluation builds them for each geometry inside one shared program."""
-    return force_observables(*nuclei(hamiltonian))
+    ecp = getattr(hamiltonian, "ecp", None)
+    if ecp is None:
+        return force_observables(*nuclei(hamiltonian))
+    if not isinstance(ecp, dict):
+        raise ValueError("forces need the nonlocal term as ECP arrays (nnqmc.ecp.ecp_arrays)")
+    base = getattr(hamiltonian, "base", hamiltonian)  # an ExtendedHamiltonian's own
+    points = getattr(hamiltonian, "ecp_points", getattr(base, "ecp_points", 12))
+    return force_observables(*nuclei(hamiltonian), ecp=ecp, ecp_points=points)
 
 
 def forces_from_records(
