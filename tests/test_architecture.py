@@ -22,6 +22,7 @@ MAX_LINES = 500
 # Physics: wavefunctions, Hamiltonians, sampling, Laplacians, statistics, SCF.
 PHYSICS = (
     "nnqmc.ansatz",
+    "nnqmc.ecp",
     "nnqmc.hamiltonian",
     "nnqmc.orbitals",
     "nnqmc.sampler",
@@ -193,6 +194,30 @@ def test_physics_imports_no_io_cli_or_loop():
                 while via[-1] in chain:
                     via.append(chain[via[-1]])
                 pytest.fail(f"{name} imports {target} via {' <- '.join(via)}")
+
+
+# Physics that must work on plain arrays: PySCF's data (orbitals, ECP tables) enter only
+# through nnqmc.scf, so one compiled step serves any basis or potential of the same shape.
+NO_PYSCF = ("nnqmc.ecp", "nnqmc.hamiltonian", "nnqmc.diffusion", "nnqmc.train", "nnqmc.ansatz")
+
+
+def _external_imports(path: Path) -> set[str]:
+    """Top-level names of the absolute imports anywhere in a file."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_ecp_and_hamiltonian_physics_import_no_pyscf():
+    modules = module_files(ROOT)
+    checked = [n for n in modules if _under(n, NO_PYSCF)]
+    assert {"nnqmc.ecp", "nnqmc.hamiltonian"} <= set(checked)
+    for name in checked:
+        assert "pyscf" not in _external_imports(modules[name]), f"{name} imports pyscf"
 
 
 # --------------------------------------------------------------------------- the checks fail

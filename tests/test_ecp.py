@@ -351,3 +351,25 @@ def test_an_ecp_with_an_all_electron_basis_warns(tmp_path):
 
     with pytest.warns(ECPBasisWarning, match="O has the ccecp potential but the basis 'cc-pvdz'"):
         load_config(_write(tmp_path, 'atoms = "O 0 0 0"\nspin = 2\necp = "ccecp"'))
+
+
+@pytest.mark.ci_slow
+def test_one_valence_electron_is_exact_in_dmc(tmp_path):
+    """Li with ccECP: one valence electron, a nodeless trial function, so fixed-node DMC is
+    exact for the potential: Annaberdiyev et al.'s -0.19685279 Ha within 0.3 mHa."""
+    import json
+
+    from nnqmc.cli import main
+
+    path = tmp_path / "li.toml"
+    path.write_text(
+        'name = "li"\nprecision = "float64"\n[system]\natoms = "Li 0 0 0"\nunit = "bohr"\n'
+        'spin = 1\nbasis = "ccecp-cc-pvdz"\necp = "ccecp"\n[ansatz]\nkind = "jastrow"\n'
+        '[train]\nsteps = 100\nwalkers = 256\noptimizer = "adam"\n[eval]\nsteps = 100\n'
+        "[dmc]\ntimestep = 0.05\nsteps = 600\nequilibration = 100\n"
+    )
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["electrons"] == 1 and result["ecp"] == ["ccecp"]
+    assert result["dmc_energy_err"] < 2e-4
+    assert abs(result["dmc_energy"] - (-0.19685279)) < 3e-4 + 3 * result["dmc_energy_err"]
