@@ -19,9 +19,11 @@ import jax.numpy as jnp
 
 from .config import LAPLACIANS
 from .diffusion import initial_control, make_dmc_step, make_walkers
+from .hamiltonian import nonlocal_energy, nonlocal_of
 from .optimize import cast_floats, jacobian_blocks, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
 from .phases.evaluation import eval_step
+from .programs import training_hamiltonian
 from .run_setup import Run, initial_walkers
 from .threads import single_threaded_blas
 from .train import (
@@ -98,6 +100,7 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
         cfg.dmc.timestep[0],
     )
     return {
+        **nonlocal_parts(run, params, walkers),
         "seconds_per_eval_step": _seconds(eval_step(run), *device_args),
         "seconds_per_dmc_step": _seconds(dmc_step, *dmc_args),
         "seconds_per_sampling": _seconds(sampling, *device_args),
@@ -105,6 +108,26 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
         "seconds_per_jacobian": _seconds(jacobian, params_g, walkers_g),
         "seconds_per_spring_solve": _seconds(solve, o, e),
     }
+
+
+def nonlocal_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
+    """With an ECP: seconds of the nonlocal term alone over the batch (its quadrature's psi
+    ratios for every electron–ECP-atom pair) with the system's points and with the training's
+    (``train.ecp_points``); nothing without one."""
+    h = run.hamiltonian
+    if nonlocal_of(h) is None:
+        return {}
+    out = {}
+    points = {"": getattr(h, "ecp_points", 12), "_training": run.config.train.ecp_points}
+    for label, n in points.items():
+        h_n = training_hamiltonian(h, n)
+
+        def one(r, key, h_n=h_n):
+            return nonlocal_energy(h_n, lambda x: run.ansatz.apply(params, x), r, key)
+
+        keys = jax.random.split(jax.random.PRNGKey(0), walkers.shape[0])
+        out[f"seconds_per_nonlocal_energy{label}"] = _seconds(jax.jit(jax.vmap(one)), walkers, keys)
+    return out
 
 
 def laplacian_engines(

@@ -245,7 +245,8 @@ def _build_system(table: dict, base_dir: Path, fail) -> SystemConfig:
     make = read
     potentials: dict = {}
     if raw.ecp is not None:
-        potentials = _system_ecp(raw.ecp, neutral.symbols, base_dir, fail)
+        table["ecp"] = _located_ecp(raw.ecp, base_dir)  # config.toml: absolute file paths
+        potentials = _system_ecp(table["ecp"], neutral.symbols, fail)
         geometry = neutral
         names = tuple((s, potentials[s].name) for s in sorted(potentials))
         core = tuple(potentials[s].core if s in potentials else 0 for s in geometry.symbols)
@@ -287,19 +288,23 @@ class ECPBasisWarning(UserWarning):
     """An ECP atom with a basis not made for its potential."""
 
 
-def _system_ecp(spec, symbols, base_dir: Path, fail) -> dict:
-    """Element -> :class:`~nnqmc.ecp.AtomECP` of ``[system] ecp`` (file names relative to
-    the input file); one ConfigError line for an unknown name, a missing potential or a
-    malformed file."""
-    from .scf import ECPError, resolve_ecp
+def _located_ecp(spec, base_dir: Path):
+    """``[system] ecp`` with file names made absolute (relative to the input file)."""
 
     def located(name: str) -> str:
         path = Path(name).expanduser()
         if not path.is_absolute():
             path = base_dir / path
-        return str(path) if path.is_file() else name
+        return str(path.resolve()) if path.is_file() else name
 
-    spec = located(spec) if isinstance(spec, str) else {k: located(v) for k, v in spec.items()}
+    return located(spec) if isinstance(spec, str) else {k: located(v) for k, v in spec.items()}
+
+
+def _system_ecp(spec, symbols, fail) -> dict:
+    """Element -> :class:`~nnqmc.ecp.AtomECP` of ``[system] ecp``; one ConfigError line for
+    an unknown name, a missing potential or a malformed file."""
+    from .scf import ECPError, resolve_ecp
+
     if isinstance(spec, dict):
         unknown = sorted(set(spec) - set(symbols))
         if unknown:

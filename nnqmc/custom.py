@@ -60,6 +60,8 @@ def settings(
             "spin": molecule.spin,
             "basis": basis,
         }
+        if molecule.ecp:
+            data["system"]["ecp"] = dict(molecule.ecp)
     return config_from_dict(data, source="settings()", require_system=molecule is not None)
 
 

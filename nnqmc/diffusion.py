@@ -189,6 +189,11 @@ def make_dmc_step(
     local_jets = batch_local_jet(ansatz, hamiltonian, engine)
     n_elec = ansatz.n_up + ansatz.n_down
     t_moves = nonlocal_mode == "tmoves" and nonlocal_of(hamiltonian) is not None
+    if t_moves and not hasattr(hamiltonian, "t_move"):
+        raise ValueError(
+            "T-moves need the Hamiltonian's t_move method; this nonlocal term has none: "
+            'use nonlocal_scheme = "locality"'
+        )
 
     def step(params, walkers: DMCWalkers, control: DMCControl, key, tau):
         n_local = walkers.r.shape[0]

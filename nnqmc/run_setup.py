@@ -31,7 +31,7 @@ from .molecule import Molecule
 from .optimize import Optimizer, make_optimizer
 from .parallel import device_count, global_device_count, process_count
 from .sampler import StepScale, init_walkers, nucleus_step_scale
-from .scf import SCFResult, atom_potentials, run_scf
+from .scf import ECPError, SCFResult, atom_potentials, run_scf
 from .train import batch_log_psi
 
 __all__ = [
@@ -283,6 +283,8 @@ def prepare(config: Config) -> Run:
     ext = scf_external(external, molecule.charges, molecule.coords)
     try:
         scf = run_scf(molecule, config.system.basis, a.cas, a.determinants, **ext)
+    except ECPError as err:
+        raise RunError(f"system.ecp: {err}") from None
     except ValueError as err:
         raise RunError(f"ansatz.cas: {err}") from None
     hamiltonian = MolecularHamiltonian(

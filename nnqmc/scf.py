@@ -142,12 +142,15 @@ def _load_ecp(name: str, symbol: str) -> list | None:
             reason = " ".join(str(err).split())
             raise ECPError(f"cannot read ECP file {name!r} (NWChem format): {reason}") from None
     else:
+        known = pyscf_basis._format_basis_name(name) in pyscf_basis.ALIAS
+        if not known:
+            raise ECPError(f"unknown ECP {name!r}: neither a PySCF ECP name nor a file")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 data = pyscf_basis.load_ecp(name, symbol)
         except Exception:
-            raise ECPError(f"unknown ECP {name!r}: neither a PySCF ECP name nor a file") from None
+            return None  # the family has no (readable) potential for this element
     if not data:
         return None
     if not (isinstance(data, list | tuple) and len(data) == 2 and isinstance(data[0], int)):
@@ -162,14 +165,18 @@ def _atom_ecp(name: str, symbol: str, data: list) -> AtomECP:
     if core < 0 or core >= ATOMIC_NUMBER[symbol]:
         raise ECPError(f"ECP {name!r} for {symbol} removes {core} electrons")
     by_l: dict[int, list] = {}
-    for l, by_power in channels:
-        rows = [(k - 2, a, c) for k, terms in enumerate(by_power) for a, c in terms]
-        by_l.setdefault(int(l), []).extend(rows)
+    try:
+        for l, by_power in channels:  # a spin-orbit column after (a, c) is not used
+            rows = [(k - 2, t[0], t[1]) for k, terms in enumerate(by_power) for t in terms]
+            by_l.setdefault(int(l), []).extend(rows)
+    except (TypeError, ValueError, IndexError):
+        raise ECPError(f"ECP {name!r} for {symbol}: not a potential in NWChem format") from None
     if any(l < -1 for l in by_l) or not by_l:
         raise ECPError(f"ECP {name!r} for {symbol}: no channels or a negative l")
     tables = {l: np.asarray(rows, np.float64).reshape(-1, 3) for l, rows in by_l.items()}
     if any(np.any(t[:, 1] <= 0) or np.any(t[:, 0] < -2) for t in tables.values()):
         raise ECPError(f"ECP {name!r} for {symbol}: exponents must be > 0 and powers >= -2")
+    _check_bounded(name, symbol, ATOMIC_NUMBER[symbol] - core, tables)
     n_l = max(by_l) + 1
     return AtomECP(
         name=name,
@@ -177,6 +184,21 @@ def _atom_ecp(name: str, symbol: str, data: list) -> AtomECP:
         local=tables.get(-1, np.zeros((0, 3))),
         channels=tuple(tables.get(l, np.zeros((0, 3))) for l in range(n_l)),
     )
+
+
+def _check_bounded(name: str, symbol: str, z_eff: float, tables: dict[int, np.ndarray]) -> None:
+    """QMC needs a potential bounded at the nucleus (no cusp, finite variance): the local
+    channel's r^-1 terms must cancel -Z_eff/r and no channel may have an r^-2 term, as in
+    ccECP and BFD (not e.g. LANL2DZ or the Stuttgart potentials)."""
+    local = tables.get(-1, np.zeros((0, 3)))
+    left = z_eff - float(np.sum(local[local[:, 0] == -1, 2]))
+    singular = any(np.any(t[:, 0] <= -2) for t in tables.values())
+    if abs(left) > 1e-6 or singular:
+        raise ECPError(
+            f"ECP {name!r} for {symbol} is not bounded at the nucleus (-{left:g}/r left"
+            f"{' and an r^-2 term' if singular else ''}); QMC needs a cusp-free potential "
+            "such as ccecp or bfd"
+        )
 
 
 def resolve_ecp(spec: ECPSpec, symbols: tuple[str, ...] | list[str]) -> dict[str, AtomECP]:
@@ -191,7 +213,6 @@ def resolve_ecp(spec: ECPSpec, symbols: tuple[str, ...] | list[str]) -> dict[str
     if isinstance(spec, str):
         found = {s: _load_ecp(spec, s) for s in wanted}
         if not any(found.values()):
-            _load_ecp(spec, "H" if "H" not in wanted else "He")  # unknown name: ECPError
             raise ECPError(f"ECP {spec!r} has no potential for any of {', '.join(wanted)}")
         return {s: _atom_ecp(spec, s, d) for s, d in found.items() if d}
     out = {}

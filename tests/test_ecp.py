@@ -277,7 +277,9 @@ def test_ecp_resolution_and_its_errors(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(ECPError, match="no potential for element H"):
             resolve_ecp({"H": "lanl2dz"}, ("H", "Cl"))
-        assert set(resolve_ecp("lanl2dz", ("H", "Cl"))) == {"Cl"}  # H stays all-electron
+        with pytest.raises(ECPError, match="not bounded at the nucleus"):
+            resolve_ecp("lanl2dz", ("H", "Cl"))  # keeps -Z_eff/r: no QMC without a cusp
+    assert set(resolve_ecp("ccecp-reg", ("Li", "H"))) == {"Li"}  # H stays all-electron
     bad = tmp_path / "bad.ecp"
     bad.write_text("ECP\nO nelec 2\nO ul\n2 1.0 x\nEND\n")
     with pytest.raises(ECPError):
@@ -373,3 +375,17 @@ def test_one_valence_electron_is_exact_in_dmc(tmp_path):
     assert result["electrons"] == 1 and result["ecp"] == ["ccecp"]
     assert result["dmc_energy_err"] < 2e-4
     assert abs(result["dmc_energy"] - (-0.19685279)) < 3e-4 + 3 * result["dmc_energy_err"]
+
+
+def test_an_ecp_file_is_found_next_to_the_input_and_kept_absolute(tmp_path):
+    from nnqmc.config import load_config
+
+    (tmp_path / "o.ecp").write_text(
+        "# ccECP O\nECP\nO nelec 2\nO ul\n1 12.30997 6.0\n3 14.76962 73.85984\n"
+        "2 13.71419 -47.876\nO S\n2 13.65512 85.86406\nEND\n"
+    )
+    cfg = load_config(
+        _write(tmp_path, 'atoms = "O 0 0 0"\nspin = 2\nbasis = "ccecp-cc-pvdz"\necp = "o.ecp"')
+    )
+    assert cfg.system.molecule.core == (2,)
+    assert cfg.data["system"]["ecp"] == str((tmp_path / "o.ecp").resolve())

@@ -198,7 +198,9 @@ def _values(scan: ScanConfig) -> list[float]:
     return list(np.linspace(start, stop, count))
 
 
-def generate(molecule: Molecule, scan: ScanConfig, basis: str) -> tuple[np.ndarray, np.ndarray]:
+def generate(
+    molecule: Molecule, scan: ScanConfig, basis: str | dict[str, str]
+) -> tuple[np.ndarray, np.ndarray]:
     """The geometries (bohr) and labels of a validated ``[scan]`` (normal modes from the
     RHF Hessian in ``basis``); GeometryError if one of them is impossible."""
     coords = molecule.coords

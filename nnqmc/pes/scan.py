@@ -175,7 +175,7 @@ def open_dataset(config: Config, text: str, scan_dir: Path, shard: Shard) -> Dat
             f"for {len(coords)} geometries"
         )
     fresh = new_dataset(
-        config.system.molecule.charges.astype(np.int64),
+        config.system.molecule.atomic_numbers.astype(np.int64),  # Z, also for ECP atoms
         coords,
         labels,
         {
@@ -184,6 +184,7 @@ def open_dataset(config: Config, text: str, scan_dir: Path, shard: Shard) -> Dat
             "version": api.__version__,
             "kind": config.scan.kind,
             "shard": "" if shard.whole else f"{shard.index}/{shard.count}",
+            "ecp": _ecp_label(config.system.molecule),
         },
         forces=config.scan.forces,
         ccsd_t=config.scan.ccsd_t,
@@ -196,11 +197,19 @@ def open_dataset(config: Config, text: str, scan_dir: Path, shard: Shard) -> Dat
         write_dataset(path, fresh)
         return fresh
     data = read_dataset(path)
-    if not same_scan(data, fresh) or set(data.columns) != set(fresh.columns):
+    same_ecp = str(data.attrs.get("ecp", "")) == fresh.attrs["ecp"]
+    if not same_scan(data, fresh) or set(data.columns) != set(fresh.columns) or not same_ecp:
         raise api.RunError(
             f"{path} holds another scan (other geometries or settings); use --out DIR"
         )
     return data
+
+
+def _ecp_label(molecule: Any) -> str:
+    """``"O:ccecp:2"``-style ECP per element and core electrons ("" all-electron): a scan
+    directory's energies are valence totals of exactly these potentials."""
+    cores = dict(zip(molecule.symbols, molecule.core, strict=True))
+    return ",".join(f"{s}:{n}:{cores[s]}" for s, n in molecule.ecp)
 
 
 def _run_geometry(
