@@ -271,7 +271,8 @@ def _build_system(table: dict, base_dir: Path, fail) -> SystemConfig:
     except AttributeError:  # no neutral state of the valence electrons either
         raise fail("system.ecp", "no charge and spin fit the valence electrons") from None
 
-    from .scf import BasisError, check_basis, ecp_basis_mismatch
+    from .pseudopotentials import ecp_basis_mismatch
+    from .scf import BasisError, check_basis
 
     try:
         with warnings.catch_warnings():  # PySCF suggests installing basis-set-exchange
@@ -303,7 +304,7 @@ def _located_ecp(spec, base_dir: Path):
 def _system_ecp(spec, symbols, fail) -> dict:
     """Element -> :class:`~nnqmc.ecp.AtomECP` of ``[system] ecp``; one ConfigError line for
     an unknown name, a missing potential or a malformed file."""
-    from .scf import ECPError, resolve_ecp
+    from .pseudopotentials import ECPError, resolve_ecp
 
     if isinstance(spec, dict):
         unknown = sorted(set(spec) - set(symbols))

@@ -30,8 +30,9 @@ from .hamiltonian import GeometryHamiltonian, Hamiltonian, MolecularHamiltonian
 from .molecule import Molecule
 from .optimize import Optimizer, make_optimizer
 from .parallel import device_count, global_device_count, process_count
+from .pseudopotentials import ECPError, atom_potentials
 from .sampler import StepScale, init_walkers, nucleus_step_scale
-from .scf import ECPError, SCFResult, atom_potentials, run_scf
+from .scf import SCFResult, run_scf
 from .train import batch_log_psi
 
 __all__ = [

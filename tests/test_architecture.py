@@ -30,6 +30,7 @@ PHYSICS = (
     "nnqmc.estimate",
     "nnqmc.external",
     "nnqmc.molecule",
+    "nnqmc.pseudopotentials",
     "nnqmc.scf",
 )
 # What physics must not import: files, the command line, the public surface, the loop.

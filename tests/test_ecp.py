@@ -22,7 +22,7 @@ from nnqmc.ecp import (
     random_rotation,
 )
 from nnqmc.molecule import Molecule, MoleculeError
-from nnqmc.scf import ECPError, atom_potentials, resolve_ecp
+from nnqmc.pseudopotentials import ECPError, atom_potentials, resolve_ecp
 
 jax.config.update("jax_enable_x64", True)
 

@@ -20,7 +20,7 @@ from nnqmc.pes.forces import (
     nuclear_force_observables,
     nuclear_forces,
 )
-from nnqmc.scf import atom_potentials, resolve_ecp
+from nnqmc.pseudopotentials import atom_potentials, resolve_ecp
 
 jax.config.update("jax_enable_x64", True)
 
