@@ -226,11 +226,19 @@ def random_rotation(key: jax.Array, dtype: Any = jnp.float64) -> jax.Array:
     )
 
 
+HASH_RESOLUTION = 2.0**-20
+"""bohr: :func:`configuration_key` sees positions on this grid (about 1e-6 bohr), so that
+two computations of the same configuration that round apart in the last bit (a traced step
+loaded from disk against one traced anew) still draw the same rotation."""
+
+
 def configuration_key(key: jax.Array, r: jax.Array) -> jax.Array:
-    """``key`` folded with a hash of the bits of ``r``: a new, independent rotation for every
-    configuration, and the same one whenever the same configuration is evaluated again (so
-    a stored local energy can be recomputed bit for bit, e.g. on resuming DMC)."""
-    bits = jax.lax.bitcast_convert_type(r.reshape(-1), jnp.uint32).reshape(-1)
+    """``key`` folded with a hash of ``r`` on a grid of :data:`HASH_RESOLUTION`: a new,
+    independent rotation for every configuration, and the same one whenever the same
+    configuration is evaluated again (so a stored local energy can be recomputed, e.g. on
+    resuming DMC)."""
+    cells = jnp.floor(r.reshape(-1) / HASH_RESOLUTION).astype(jnp.int32)
+    bits = jax.lax.bitcast_convert_type(cells, jnp.uint32)
     odd = (jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761)) | jnp.uint32(1)
     mixed = bits * odd
     mixed = mixed ^ (mixed >> jnp.uint32(15))
