@@ -201,7 +201,7 @@ def _add_pes(sub) -> None:
     scan.add_argument("file", help="input TOML file with a [scan] section")
     scan.add_argument("--out", help="scan directory (default runs/<name>-scan)")
     scan.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
-    scan.add_argument("--shard", default="0/1", metavar="I/N", help="run geometries k % N == I")
+    scan.add_argument("--shard", default="0/1", metavar="I/N", help="run geometries k %% N == I")
     scan.add_argument(
         "--cold", action="store_true", help="no warm start: every geometry from scratch"
     )

@@ -189,3 +189,13 @@ def test_bench_times_a_step_and_its_parts(tmp_path, capsys):
         result["seconds_per_local_energy_exact"] / result["seconds_per_local_energy_forward"]
     )
     assert "seconds_per_step" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "command", ["run", "eval", "dmc", "bench", "scan", "merge", "export", "fit", "bench-scan"]
+)
+def test_every_command_prints_its_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: nnqmc" in capsys.readouterr().out
