@@ -173,6 +173,7 @@ ecp = {B = "ccecp"}
 """
 
 
+@pytest.mark.ci_slow
 def test_ecp_dmc_with_t_moves_resumes_to_the_same_numbers_after_kill(tmp_path):
     """BH with ccECP on B (closed shell: HF has one solution): T-moves happen (electrons
     moved across the nodes of the trial function), and a DMC killed with -9 and resumed

@@ -318,8 +318,8 @@ def _poison_local_energies(monkeypatch, bad: set[int] | int) -> None:
     def batch_local_energy(ansatz, hamiltonian, engine, chunk=None):
         energies = real(ansatz, hamiltonian, engine, chunk)
 
-        def fn(params, walkers):
-            e = energies(params, walkers)
+        def fn(params, walkers, key=None):
+            e = energies(params, walkers, key)
             shape = jax.ShapeDtypeStruct((), e.dtype)
             return e + jax.pure_callback(poison, shape, jnp.sum(e))
 
