@@ -233,15 +233,10 @@ def _build_system(table: dict, base_dir: Path, fail) -> SystemConfig:
 
     # Geometry first (neutral, lowest spin of the right parity), so that an error there
     # is reported against atoms/xyz and one in the electron count against charge/spin.
-    neutral = None
-    for trial_spin in (0, 1):
-        try:
-            neutral = read(0, trial_spin)
-            break
-        except MoleculeError as exc:
-            error = exc
-    if neutral is None:
-        raise fail(geometry_key, str(error))
+    try:
+        neutral = _neutral(read)
+    except MoleculeError as exc:
+        raise fail(geometry_key, str(exc)) from None
     make = read
     potentials: dict = {}
     if raw.ecp is not None:
@@ -254,22 +249,14 @@ def _build_system(table: dict, base_dir: Path, fail) -> SystemConfig:
         def make(charge: int, spin: int) -> Molecule:
             return Molecule(geometry.symbols, geometry.coords, charge, spin, names, core)
 
-        neutral = None
-        for trial_spin in (0, 1):
-            try:
-                neutral = make(0, trial_spin)
-                break
-            except MoleculeError:
-                continue
+        neutral = _neutral(make)  # valence electrons: one of the two spins fits
     try:
         molecule = (
             neutral if (raw.charge, raw.spin) == (0, neutral.spin) else make(raw.charge, raw.spin)
         )
     except MoleculeError as exc:
-        n_elec = (neutral.n_elec if neutral is not None else 1) - raw.charge
+        n_elec = neutral.n_elec - raw.charge
         raise fail("system.charge" if n_elec <= 0 else "system.spin", str(exc)) from None
-    except AttributeError:  # no neutral state of the valence electrons either
-        raise fail("system.ecp", "no charge and spin fit the valence electrons") from None
 
     from .pseudopotentials import ecp_basis_mismatch
     from .scf import BasisError, check_basis
@@ -283,6 +270,15 @@ def _build_system(table: dict, base_dir: Path, fail) -> SystemConfig:
     for line in ecp_basis_mismatch(raw.basis, potentials):
         warnings.warn(f"system.basis: {line}", ECPBasisWarning, stacklevel=2)
     return SystemConfig(molecule=molecule, basis=raw.basis, ecp_points=raw.ecp_points)
+
+
+def _neutral(make) -> Molecule:
+    """The neutral molecule with the lowest spin of the right parity (the last error if
+    neither fits)."""
+    try:
+        return make(0, 0)
+    except MoleculeError:
+        return make(0, 1)
 
 
 class ECPBasisWarning(UserWarning):

@@ -283,6 +283,17 @@ def _kernel(
     return kernel, moved
 
 
+def _ratio(signed_log_psi: SignedLogPsi, r: jax.Array) -> Callable[..., jax.Array]:
+    """``(i, position) -> ψ(r with electron i at position) / ψ(r)``, signs included."""
+    sign0, log0 = signed_log_psi(r)
+
+    def ratio(i: jax.Array, position: jax.Array) -> jax.Array:
+        sign, log = signed_log_psi(r.at[i].set(position))
+        return sign * sign0 * jnp.exp(log - log0)
+
+    return ratio
+
+
 def nonlocal_elements(
     signed_log_psi: SignedLogPsi,
     ecp: dict[str, Any],
@@ -303,12 +314,7 @@ def nonlocal_elements(
     """
     rotation = random_rotation(key, r.dtype) if rotation is None else rotation
     kernel, moved = _kernel(ecp, coords, r, rotation, points, weights)
-    sign0, log0 = signed_log_psi(r)
-
-    def ratio(i: jax.Array, position: jax.Array) -> jax.Array:
-        sign, log = signed_log_psi(r.at[i].set(position))
-        return sign * sign0 * jnp.exp(log - log0)
-
+    ratio = _ratio(signed_log_psi, r)
     index = jnp.broadcast_to(jnp.arange(r.shape[0])[:, None, None], kernel.shape).reshape(-1)
     ratios = jax.vmap(ratio)(index, moved.reshape(-1, 3)).reshape(kernel.shape)
     return jnp.where(kernel != 0, kernel * ratios, 0.0), moved
@@ -339,13 +345,8 @@ def t_move_sweep(
         rotation = random_rotation(k_rotation, r.dtype)
         kernel, moved = _kernel(ecp, coords, r[i][None], rotation, points, weights)
         kernel, moved = kernel[0], moved[0]  # (A, q), (A, q, 3)
-        sign0, log0 = signed_log_psi(r)
-
-        def ratio(position: jax.Array) -> jax.Array:
-            sign, log = signed_log_psi(r.at[i].set(position))
-            return sign * sign0 * jnp.exp(log - log0)
-
-        ratios = jax.vmap(ratio)(moved.reshape(-1, 3))
+        ratio = _ratio(signed_log_psi, r)
+        ratios = jax.vmap(lambda position: ratio(i, position))(moved.reshape(-1, 3))
         elements = jnp.where(kernel.reshape(-1) != 0, kernel.reshape(-1) * ratios, 0.0)
         rates = jnp.where(elements < 0, -tau * elements, 0.0)
         cumulative = jnp.cumsum(rates) / (1.0 + jnp.sum(rates))
