@@ -221,6 +221,57 @@ def test_ecp_and_hamiltonian_physics_import_no_pyscf():
         assert "pyscf" not in _external_imports(modules[name]), f"{name} imports pyscf"
 
 
+# Batched LAPACK (jnp.linalg / jax.scipy.linalg factorisations) inside the walker-batched
+# physics can hang the process on a 2-core CPU (nnqmc.ansatz.determinants.gauss_jordan says
+# why); determinants go through nnqmc.ansatz.determinants.slogdet.
+NO_BATCHED_LAPACK = (
+    "nnqmc.ecp",
+    "nnqmc.hamiltonian",
+    "nnqmc.diffusion",
+    "nnqmc.train",
+    "nnqmc.ansatz",
+    "nnqmc.orbitals",
+    "nnqmc.laplacian",
+    "nnqmc.sampler",
+)
+LAPACK_CALLS = (
+    "linalg.slogdet",
+    "linalg.det",
+    "linalg.inv",
+    "linalg.solve",
+    "linalg.lu",
+    "linalg.qr",
+    "linalg.eigh",
+    "linalg.cholesky",
+)
+
+
+def _lapack_calls(path: Path) -> list[str]:
+    """``jnp.linalg.*`` / ``jax.scipy.linalg.*`` factorisation calls in a file (NumPy's
+    ``np.linalg`` runs outside jit and does not count)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute):
+            text = ast.unparse(node)
+            if text.startswith(("jnp.", "jax.")) and text.endswith(LAPACK_CALLS):
+                found.append(text)
+    return found
+
+
+def test_walker_physics_calls_no_batched_lapack():
+    modules = module_files(ROOT)
+    checked = [n for n in modules if _under(n, NO_BATCHED_LAPACK)]
+    assert "nnqmc.ansatz.determinants" in checked
+    for name in checked:
+        assert not _lapack_calls(modules[name]), f"{name} calls {_lapack_calls(modules[name])}"
+
+
+def test_the_lapack_check_sees_a_call(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("import jax.numpy as jnp\ns = jnp.linalg.slogdet(a)\nt = np.linalg.det(b)\n")
+    assert _lapack_calls(path) == ["jnp.linalg.slogdet"]
+
+
 # --------------------------------------------------------------------------- the checks fail
 def _write_package(root: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
