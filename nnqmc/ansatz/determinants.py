@@ -6,9 +6,12 @@ import jax
 import jax.numpy as jnp
 
 
-def gauss_jordan(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(sign, log|det a|, a^-1)`` of one square matrix by Gauss–Jordan elimination with
-    partial pivoting, in plain XLA operations.
+def gauss_jordan(
+    a: jax.Array, inverse: bool = True
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """``(sign, log|det a|, a^-1)`` (``a^-1`` only with ``inverse``, else None) of one
+    square matrix by Gauss–Jordan elimination with partial pivoting, in plain XLA
+    operations.
 
     Why not LAPACK: jaxlib's CPU LU splits a large batch of matrices over XLA's intra-op
     thread pool and waits for the pieces on a pool thread. Two such LUs running at once on
@@ -20,7 +23,7 @@ def gauss_jordan(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """
     n = a.shape[-1]
     rows = jnp.arange(n)
-    m = jnp.concatenate([a, jnp.eye(n, dtype=a.dtype)], axis=-1)
+    m = jnp.concatenate([a, jnp.eye(n, dtype=a.dtype)], axis=-1) if inverse else a
 
     def column(k, carry):
         m, sign, log = carry
@@ -38,25 +41,28 @@ def gauss_jordan(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
     init = (m, jnp.ones((), a.dtype), jnp.zeros((), a.dtype))
     m, sign, log = jax.lax.fori_loop(0, n, column, init)
-    return sign, log, m[:, n:]
+    return sign, log, m[:, n:] if inverse else None
+
+
+def _batched_gauss_jordan(a: jax.Array, inverse: bool):
+    """:func:`gauss_jordan` over the leading axes of ``a``."""
+    batch = a.shape[:-2]
+    flat = a.reshape(-1, *a.shape[-2:])
+    sign, log, inv = jax.vmap(lambda x: gauss_jordan(x, inverse))(flat)
+    return sign.reshape(batch), log.reshape(batch), inv
 
 
 @jax.custom_jvp
 def _slogdet(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    batch = a.shape[:-2]
-    flat = a.reshape(-1, *a.shape[-2:])
-    sign, log, _ = jax.vmap(gauss_jordan)(flat)
-    return sign.reshape(batch), log.reshape(batch)
+    sign, log, _ = _batched_gauss_jordan(a, inverse=False)
+    return sign, log
 
 
 @_slogdet.defjvp
 def _slogdet_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
-    batch = a.shape[:-2]
-    flat = a.reshape(-1, *a.shape[-2:])
-    sign, log, inverse = jax.vmap(gauss_jordan)(flat)
-    dlog = jnp.einsum("bji,bij->b", inverse, da.reshape(flat.shape))
-    sign, log, dlog = sign.reshape(batch), log.reshape(batch), dlog.reshape(batch)
+    sign, log, inv = _batched_gauss_jordan(a, inverse=True)
+    dlog = jnp.einsum("bji,bij->b", inv, da.reshape(inv.shape)).reshape(sign.shape)
     return (sign, log), (jnp.zeros_like(sign), dlog)
 
 
