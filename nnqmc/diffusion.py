@@ -44,10 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .ansatz import Ansatz
-from .ecp import configuration_key
+from .ecp import configuration_key, t_move_choice
 from .hamiltonian import Hamiltonian, nonlocal_of
 from .optimize import AXIS
-from .train import batch_local_jet
+from .train import batch_local_jet, batch_local_jet_elements
 
 ENERGY_CUTOFF_ALPHA = 0.2
 """``E_cut = α sqrt(N_elec / τ)`` (Zen et al. 2016)."""
@@ -60,7 +60,10 @@ AVERAGE_STEPS = 100
 
 
 class DMCWalkers(NamedTuple):
-    """One device's walkers and what the next step needs of them (leading axis: walkers)."""
+    """One device's walkers and what the next step needs of them (leading axis: walkers).
+
+    With T-moves, ``elements`` (n_elec, n_points) and ``targets`` (n_elec, n_points, 3) are
+    the nonlocal elements the local energy summed and where they lead; None without."""
 
     r: jax.Array
     sign: jax.Array
@@ -68,6 +71,8 @@ class DMCWalkers(NamedTuple):
     grad: jax.Array
     e_local: jax.Array
     weight: jax.Array
+    elements: jax.Array | None = None
+    targets: jax.Array | None = None
 
 
 class DMCControl(NamedTuple):
@@ -145,16 +150,78 @@ def configuration_keys(r: jax.Array) -> jax.Array:
     return jax.vmap(configuration_key, in_axes=(None, 0))(base, r)
 
 
-def make_walkers(ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str = "forward"):
+def make_walkers(
+    ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str = "forward", nonlocal_mode: str = "tmoves"
+):
     """A pmapped ``(params, r) -> DMCWalkers`` with unit weights (start of a DMC run)."""
     signs = batch_sign(ansatz)
-    local_jets = batch_local_jet(ansatz, hamiltonian, engine)
+    if _uses_t_moves(hamiltonian, nonlocal_mode):
+        jets = batch_local_jet_elements(ansatz, hamiltonian, engine)
 
-    def start(params, r):
-        log_psi, grad, e = local_jets(params, r, configuration_keys(r))
-        return DMCWalkers(r, signs(params, r), log_psi, grad, e, jnp.ones_like(e))
+        def start(params, r):
+            log_psi, grad, e, elements, targets = jets(params, r, configuration_keys(r))
+            one = jnp.ones_like(e)
+            return DMCWalkers(r, signs(params, r), log_psi, grad, e, one, elements, targets)
+
+    else:
+        local_jets = batch_local_jet(ansatz, hamiltonian, engine)
+
+        def start(params, r):
+            log_psi, grad, e = local_jets(params, r, configuration_keys(r))
+            return DMCWalkers(r, signs(params, r), log_psi, grad, e, jnp.ones_like(e))
 
     return jax.pmap(start, axis_name=AXIS)
+
+
+SUBSET_FRACTION = 8
+"""T-moves move few walkers per step (a few per cent in H2O with ccECP at τ = 0.05): what
+must be recomputed for them is computed for ``ceil(W / SUBSET_FRACTION)`` walkers, or for
+all ``W`` in a step where more moved (:func:`on_subset`)."""
+
+
+def on_subset(
+    fn: Callable[..., Any],
+    mask: jax.Array,
+    args: tuple[jax.Array, ...],
+    default: Any,
+    capacity: int,
+) -> Any:
+    """``where(mask, fn(*args), default)`` per walker (leading axis), evaluating ``fn`` on
+    only ``capacity`` walkers, those of ``mask`` first, when no more than ``capacity`` are
+    in ``mask``; on all of them otherwise. ``fn`` maps a batch to a pytree like ``default``."""
+    n = mask.shape[0]
+
+    def pick(m, new, old):
+        return jnp.where(m.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+    def everyone(_):
+        out = fn(*args)
+        return jax.tree_util.tree_map(lambda new, old: pick(mask, new, old), out, default)
+
+    if capacity >= n:
+        return everyone(None)
+    chosen = jnp.argsort(jnp.logical_not(mask), stable=True)[:capacity]
+
+    def some(_):
+        out = fn(*(a[chosen] for a in args))
+        take = mask[chosen]
+        return jax.tree_util.tree_map(
+            lambda new, old: old.at[chosen].set(pick(take, new, old[chosen])), out, default
+        )
+
+    return jax.lax.cond(jnp.sum(mask) <= capacity, some, everyone, None)
+
+
+def _uses_t_moves(hamiltonian: Hamiltonian, nonlocal_mode: str) -> bool:
+    if nonlocal_mode not in NONLOCAL_MODES:
+        raise ValueError(f"nonlocal_mode must be one of {NONLOCAL_MODES}, not {nonlocal_mode!r}")
+    t_moves = nonlocal_mode == "tmoves" and nonlocal_of(hamiltonian) is not None
+    if t_moves and not hasattr(hamiltonian, "electron_nonlocal_elements"):
+        raise ValueError(
+            "T-moves need the Hamiltonian's electron_nonlocal_elements method; this "
+            'nonlocal term has none: use nonlocal_scheme = "locality"'
+        )
+    return t_moves
 
 
 NONLOCAL_MODES = ("tmoves", "locality")
@@ -179,21 +246,21 @@ def make_dmc_step(
 
     With a nonlocal potential and ``nonlocal_mode = "tmoves"`` the walkers, after the
     drift-diffusion move and its branching factor, make one sweep of T-moves
-    (:func:`nnqmc.ecp.t_move_sweep`), and their local energies are computed anew where they
+    (:func:`nnqmc.ecp.t_move_choice`), and their local energies are computed anew where they
     moved; the branching keeps the full local energy (its nonlocal part included), whose
     diagonal part and the T-moves' normalisation agree to O(τ²) per step.
     """
-    if nonlocal_mode not in NONLOCAL_MODES:
-        raise ValueError(f"nonlocal_mode must be one of {NONLOCAL_MODES}, not {nonlocal_mode!r}")
+    t_moves = _uses_t_moves(hamiltonian, nonlocal_mode)
     signs = batch_sign(ansatz)
-    local_jets = batch_local_jet(ansatz, hamiltonian, engine)
     n_elec = ansatz.n_up + ansatz.n_down
-    t_moves = nonlocal_mode == "tmoves" and nonlocal_of(hamiltonian) is not None
-    if t_moves and not hasattr(hamiltonian, "t_move"):
-        raise ValueError(
-            "T-moves need the Hamiltonian's t_move method; this nonlocal term has none: "
-            'use nonlocal_scheme = "locality"'
-        )
+    if t_moves:
+        jets = batch_local_jet_elements(ansatz, hamiltonian, engine)
+    else:
+        local_jets = batch_local_jet(ansatz, hamiltonian, engine)
+        jets = lambda params, r, keys: (*local_jets(params, r, keys), None, None)
+
+    def signed_jets(params, r, keys):
+        return signs(params, r), *jets(params, r, keys)
 
     def step(params, walkers: DMCWalkers, control: DMCControl, key, tau):
         n_local = walkers.r.shape[0]
@@ -204,8 +271,9 @@ def make_dmc_step(
         u_accept = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1), (), dtype))(keys)
         drift = limited_drift(walkers.grad, tau, drift_a)
         proposal = walkers.r + drift * tau + jnp.sqrt(tau) * noise
-        sign_new = signs(params, proposal)
-        log_psi_new, grad_new, e_new = local_jets(params, proposal, configuration_keys(proposal))
+        sign_new, log_psi_new, grad_new, e_new, elements_new, targets_new = signed_jets(
+            params, proposal, configuration_keys(proposal)
+        )
         drift_back = limited_drift(grad_new, tau, drift_a)
         forward = jnp.sum((proposal - walkers.r - drift * tau) ** 2, axis=(1, 2))
         backward = jnp.sum((walkers.r - proposal - drift_back * tau) ** 2, axis=(1, 2))
@@ -232,13 +300,16 @@ def make_dmc_step(
         weight = walkers.weight * jnp.exp(log_branch)
         e_mixed = p * e_new_safe + (1.0 - p) * walkers.e_local
 
+        kept = lambda new, old: jnp.where(accept.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
         moved = DMCWalkers(
-            jnp.where(accept[:, None, None], proposal, walkers.r),
-            jnp.where(accept, sign_new, walkers.sign),
-            jnp.where(accept, log_psi_new, walkers.log_psi),
-            jnp.where(accept[:, None, None], grad_new, walkers.grad),
-            jnp.where(accept, e_new_safe, walkers.e_local),
+            kept(proposal, walkers.r),
+            kept(sign_new, walkers.sign),
+            kept(log_psi_new, walkers.log_psi),
+            kept(grad_new, walkers.grad),
+            kept(e_new_safe, walkers.e_local),
             weight,
+            None if elements_new is None else kept(elements_new, walkers.elements),
+            None if targets_new is None else kept(targets_new, walkers.targets),
         )
         n_moved = jnp.zeros((n_local,), jnp.int32)
         if t_moves:
@@ -270,24 +341,50 @@ def make_dmc_step(
         return resampled, DMCControl(e_ref, e_avg, count), stats
 
     def _t_moves(walkers: DMCWalkers, keys, tau, params) -> tuple[DMCWalkers, jax.Array]:
-        """One T-move sweep per walker, then the local jets where it moved (a walker whose
-        new local energy is not finite stays where it was)."""
+        """One size-consistent sweep of T-moves (:func:`nnqmc.ecp.t_move_choice` for each
+        electron in turn), then the local jets where it moved (a walker whose new local
+        energy is not finite stays where it was). An electron chooses from the elements
+        its walker's local energy summed until an electron before it has moved; only the
+        walkers where one has are recomputed, and only they need new local jets."""
+        n_local = walkers.r.shape[0]
+        capacity = -(-n_local // SUBSET_FRACTION)
+        signed = lambda x: ansatz.apply(params, x)
+        sweep_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
 
-        def sweep(r, k):
-            signed = lambda x: ansatz.apply(params, x)
-            return hamiltonian.t_move(signed, r, jax.random.fold_in(k, 2), tau)
+        def electron(i, carry):
+            r, count = carry
+            k_i = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, i)))(sweep_keys)
 
-        r_new, count = jax.vmap(sweep)(walkers.r, keys)
-        log_psi, grad, e = local_jets(params, r_new, configuration_keys(r_new))
+            def fresh(r_batch, k_batch):
+                one = lambda x, k: hamiltonian.electron_nonlocal_elements(signed, x, i, k)
+                return jax.vmap(one)(r_batch, k_batch)
+
+            cached = (walkers.elements[:, i], walkers.targets[:, i])
+            elements, targets = on_subset(fresh, count > 0, (r, k_i[:, 0]), cached, capacity)
+            u = jax.vmap(lambda k: jax.random.uniform(k, (), r.dtype))(k_i[:, 1])
+            choose = jax.vmap(t_move_choice, in_axes=(0, 0, 0, 0, None))
+            position, move = choose(elements, targets, r[:, i], u, tau)
+            return r.at[:, i].set(position), count + move.astype(jnp.int32)
+
+        start = (walkers.r, jnp.zeros((n_local,), jnp.int32))
+        r_new, count = jax.lax.fori_loop(0, walkers.r.shape[1], electron, start)
+        current = (walkers.sign, walkers.log_psi, walkers.grad, walkers.e_local)
+        current += (walkers.elements, walkers.targets)
+        fresh_jets = lambda r, k: signed_jets(params, r, k)
+        where_moved = (r_new, configuration_keys(r_new))
+        new = on_subset(fresh_jets, count > 0, where_moved, current, capacity)
+        sign, log_psi, grad, e, elements, targets = new
         ok = (count > 0) & jnp.isfinite(e) & jnp.isfinite(log_psi)
         ok &= jnp.all(jnp.isfinite(grad), axis=(1, 2))
         pick = lambda new, old: jnp.where(ok.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
         updated = walkers._replace(
             r=pick(r_new, walkers.r),
-            sign=pick(signs(params, r_new), walkers.sign),
+            sign=pick(sign, walkers.sign),
             log_psi=pick(log_psi, walkers.log_psi),
             grad=pick(grad, walkers.grad),
             e_local=pick(e, walkers.e_local),
+            elements=pick(elements, walkers.elements),
+            targets=pick(targets, walkers.targets),
         )
         return updated, jnp.where(ok, count, 0)
 

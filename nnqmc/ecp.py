@@ -36,13 +36,14 @@ __all__ = [
     "configuration_key",
     "cutoff_radius",
     "ecp_arrays",
+    "electron_elements",
     "legendre",
     "local_potential",
     "nonlocal_elements",
     "quadrature",
     "radial",
     "random_rotation",
-    "t_move_sweep",
+    "t_move_choice",
 ]
 
 CUTOFF_TOLERANCE = 1e-8
@@ -320,40 +321,40 @@ def nonlocal_elements(
     return jnp.where(kernel != 0, kernel * ratios, 0.0), moved
 
 
-def t_move_sweep(
+def electron_elements(
     signed_log_psi: SignedLogPsi,
     ecp: dict[str, Any],
     coords: jax.Array,
     r: jax.Array,
-    key: jax.Array,
-    tau: jax.Array,
+    i: jax.Array,
+    rotation: jax.Array,
     points: np.ndarray,
     weights: np.ndarray,
 ) -> tuple[jax.Array, jax.Array]:
-    """Size-consistent T-moves (Casula, Moroni, Sorella & Filippi, J. Chem. Phys. 132,
-    154113 (2010)) of one walker: each electron in turn, with the elements recomputed at the
-    configuration left by the electrons before it, moves to quadrature point ``x'`` with
-    probability ``τ |T_x'x| / (1 + τ sum |T|)`` over the elements ``T < 0`` (those that
-    keep the sign of the importance-sampled propagator), else stays.
+    """Electron ``i``'s row of :func:`nonlocal_elements` of one walker, flattened:
+    ``elements`` (n_ecp n_q,) and the positions ``moved`` (n_ecp n_q, 3) they lead to."""
+    kernel, moved = _kernel(ecp, coords, r[i][None], rotation, points, weights)
+    kernel, moved = kernel.reshape(-1), moved.reshape(-1, 3)
+    ratio = _ratio(signed_log_psi, r)
+    ratios = jax.vmap(lambda position: ratio(i, position))(moved)
+    return jnp.where(kernel != 0, kernel * ratios, 0.0), moved
 
-    Returns the new positions and the number of electrons moved.
+
+def t_move_choice(
+    elements: jax.Array, moved: jax.Array, position: jax.Array, u: jax.Array, tau: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """One electron's T-move (Casula, Moroni, Sorella & Filippi, J. Chem. Phys. 132, 154113
+    (2010)): to ``moved[k]`` with probability ``τ |T_k| / (1 + τ sum |T|)`` over the
+    elements ``T < 0`` (those that keep the sign of the importance-sampled propagator),
+    else it stays at ``position``; ``u`` is uniform in [0, 1).
+
+    Returns the new position and whether it moved. Done for every electron in turn, each
+    with its elements at the configuration the electrons before it left, this is the
+    size-consistent sweep of that paper (:func:`nnqmc.diffusion.make_dmc_step`).
     """
-
-    def electron(i: jax.Array, carry: tuple[jax.Array, jax.Array]):
-        r, count = carry
-        k_rotation, k_choice = jax.random.split(jax.random.fold_in(key, i))
-        rotation = random_rotation(k_rotation, r.dtype)
-        kernel, moved = _kernel(ecp, coords, r[i][None], rotation, points, weights)
-        kernel, moved = kernel[0], moved[0]  # (A, q), (A, q, 3)
-        ratio = _ratio(signed_log_psi, r)
-        ratios = jax.vmap(lambda position: ratio(i, position))(moved.reshape(-1, 3))
-        elements = jnp.where(kernel.reshape(-1) != 0, kernel.reshape(-1) * ratios, 0.0)
-        rates = jnp.where(elements < 0, -tau * elements, 0.0)
-        cumulative = jnp.cumsum(rates) / (1.0 + jnp.sum(rates))
-        u = jax.random.uniform(k_choice, (), r.dtype)
-        choice = jnp.searchsorted(cumulative, u, side="right")
-        move = choice < rates.size
-        target = moved.reshape(-1, 3)[jnp.minimum(choice, rates.size - 1)]
-        return r.at[i].set(jnp.where(move, target, r[i])), count + move.astype(jnp.int32)
-
-    return jax.lax.fori_loop(0, r.shape[0], electron, (r, jnp.zeros((), jnp.int32)))
+    rates = jnp.where(elements < 0, -tau * elements, 0.0)
+    cumulative = jnp.cumsum(rates) / (1.0 + jnp.sum(rates))
+    choice = jnp.searchsorted(cumulative, u, side="right")
+    move = choice < rates.size
+    target = moved[jnp.minimum(choice, rates.size - 1)]
+    return jnp.where(move, target, position), move

@@ -27,7 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .ecp import local_potential, nonlocal_elements, quadrature, t_move_sweep
+from .ecp import (
+    electron_elements,
+    local_potential,
+    nonlocal_elements,
+    quadrature,
+    random_rotation,
+)
 from .laplacian import KINETIC_ENGINES, KINETIC_JETS
 
 __all__ = [
@@ -188,9 +194,10 @@ class MolecularHamiltonian:
         (:func:`nnqmc.ecp.nonlocal_elements`); their sum is ``(V_nl psi)/psi``."""
         return _ecp_nonlocal(self.ecp, self.ecp_points, self.coords, signed_log_psi, r, key)
 
-    def t_move(self, signed_log_psi, r: jax.Array, key: jax.Array, tau: jax.Array):
-        """One sweep of T-moves of one walker (:func:`nnqmc.ecp.t_move_sweep`)."""
-        return _ecp_t_move(self, signed_log_psi, r, key, tau)
+    def electron_nonlocal_elements(self, signed_log_psi, r: jax.Array, i: jax.Array, key):
+        """Electron ``i``'s nonlocal elements of one walker, flattened over atoms and points
+        (:func:`nnqmc.ecp.electron_elements`): what its T-move chooses from."""
+        return _ecp_electron(self, signed_log_psi, r, i, key)
 
 
 @dataclass(frozen=True)
@@ -225,9 +232,10 @@ class GeometryHamiltonian:
         """As :meth:`MolecularHamiltonian.nonlocal_elements`."""
         return _ecp_nonlocal(self.ecp, self.ecp_points, self.coords, signed_log_psi, r, key)
 
-    def t_move(self, signed_log_psi, r: jax.Array, key: jax.Array, tau: jax.Array):
-        """One sweep of T-moves of one walker (:func:`nnqmc.ecp.t_move_sweep`)."""
-        return _ecp_t_move(self, signed_log_psi, r, key, tau)
+    def electron_nonlocal_elements(self, signed_log_psi, r: jax.Array, i: jax.Array, key):
+        """Electron ``i``'s nonlocal elements of one walker, flattened over atoms and points
+        (:func:`nnqmc.ecp.electron_elements`): what its T-move chooses from."""
+        return _ecp_electron(self, signed_log_psi, r, i, key)
 
 
 @dataclass(frozen=True)
@@ -275,9 +283,9 @@ class ExtendedHamiltonian:
         """The nonlocal term of ``base``."""
         return self.base.nonlocal_elements(signed_log_psi, r, key)
 
-    def t_move(self, signed_log_psi, r: jax.Array, key: jax.Array, tau: jax.Array):
-        """T-moves of ``base``."""
-        return self.base.t_move(signed_log_psi, r, key, tau)
+    def electron_nonlocal_elements(self, signed_log_psi, r: jax.Array, i: jax.Array, key):
+        """One electron's nonlocal elements of ``base``."""
+        return self.base.electron_nonlocal_elements(signed_log_psi, r, i, key)
 
 
 def _ecp_local(ecp: Any, coords: jax.Array, r: jax.Array) -> jax.Array:
@@ -293,10 +301,13 @@ def _ecp_nonlocal(ecp, points, coords, signed_log_psi, r, key) -> tuple[jax.Arra
     return nonlocal_elements(signed_log_psi, ecp, positions(coords), r, key, nodes, weights)
 
 
-def _ecp_t_move(hamiltonian, signed_log_psi, r, key, tau) -> tuple[jax.Array, jax.Array]:
+def _ecp_electron(hamiltonian, signed_log_psi, r, i, key) -> tuple[jax.Array, jax.Array]:
     nodes, weights = quadrature(hamiltonian.ecp_points)
     coords = positions(hamiltonian.coords)
-    return t_move_sweep(signed_log_psi, hamiltonian.ecp, coords, r, key, tau, nodes, weights)
+    rotation = random_rotation(key, r.dtype)
+    return electron_elements(
+        signed_log_psi, hamiltonian.ecp, coords, r, i, rotation, nodes, weights
+    )
 
 
 NonlocalTerm = Callable[

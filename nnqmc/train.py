@@ -155,9 +155,18 @@ def batch_local_jet(
     return _batched(_one_local_jet(ansatz, hamiltonian, engine), chunk)
 
 
-def _one_local_jet(ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str) -> Callable:
-    """``(params, r, key) -> (log|psi|, grad, E_L)`` of one walker; ``key`` rotates the
-    quadrature of a nonlocal term (unused without one)."""
+def batch_local_jet_elements(
+    ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str, chunk: int | None = None
+) -> Callable[..., tuple[jax.Array, ...]]:
+    """As :func:`batch_local_jet` for a Hamiltonian with a nonlocal term, with the
+    nonlocal elements (n_walkers, n_elec, n_points) and the positions they lead to
+    (n_walkers, n_elec, n_points, 3) that its local energies summed (T-moves choose
+    from them)."""
+    return _batched(_one_local_jet_elements(ansatz, hamiltonian, engine), chunk)
+
+
+def _one_base_jet(ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str) -> Callable:
+    """``(params, r) -> (log|psi|, grad, E_L without the nonlocal term)`` of one walker."""
     if engine == "forward" and ansatz.kinetic_jet is not None:
         jet = ansatz.kinetic_jet
 
@@ -165,11 +174,30 @@ def _one_local_jet(ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str) -> Cal
             f, g, t = jet(params, r)
             return f, g, t + hamiltonian.potential(r)
 
-    else:
+        return base
+    return lambda params, r: local_jet(lambda x: ansatz.log_psi(params, x), hamiltonian, r, engine)
 
-        def base(params, r):
-            return local_jet(lambda x: ansatz.log_psi(params, x), hamiltonian, r, engine)
 
+def _one_local_jet_elements(ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str) -> Callable:
+    base = _one_base_jet(ansatz, hamiltonian, engine)
+    term = nonlocal_of(hamiltonian)
+    if term is None:
+        raise ValueError("this Hamiltonian has no nonlocal term")
+
+    def one(params, r, key):
+        f, g, e = base(params, r)
+        elements, moved = term(lambda x: ansatz.apply(params, x), r, key)
+        n_elec = r.shape[0]
+        elements, moved = elements.reshape(n_elec, -1), moved.reshape(n_elec, -1, 3)
+        return f, g, e + jnp.sum(elements), elements, moved
+
+    return one
+
+
+def _one_local_jet(ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str) -> Callable:
+    """``(params, r, key) -> (log|psi|, grad, E_L)`` of one walker; ``key`` rotates the
+    quadrature of a nonlocal term (unused without one)."""
+    base = _one_base_jet(ansatz, hamiltonian, engine)
     if nonlocal_of(hamiltonian) is None:
         return lambda params, r, key: base(params, r)
 

@@ -389,3 +389,58 @@ def test_an_ecp_file_is_found_next_to_the_input_and_kept_absolute(tmp_path):
     )
     assert cfg.system.molecule.core == (2,)
     assert cfg.data["system"]["ecp"] == str((tmp_path / "o.ecp").resolve())
+
+
+def test_on_subset_is_the_masked_full_evaluation():
+    """Fewer masked walkers than the capacity: fn runs on the capacity only; more: on all.
+    Either way the rows are fn's where masked and the default elsewhere."""
+    from nnqmc.diffusion import on_subset
+
+    x = jnp.arange(8.0)
+    default = (jnp.full(8, -1.0), jnp.zeros((8, 2)))
+    fn = lambda a: (a * a, jnp.stack([a, -a], axis=1))
+    for mask in ([0, 1, 0, 0, 0, 1, 0, 0], [1, 1, 0, 1, 0, 1, 1, 0], [0] * 8):
+        m = jnp.asarray(mask, bool)
+        for capacity in (1, 2, 3, 8):
+            run = jax.jit(lambda m, x, c=capacity: on_subset(fn, m, (x,), default, c))
+            got = run(m, x)
+            full = fn(x)
+            np.testing.assert_array_equal(got[0], jnp.where(m, full[0], default[0]))
+            np.testing.assert_array_equal(got[1], jnp.where(m[:, None], full[1], default[1]))
+
+
+@pytest.mark.ci_slow
+def test_t_move_step_does_not_depend_on_how_few_walkers_are_recomputed(monkeypatch):
+    """O with ccECP, HF trial, a large time step so that walkers T-move: the DMC step that
+    recomputes only the walkers an earlier electron moved (and only their local jets after
+    the sweep) gives the steps of the one that recomputes every walker."""
+    from nnqmc import diffusion
+    from nnqmc.ansatz import Ansatz
+    from nnqmc.hamiltonian import MolecularHamiltonian
+
+    signed, molecule, _ = _hf_psi("O 0 0 0", "ccecp", 2, "ccecp-cc-pvdz")
+    ansatz = Ansatz(init=lambda key: {}, apply=lambda params, r: signed(r), n_up=4, n_down=2)
+    arrays = ecp_arrays(atom_potentials(molecule))
+    ham = MolecularHamiltonian(molecule.charges, molecule.coords, 4, 2, ecp=arrays)
+    r = jax.random.normal(jax.random.PRNGKey(3), (1, 24, 6, 3)) * 0.9
+
+    def steps(fraction):
+        monkeypatch.setattr(diffusion, "SUBSET_FRACTION", fraction)
+        walkers = diffusion.make_walkers(ansatz, ham, "exact")({}, r)
+        step = diffusion.make_dmc_step(ansatz, ham, engine="exact")
+        control = diffusion.initial_control(-15.7, 1)
+        moved = []
+        for k in range(4):
+            key = jax.random.fold_in(jax.random.PRNGKey(0), k)
+            walkers, control, stats = step({}, walkers, control, key, 0.3)
+            moved.append(float(stats["t_moves"][0]))
+        return walkers, moved
+
+    every, moved = steps(1)
+    assert sum(moved) > 0
+    some, moved_some = steps(6)  # at most 4 walkers, or every one in a step where more moved
+    assert moved_some == moved
+    for name in ("r", "e_local", "log_psi", "elements", "weight"):
+        np.testing.assert_allclose(
+            getattr(some, name), getattr(every, name), rtol=1e-10, atol=1e-12, err_msg=name
+        )

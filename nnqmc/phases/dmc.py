@@ -164,7 +164,7 @@ def dmc(
     total = len(schedule)
     key = jax.random.fold_in(jax.random.PRNGKey(run.config.train.seed), STREAM_DMC)
     engine = run.config.train.laplacian
-    start_fn = make_walkers(run.ansatz, run.hamiltonian, engine)
+    start_fn = make_walkers(run.ansatz, run.hamiltonian, engine, cfg.nonlocal_scheme)
     step_fn = make_dmc_step(
         run.ansatz, run.hamiltonian, engine=engine, nonlocal_mode=cfg.nonlocal_scheme
     )
