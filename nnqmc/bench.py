@@ -89,9 +89,12 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     width = jnp.asarray(cfg.sampler.initial_width, walkers.dtype)
     key = jax.random.PRNGKey(cfg.train.seed)
     device_args = (replicate(params, 1), walkers[None], width[None], device_keys(key, 0, 1))
-    dmc_start = make_walkers(run.ansatz, run.hamiltonian, cfg.train.laplacian)
+    scheme = cfg.dmc.nonlocal_scheme
+    dmc_start = make_walkers(run.ansatz, run.hamiltonian, cfg.train.laplacian, scheme)
     dmc_walkers = dmc_start(replicate(params, 1), walkers[None])
-    dmc_step = make_dmc_step(run.ansatz, run.hamiltonian, engine=cfg.train.laplacian)
+    dmc_step = make_dmc_step(
+        run.ansatz, run.hamiltonian, engine=cfg.train.laplacian, nonlocal_mode=scheme
+    )
     dmc_args = (
         replicate(params, 1),
         dmc_walkers,
