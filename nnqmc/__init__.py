@@ -30,61 +30,9 @@ from .compile_cache import enable_compilation_cache as _enable_compilation_cache
 
 _enable_compilation_cache()  # compiled steps kept on disk (NNQMC_COMPILATION_CACHE=off: not)
 
-from .ansatz import Ansatz  # noqa: E402
-from .ansatz.custom import ansatz_from_orbitals  # noqa: E402
-from .api import (  # noqa: E402
-    DMCResult,
-    EvalResult,
-    Run,
-    TrainResult,
-    dmc,
-    evaluate,
-    prepare,
-    run,
-    train,
-)
-from .config import Config, ConfigError, load_config  # noqa: E402
-from .custom import custom_run, default_observables, gaussian_walkers, settings  # noqa: E402
-from .external import HarmonicTrap, PointCharges, UniformField, dipole_moment  # noqa: E402
-from .hamiltonian import (  # noqa: E402
-    ExternalPotential,
-    Hamiltonian,
-    MolecularHamiltonian,
-    with_external,
-)
-from .molecule import Molecule  # noqa: E402
-
-__version__ = "0.1.0"
-
-__all__ = [
-    "Ansatz",
-    "Config",
-    "ConfigError",
-    "DMCResult",
-    "EvalResult",
-    "ExternalPotential",
-    "Hamiltonian",
-    "HarmonicTrap",
-    "MolecularHamiltonian",
-    "Molecule",
-    "PointCharges",
-    "Run",
-    "TrainResult",
-    "UniformField",
-    "ansatz_from_orbitals",
-    "custom_run",
-    "default_observables",
-    "dipole_moment",
-    "dmc",
-    "evaluate",
-    "gaussian_walkers",
-    "load_config",
-    "prepare",
-    "run",
-    "settings",
-    "train",
-    "with_external",
-]
+from .api import *  # noqa: E402, F403  (the public surface: nnqmc.api)
+from .api import __all__ as __all__  # noqa: E402
+from .api import __version__ as __version__  # noqa: E402
 
 
 def __getattr__(name: str):

@@ -25,13 +25,13 @@ from .parallel import device_count, device_keys, replicate, split_walkers
 from .phases.evaluation import eval_step
 from .programs import training_hamiltonian
 from .run_setup import Run, initial_walkers
-from .threads import single_threaded_blas
-from .train import (
+from .steps import (
     TrainState,
     batch_local_energy,
     make_sample_step,
     make_train_step,
 )
+from .threads import single_threaded_blas
 
 
 def _peak_memory_bytes() -> int:

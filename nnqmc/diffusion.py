@@ -47,7 +47,7 @@ from .ansatz import Ansatz
 from .ecp import configuration_key, t_move_choice
 from .hamiltonian import Hamiltonian, nonlocal_of
 from .optimize import AXIS
-from .train import batch_local_jet, batch_local_jet_elements
+from .steps import batch_local_jet, batch_local_jet_elements
 
 ENERGY_CUTOFF_ALPHA = 0.2
 """``E_cut = α sqrt(N_elec / τ)`` (Zen et al. 2016)."""

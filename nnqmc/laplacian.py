@@ -141,4 +141,4 @@ KINETIC_JETS = {
     "folx": kinetic_jet_forward,
 }
 """For a bare ``log_psi`` "forward" and "folx" are the same; given an ansatz,
-:func:`nnqmc.train.batch_local_energy` lets "forward" use the ansatz's own kinetic energy."""
+:func:`nnqmc.steps.batch_local_energy` lets "forward" use the ansatz's own kinetic energy."""

@@ -27,7 +27,7 @@ from .executables import StoredProgram
 from .external import standard_observables
 from .optimize import AXIS
 from .run_setup import Run, with_nuclei
-from .train import NucleiLogPsi, TrainState, eval_step, sample_step, train_step
+from .steps import NucleiLogPsi, TrainState, eval_step, sample_step, train_step
 
 __all__ = [
     "ObservablesOf",
@@ -89,7 +89,7 @@ def _shared(run: Run, name: Hashable, make: Callable[[], Callable[..., Any]]) ->
 
 
 def train_program(run: Run) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """``step(state, keys, lr_scale=1.0) -> (state, stats)``: :func:`nnqmc.train.train_step`
+    """``step(state, keys, lr_scale=1.0) -> (state, stats)``: :func:`nnqmc.steps.train_step`
     with the run's settings on every device."""
     cfg = run.config
     physics_of = run.physics

@@ -33,7 +33,7 @@ from .parallel import device_count, global_device_count, process_count
 from .pseudopotentials import ECPError, atom_potentials
 from .sampler import StepScale, init_walkers, nucleus_step_scale
 from .scf import SCFResult, run_scf
-from .train import batch_log_psi
+from .steps import batch_log_psi
 
 __all__ = [
     "Physics",

@@ -40,8 +40,7 @@ from .rundir import (
     run_directory,
     stop_on_signals,
 )
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "correlation_fraction",

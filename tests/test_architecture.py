@@ -199,7 +199,7 @@ def test_physics_imports_no_io_cli_or_loop():
 
 # Physics that must work on plain arrays: PySCF's data (orbitals, ECP tables) enter only
 # through nnqmc.scf, so one compiled step serves any basis or potential of the same shape.
-NO_PYSCF = ("nnqmc.ecp", "nnqmc.hamiltonian", "nnqmc.diffusion", "nnqmc.train", "nnqmc.ansatz")
+NO_PYSCF = ("nnqmc.ecp", "nnqmc.hamiltonian", "nnqmc.diffusion", "nnqmc.steps", "nnqmc.ansatz")
 
 
 def _external_imports(path: Path) -> set[str]:
@@ -228,7 +228,7 @@ NO_BATCHED_LAPACK = (
     "nnqmc.ecp",
     "nnqmc.hamiltonian",
     "nnqmc.diffusion",
-    "nnqmc.train",
+    "nnqmc.steps",
     "nnqmc.ansatz",
     "nnqmc.orbitals",
     "nnqmc.laplacian",
@@ -270,6 +270,25 @@ def test_the_lapack_check_sees_a_call(tmp_path):
     path = tmp_path / "m.py"
     path.write_text("import jax.numpy as jnp\ns = jnp.linalg.slogdet(a)\nt = np.linalg.det(b)\n")
     assert _lapack_calls(path) == ["jnp.linalg.slogdet"]
+
+
+def test_one_public_surface_and_no_name_shadows_a_module():
+    """``nnqmc`` and ``nnqmc.api`` export the same names, one ``__version__``; no public
+    name is also a top-level module's name (``nnqmc.train`` the function against a module
+    ``nnqmc/train.py``)."""
+    import nnqmc
+    import nnqmc.api
+    import nnqmc.runner
+    import nnqmc.version
+
+    assert set(nnqmc.__all__) == set(nnqmc.api.__all__)
+    for name in nnqmc.__all__:
+        assert getattr(nnqmc, name) is getattr(nnqmc.api, name), name
+    assert nnqmc.__version__ is nnqmc.version.__version__ is nnqmc.runner.__version__
+    root = Path(nnqmc.__file__).parent
+    modules = {p.stem for p in root.glob("*.py")}
+    modules |= {p.parent.name for p in root.glob("*/__init__.py")}
+    assert not set(nnqmc.__all__) & modules
 
 
 # --------------------------------------------------------------------------- the checks fail

@@ -16,7 +16,7 @@ from nnqmc.config import TrainConfig
 from nnqmc.molecule import Molecule
 from nnqmc.optimize import AXIS, cast_floats, make_optimizer
 from nnqmc.scf import run_hf
-from nnqmc.train import batch_log_psi
+from nnqmc.steps import batch_log_psi
 
 SMALL = dict(embedding_dim=16, layers=2, n_rbf=8, jastrow_layers=2, backflow_layers=2)
 N_WALKERS = 32

@@ -88,7 +88,7 @@ STEP_SCRIPT = textwrap.dedent(
     from nnqmc import api
     from nnqmc.config import load_config
     from nnqmc.parallel import device_keys, first_replica, replicate, split_walkers
-    from nnqmc.train import TrainState, make_eval_step, make_train_step
+    from nnqmc.steps import TrainState, make_eval_step, make_train_step
 
     h2, tiny = sys.argv[1], sys.argv[2:]
     flat = lambda tree: np.asarray(ravel_pytree(tree)[0]).tolist()

@@ -379,7 +379,7 @@ def test_the_node_regularisation_is_pathak_wagners_polynomial():
 
 def test_a_nuclear_observable_needs_a_molecular_run():
     from nnqmc.api import NuclearObservable
-    from nnqmc.train import eval_step
+    from nnqmc.steps import eval_step
 
     observables = {"x": NuclearObservable(lambda log_psi_at, coords, r, e: e)}
     with pytest.raises(ValueError, match="a function of the nuclei"):

@@ -151,7 +151,7 @@ def test_initial_walkers_follow_atoms_and_spins():
 def test_local_energy_chunks_match_one_batch(lih):
     """lax.map over chunks (with a remainder) gives the same local energies as one vmap;
     the automatic chunk keeps ~1 MiB of Jacobians per chunk on CPU, all walkers elsewhere."""
-    from nnqmc.train import batch_local_energy, local_energy_chunk
+    from nnqmc.steps import batch_local_energy, local_energy_chunk
 
     mol, ansatz, params, ham = lih
     rng = np.random.default_rng(3)
@@ -171,7 +171,7 @@ def test_local_energy_chunks_match_one_batch(lih):
 def test_local_jet_gives_value_gradient_and_local_energy(lih, engine):
     """Each engine's jet is (log|psi|, its backprop gradient, the local energy of
     batch_local_energy): the DMC drift comes from it."""
-    from nnqmc.train import batch_local_energy, batch_local_jet
+    from nnqmc.steps import batch_local_energy, batch_local_jet
 
     mol, ansatz, params, ham = lih
     rng = np.random.default_rng(4)

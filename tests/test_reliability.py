@@ -26,7 +26,7 @@ from nnqmc import api, io
 from nnqmc.cli import main
 from nnqmc.config import load_config
 
-train_module = importlib.import_module("nnqmc.train")  # nnqmc.train is the function
+steps_module = importlib.import_module("nnqmc.steps")
 H2 = str(Path(__file__).parent.parent / "systems" / "h2.toml")
 STEPS, EVAL_STEPS, EVERY = 12, 8, 4
 TINY = [
@@ -307,7 +307,7 @@ def test_checkpoints_are_atomic_and_the_last_two_kept(reference):
 # --------------------------------------------------------------------------- 4: NaN guard
 def _poison_local_energies(monkeypatch, bad: set[int] | int) -> None:
     """The n-th call of the local energies (one per step) is NaN for n in ``bad`` (or >= it)."""
-    real = train_module.batch_local_energy
+    real = steps_module.batch_local_energy
     calls = [0]
 
     def poison(_):
@@ -325,7 +325,7 @@ def _poison_local_energies(monkeypatch, bad: set[int] | int) -> None:
 
         return fn
 
-    monkeypatch.setattr(train_module, "batch_local_energy", batch_local_energy)
+    monkeypatch.setattr(steps_module, "batch_local_energy", batch_local_energy)
 
 
 def test_nan_steps_are_rejected_counted_and_lower_the_learning_rate(tmp_path, monkeypatch):

@@ -51,7 +51,7 @@ import numpy as np
 from ..ecp import nonlocal_elements, quadrature, radial
 from ..estimate import estimate
 from ..hamiltonian import Hamiltonian, nuclei, positions
-from ..train import NuclearObservable, WaveObservable
+from ..steps import NuclearObservable, WaveObservable
 
 # Observable names in eval.h5 (per step: walker averages, each (n_atoms, 3)).
 FORCE_ZV = "force_zv"

@@ -5,6 +5,6 @@
 * :mod:`nnqmc.phases.evaluation`: sampling with frozen parameters (:func:`evaluate`),
   checkpointed and resumable.
 
-The jitted steps they loop over are built in :mod:`nnqmc.train`; :mod:`nnqmc.runner`
+The jitted steps they loop over are built in :mod:`nnqmc.steps`; :mod:`nnqmc.runner`
 chains the phases into one ``nnqmc run``.
 """

@@ -1,7 +1,7 @@
 """The evaluation phase: sample with frozen parameters, energy ± error from a blocking
 analysis, checkpointed and resumable (:func:`evaluate`).
 
-The jitted evaluation step is :func:`nnqmc.train.eval_step` (compiled with a run's settings
+The jitted evaluation step is :func:`nnqmc.steps.eval_step` (compiled with a run's settings
 by :func:`nnqmc.programs.eval_program`); this module owns the loop around it.
 """
 
@@ -39,8 +39,8 @@ from ..rundir import (
     save_walker_checkpoint,
     stop_if_asked,
 )
+from ..steps import NuclearObservable, WaveObservable
 from ..threads import single_threaded_blas
-from ..train import NuclearObservable, WaveObservable
 
 __all__ = ["EvalResult", "eval_step", "evaluate"]
 
@@ -87,8 +87,8 @@ def evaluate(
     ``observables``: extra ones beside the dipole moment, a dict or a function of the
     Hamiltonian that builds them (:data:`nnqmc.programs.ObservablesOf`; only that lets the
     geometries of a scan share one compiled program). Each is a function of one walker's
-    positions, a :class:`~nnqmc.train.WaveObservable` (it also sees log|psi| and E_L) or,
-    in a molecular run, a :class:`~nnqmc.train.NuclearObservable` (it also sees log|psi| as
+    positions, a :class:`~nnqmc.steps.WaveObservable` (it also sees log|psi| and E_L) or,
+    in a molecular run, a :class:`~nnqmc.steps.NuclearObservable` (it also sees log|psi| as
     a function of the nuclei).
 
     ``walkers`` are all walkers (of all processes); each process evaluates its share. With

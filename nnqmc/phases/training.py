@@ -1,6 +1,6 @@
 """The training phase: optimise the ansatz, checkpointed and resumable (:func:`train`).
 
-The jitted training step itself is :func:`nnqmc.train.train_step` (compiled by
+The jitted training step itself is :func:`nnqmc.steps.train_step` (compiled by
 :func:`nnqmc.programs.train_program`); this module
 owns the loop around it: the start (fresh, warm or from a checkpoint), burn-in, checkpoints,
 signals and the guard against non-finite steps.
@@ -51,8 +51,8 @@ from ..rundir import (
     read_rotated,
     stop_if_asked,
 )
+from ..steps import TrainState
 from ..threads import single_threaded_blas
-from ..train import TrainState
 
 __all__ = ["StepHook", "TrainResult", "load_checkpoint", "train", "trained_state"]
 
