@@ -20,8 +20,9 @@ from .external import HarmonicTrap, PointCharges, UniformField, dipole_moment
 from .hamiltonian import ExternalPotential, Hamiltonian, MolecularHamiltonian, with_external
 from .molecule import Molecule
 from .phases.dmc import DMCResult, dmc
-from .phases.evaluation import EvalResult, eval_step, evaluate
+from .phases.evaluation import EvalResult, evaluate
 from .phases.training import StepHook, TrainResult, train, trained_state
+from .programs import eval_program
 from .run_setup import Run, build_ansatz, check_devices, initial_walkers, precision_dtype, prepare
 from .rundir import Progress, StopCheck, check_run_directory, run_directory, stop_on_signals
 from .runner import (
@@ -68,7 +69,7 @@ __all__ = [
     "dipole_moment",
     "dmc",
     "dmc_run",
-    "eval_step",
+    "eval_program",
     "evaluate",
     "evaluate_run",
     "gaussian_walkers",

@@ -22,8 +22,7 @@ from .diffusion import initial_control, make_dmc_step, make_walkers
 from .hamiltonian import nonlocal_energy, nonlocal_of
 from .optimize import cast_floats, jacobian_blocks, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
-from .phases.evaluation import eval_step
-from .programs import training_hamiltonian
+from .programs import eval_program, training_hamiltonian
 from .run_setup import Run, initial_walkers
 from .steps import (
     TrainState,
@@ -104,7 +103,7 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     )
     return {
         **nonlocal_parts(run, params, walkers),
-        "seconds_per_eval_step": _seconds(eval_step(run), *device_args),
+        "seconds_per_eval_step": _seconds(eval_program(run), *device_args),
         "seconds_per_dmc_step": _seconds(dmc_step, *dmc_args),
         "seconds_per_sampling": _seconds(sampling, *device_args),
         "seconds_per_local_energy_batch": _seconds(energies, params, walkers),

@@ -42,7 +42,7 @@ from ..rundir import (
 from ..steps import NuclearObservable, WaveObservable
 from ..threads import single_threaded_blas
 
-__all__ = ["EvalResult", "eval_step", "evaluate"]
+__all__ = ["EvalResult", "evaluate"]
 
 
 @dataclass
@@ -59,14 +59,6 @@ class EvalResult:
 
 
 # --------------------------------------------------------------------------- the loop
-def eval_step(
-    run: Run, observables: dict[str, Any] | ObservablesOf | None = None
-) -> Callable[..., Any]:
-    """The run's compiled evaluation step ``(params, walkers, width, keys) -> (walkers,
-    stats)``, as :func:`evaluate` uses it (:func:`nnqmc.programs.eval_program`)."""
-    return eval_program(run, observables)
-
-
 @single_threaded_blas
 def evaluate(
     run: Run,
