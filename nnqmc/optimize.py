@@ -24,7 +24,7 @@ BatchLogPsi = Callable[[Params, jax.Array], jax.Array]
 
 def gather_devices(x: jax.Array) -> jax.Array:
     """``x`` of every device stacked along axis 0 (``all_gather(tiled=True)``); on one device
-    ``x`` itself, since XLA's one-device all-gather still copies (5 ms for LiH's O)."""
+    ``x`` itself, since XLA's one-device all-gather still copies."""
     if jax.lax.axis_size(AXIS) == 1:
         return x
     return jax.lax.all_gather(x, AXIS, tiled=True)
@@ -147,7 +147,7 @@ def jacobian_blocks(
     """O[i, :] = d log|psi(walker_i)| / d theta for the local walkers, as column blocks
     ``[O_1, ..., O_B]`` (each ``(n_local, P_b)``) whose concatenation is the flat
     (``ravel_pytree``) order. Blocks follow :func:`leaf_groups`: concatenating all leaves
-    into one ``(n, P)`` matrix costs a full extra pass over O (16 of 77 ms for LiH)."""
+    into one ``(n, P)`` matrix costs a full extra pass over O."""
     n = walkers.shape[0]
 
     def one(p, walker):
@@ -220,10 +220,10 @@ def spring_direction(
     ``O_bar^T z = O^T (P z) / sqrt(N)``: only the Gram product, one matrix-vector product
     and one back-projection read O. Rounding in ``O O^T`` is about ``eps_mach * sum_p
     mean(O_p)^2`` (~1e-10 for LiH) against ``damping``; in float32 that bound is too loose,
-    so there the blocks are centred as they enter the Gram product (XLA fuses it: 28 against
-    27 ms for LiH) but not for the two products with vectors, where rounding only scales
-    with ``eps_mach * |mean(O_p)| / std(O_p)`` per parameter (keeping centred copies of O
-    for those cost another 11 ms).
+    so there the blocks are centred as they enter the Gram product (XLA fuses it) but not
+    for the two products with vectors, where rounding only scales with
+    ``eps_mach * |mean(O_p)| / std(O_p)`` per parameter (centred copies of O for those
+    would cost another pass; docs/performance.md).
     """
     n = blocks[0].shape[0]
     dtype = blocks[0].dtype

@@ -4,10 +4,9 @@ On the CPU backend XLA runs every jitted program on its own thread pool, one thr
 core. The LAPACK routines that jaxlib calls for factorisations inside those programs
 (Cholesky in SPRING, LU in the determinants) come from SciPy's OpenBLAS, which starts its
 own threads, one per core, that spin while they wait. The two pools then fight over the
-cores: on 2 cores a 256 x 256 Cholesky inside the SPRING step took 40 ms instead of
-0.5 ms, a third of a LiH training step. The matrices LAPACK sees here are small (at most
-walkers x walkers, factorised once a step, against the walkers^2 x parameters Gram
-product XLA computes), so one LAPACK thread costs nothing measurable.
+cores (docs/performance.md has the measurement). The matrices LAPACK sees here are small
+(at most walkers x walkers, factorised once a step, against the walkers^2 x parameters
+Gram product XLA computes), so one LAPACK thread is enough.
 """
 
 from __future__ import annotations

@@ -3,15 +3,8 @@
 Recent jaxlibs hand elementwise, reduce and dot fusions on CPU to YNNPACK
 (``xla_cpu_experimental_ynn_fusion_type``). For what nnqmc computes, many small products of
 a few electrons by an embedding of 32–64 features per walker, that is several times slower
-than XLA's own code, so nnqmc turns all of them off. Measured on an idle 2-core CPU, LiH,
-256 walkers:
-
-- float32, each part compiled with and without YNNPACK in one process: local energies
-  39 → 15 ms, per-walker parameter gradients 53 → 19 ms, 10 Metropolis steps 79 → 23 ms;
-- float64, whole training steps (``nnqmc bench``, separate rounds): 0.190 s with jaxlib's
-  default, 0.143–0.148 s without YNNPACK;
-- YNNPACK for individual dots only (faster for SPRING's one large Gram product on its own)
-  lost on whole steps: LiH float64 0.172–0.180 s, H2O float32 0.299 s against 0.204 s.
+than XLA's own code, so nnqmc turns all of them off (the measurements are in
+docs/performance.md, "Measurements behind choices in the code").
 
 The setting only applies if no JAX backend has started in this process yet; a user's own
 ``xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` is kept.
