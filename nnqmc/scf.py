@@ -5,9 +5,10 @@ This is the only module that imports PySCF.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +24,27 @@ class BasisError(ValueError):
 
 BasisSpec = str | dict[str, str]
 """One basis name for every element, or element -> name."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_thread(fn: F) -> F:
+    """Decorator: PySCF on one OpenMP thread while ``fn`` runs (the caller's count restored).
+
+    Threaded, PySCF sums the Coulomb and exchange matrices from per-thread parts whose split
+    depends on scheduling, so the orbitals change in their last bits from one call or process
+    to the next, and every energy of a run with them (a run resumed in a new process would
+    not continue the one it resumes). On one thread they are the same in every process.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pyscf import lib
+
+        with lib.with_omp_threads(1):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -139,6 +161,7 @@ def _add_hcore(mf, hcore_extra: HcoreExtra | None):
     return mf
 
 
+@one_thread
 def run_hf(
     molecule: Molecule,
     basis: str,
@@ -256,6 +279,7 @@ def ci_to_determinants(
     return occ_up.astype(np.int64), occ_down.astype(np.int64), flat[keep].copy()
 
 
+@one_thread
 def run_casscf(
     molecule: Molecule,
     basis: str,
