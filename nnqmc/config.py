@@ -14,11 +14,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .config_checks import MAX_GEOMETRIES, MAX_NESTING, nesting, shown
 from .config_schema import (
     ANSATZ_KINDS,
     BACKFLOW_FORMS,
@@ -85,10 +87,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Read, override (``section.key=value`` strings) and validate a TOML config file."""
     path = Path(path)
     source = str(path)
-    if not path.exists():
-        raise ConfigError(source, "file", "no such file")
-    if not path.is_file():
-        raise ConfigError(source, "file", "not a regular file")
+    problem = _file_problem(path)
+    if problem:
+        raise ConfigError(source, "file", problem)
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -100,6 +101,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     except TOMLDecodeError as exc:
         where, message = toml_location(str(exc))
         raise ConfigError(source, where, f"malformed TOML: {message}") from None
+    except RecursionError:
+        raise ConfigError(source, "document", _TOO_DEEP) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(source, "document", f"malformed TOML: {exc}") from None
+    _check_nesting(data, lambda key, message: ConfigError(source, key, message))
     data = apply_overrides(data, overrides, OVERRIDE_SOURCE)
     overridden = {_override_key(o) for o in overrides}
     return _build(data, source, path.resolve().parent, path, overridden)
@@ -154,8 +160,35 @@ def apply_overrides(data: dict, overrides: Sequence[str], source: str = OVERRIDE
 
 
 # --------------------------------------------------------------------------- internals
+_TOO_DEEP = f"arrays or tables nested more than {MAX_NESTING} levels deep"
+
+
 def _override_key(item: str) -> str:
     return str(item).partition("=")[0].strip()
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` is no regular file ("no such file", "file name too long", ...), or None;
+    never raises."""
+    try:
+        if path.is_file():
+            return None
+        return "not a regular file" if path.exists() else "no such file"
+    except OSError as exc:
+        reason = exc.strerror or "cannot be read"
+        return reason[:1].lower() + reason[1:]
+    except ValueError:  # a NUL character
+        return "not a valid file name"
+
+
+def _check_nesting(data: dict, fail) -> None:
+    """Refuse arrays and tables nested deeper than ``MAX_NESTING`` (the document counts as
+    one level), before anything recurses through them."""
+    for key, value in data.items():
+        inner = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, item in inner:
+            if nesting(item) + (1 if sub is None else 2) > MAX_NESTING:
+                raise fail(key if sub is None else f"{key}.{sub}", _TOO_DEEP)
 
 
 def _build(
@@ -171,6 +204,7 @@ def _build(
 
     if not isinstance(data, dict):
         raise ConfigError(source, "document", f"expected a table, got {describe(data)}")
+    _check_nesting(data, fail)
     sections = section_classes()
     allowed = allowed_keys()
     for key, value in data.items():
@@ -222,8 +256,9 @@ def _build_system(table: dict, base_dir: Path, fail) -> SystemConfig:
         xyz_path = Path(raw.xyz)
         if not xyz_path.is_absolute():
             xyz_path = base_dir / xyz_path
-        if not xyz_path.is_file():
-            raise fail(geometry_key, f"no such file {str(xyz_path)!r}")
+        problem = _file_problem(xyz_path)
+        if problem:
+            raise fail(geometry_key, f"{problem} {str(xyz_path)!r}")
 
         def read(charge: int, spin: int) -> Molecule:
             try:
@@ -289,10 +324,10 @@ def _located_ecp(spec, base_dir: Path):
     """``[system] ecp`` with file names made absolute (relative to the input file)."""
 
     def located(name: str) -> str:
-        path = Path(name).expanduser()
+        path = Path(os.path.expanduser(name))  # unchanged for an unknown ~user
         if not path.is_absolute():
             path = base_dir / path
-        return str(path.resolve()) if path.is_file() else name
+        return str(path.resolve()) if _file_problem(path) is None else name
 
     return located(spec) if isinstance(spec, str) else {k: located(v) for k, v in spec.items()}
 
@@ -380,6 +415,10 @@ def _check_scan(scan: ScanConfig, table: dict, system, base_dir: Path, fail) -> 
         for atoms in scan.grid_atoms:
             check_atoms("scan.grid_atoms", atoms, (2, 3))
 
+    def check_count(key: str, n: int) -> None:
+        if n > MAX_GEOMETRIES:
+            raise fail(key, f"{shown(n)} geometries; at most {MAX_GEOMETRIES}")
+
     if scan.kind in ("bond", "angle"):
         if scan.atoms is None:
             raise fail("scan.atoms", "missing required key")
@@ -390,6 +429,7 @@ def _check_scan(scan: ScanConfig, table: dict, system, base_dir: Path, fail) -> 
             start, stop, count = scan.linspace
             if count < 1:
                 raise fail("scan.linspace", f"count must be >= 1, got {count}")
+            check_count("scan.linspace", count)
             check_values("scan.linspace", [start, stop], scan.kind == "angle")
         else:
             check_values("scan.values", scan.values, scan.kind == "angle")
@@ -397,6 +437,7 @@ def _check_scan(scan: ScanConfig, table: dict, system, base_dir: Path, fail) -> 
         check_grid("scan.grid_values", scan.grid_values, "list of values")
         for atoms, values in zip(scan.grid_atoms, scan.grid_values, strict=True):
             check_values("scan.grid_values", values, len(atoms) == 3)
+        check_count("scan.grid_values", math.prod(len(v) for v in scan.grid_values))
     elif scan.kind == "adaptive":
         check_grid("scan.ranges", scan.ranges, "[start, stop, count]")
         for atoms, (start, stop, count) in zip(scan.grid_atoms, scan.ranges, strict=True):
@@ -404,6 +445,7 @@ def _check_scan(scan: ScanConfig, table: dict, system, base_dir: Path, fail) -> 
             if count < 2:
                 raise fail("scan.ranges", f"count must be >= 2, got {count}")
         pool = math.prod(count for _, _, count in scan.ranges)
+        check_count("scan.ranges", pool)
         if scan.initial < 2 or scan.initial > min(scan.budget, pool):
             raise fail(
                 "scan.initial",
@@ -422,7 +464,8 @@ def _check_scan(scan: ScanConfig, table: dict, system, base_dir: Path, fail) -> 
             raise fail("scan.xyz", "missing required key")
         path = Path(scan.xyz)
         path = path if path.is_absolute() else base_dir / path
-        if not path.is_file():
-            raise fail("scan.xyz", f"no such file {str(path)!r}")
+        problem = _file_problem(path)
+        if problem:
+            raise fail("scan.xyz", f"{problem} {str(path)!r}")
         scan = dataclasses.replace(scan, xyz=str(path))
     return scan

@@ -3,8 +3,12 @@
 
 The allowed keys, their types and defaults live in one place: the dataclass fields below
 (``SystemInput`` for the raw ``[system]`` keys, which are turned into a ``Molecule``).
-Range and choice constraints are attached to the fields as metadata. Loading, overrides and
-cross-checks are in :mod:`nnqmc.config`, which re-exports everything public here.
+Range and choice constraints are attached to the fields as metadata: ``check`` (a rule of
+:mod:`nnqmc.config_checks`), ``choices``, and ``most``, the upper bound of a size or count
+(layers <= 64; embedding_dim, n_rbf, determinants, copies <= 4096; walkers <= 2**24; steps
+and sweeps <= 10**9; seeds <= 2**32 - 1; scan geometries <= 10**6; |charge| <= 1000): above
+it a value can only be a mistake. Loading, overrides and cross-checks are in
+:mod:`nnqmc.config`, which re-exports everything public here.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -20,6 +23,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_checks import (
+    MAX_GEOMETRIES,
+    MAX_LAYERS,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_WALKERS,
+    MAX_WIDTH,
+    Check,
+    active_space,
+    all_positive,
+    at_least_two,
+    at_most,
+    bounded_charge,
+    half_open_unit,
+    non_empty,
+    non_empty_name,
+    non_negative,
+    one_line,
+    open_unit,
+    positive,
+    quadrature_points,
+    safe_name,
+    shown,
+)
 from .molecule import ATOMIC_NUMBER, Molecule
 
 ANSATZ_KINDS = ("hf", "jastrow", "paulinet", "generalized")
@@ -33,84 +60,15 @@ SCAN_KINDS = ("bond", "angle", "grid", "normal_modes", "random", "xyz", "adaptiv
 DEFAULT_BASIS = "cc-pvdz"
 OVERRIDE_SOURCE = "--set"
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
-
 
 class ConfigError(ValueError):
     """An invalid configuration; ``str()`` is ``"<file>: <key>: <message>"`` on one line."""
 
     def __init__(self, source: str, key: str, message: str) -> None:
-        self.source = _one_line(str(source))
-        self.key = _one_line(str(key))
-        self.message = _one_line(str(message))
+        self.source = one_line(str(source))
+        self.key = one_line(str(key))
+        self.message = one_line(str(message))
         super().__init__(f"{self.source}: {self.key}: {self.message}")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-# --------------------------------------------------------------------------- constraints
-Check = Callable[[Any], "str | None"]
-
-
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else f"must be > 0, got {v!r}"
-
-
-def _at_least_two(v: Any) -> str | None:
-    return None if v >= 2 else f"must be >= 2 (an error bar needs two samples), got {v!r}"
-
-
-def _non_negative(v: Any) -> str | None:
-    return None if v >= 0 else f"must be >= 0, got {v!r}"
-
-
-def _open_unit(v: Any) -> str | None:
-    return None if 0 < v < 1 else f"must lie strictly between 0 and 1, got {v!r}"
-
-
-def _half_open_unit(v: Any) -> str | None:
-    return None if 0 <= v < 1 else f"must satisfy 0 <= value < 1, got {v!r}"
-
-
-def _non_empty(v: Any) -> str | None:
-    return None if v.strip() else "must not be empty"
-
-
-def _non_empty_name(v: Any) -> str | None:
-    return _non_empty(v) if isinstance(v, str) else None
-
-
-ECP_POINTS = (6, 12, 18, 26, 32)  # the rules of nnqmc.ecp.QUADRATURES
-
-
-def _ecp_points(v: Any) -> str | None:
-    return None if v in ECP_POINTS else f"must be one of {', '.join(map(str, ECP_POINTS))}"
-
-
-def _safe_name(v: Any) -> str | None:
-    if _SAFE_NAME.fullmatch(v):
-        return None
-    return (
-        f"{v!r} is not a safe file name (letters, digits, '.', '_', '+', '-'; "
-        "starting with a letter or digit; at most 100 characters)"
-    )
-
-
-def _cas(v: Any) -> str | None:
-    n_orb, n_elec = v
-    if n_orb <= 0 or n_elec <= 0:
-        return f"[n_orbitals, n_electrons] must both be > 0, got {list(v)}"
-    if n_elec > 2 * n_orb:
-        return f"{n_elec} electrons do not fit in {n_orb} orbitals"
-    return None
-
-
-def _all_positive(v: Any) -> str | None:
-    if not v:
-        return "must hold at least one value"
-    return None if all(x > 0 for x in v) else f"must all be > 0, got {list(v)}"
 
 
 def _f(
@@ -118,11 +76,12 @@ def _f(
     *,
     check: Check | None = None,
     choices=None,
+    most: int | None = None,
     one_or_many: bool = False,
 ):
-    """A dataclass field carrying its validation rule as metadata (``one_or_many``: a
-    list field that also takes a single value)."""
-    metadata = {"check": check, "choices": choices, "one_or_many": one_or_many}
+    """A dataclass field carrying its validation rule as metadata (``most``: the upper
+    bound of a size or count; ``one_or_many``: a list field that also takes one value)."""
+    metadata = {"check": check, "choices": choices, "most": most, "one_or_many": one_or_many}
     return field(default=default, metadata=metadata)
 
 
@@ -149,30 +108,30 @@ class AnsatzConfig:
     kind: str = _f("paulinet", choices=ANSATZ_KINDS)  # "hf" = bare determinants
     cusp_correction: bool = True  # nuclear cusp of the HF orbitals
     ee_cusp: bool = True  # the fixed electron-electron cusp factor gamma
-    embedding_dim: int = _f(32, check=_positive)
-    layers: int = _f(3, check=_non_negative)
-    n_rbf: int = _f(16, check=_positive)
-    cutoff: float = _f(10.0, check=_positive)
-    jastrow_layers: int = _f(3, check=_non_negative)
-    backflow_layers: int = _f(3, check=_non_negative)
+    embedding_dim: int = _f(32, check=positive, most=MAX_WIDTH)
+    layers: int = _f(3, check=non_negative, most=MAX_LAYERS)
+    n_rbf: int = _f(16, check=positive, most=MAX_WIDTH)
+    cutoff: float = _f(10.0, check=positive)
+    jastrow_layers: int = _f(3, check=non_negative, most=MAX_LAYERS)
+    backflow_layers: int = _f(3, check=non_negative, most=MAX_LAYERS)
     backflow: str = _f("exp", choices=BACKFLOW_FORMS)  # f = exp(g) | 1 + g | none (f = 1)
-    cas: tuple[int, int] | None = _f(None, check=_cas)  # [n_orbitals, n_electrons]
-    determinants: int = _f(1, check=_positive)
+    cas: tuple[int, int] | None = _f(None, check=active_space)  # [n_orbitals, n_electrons]
+    determinants: int = _f(1, check=positive, most=MAX_WIDTH)
     # kind = "generalized" only (see nnqmc.ansatz.generalized):
     # one n x n determinant over both spins; off by default: started block-diagonal (as the
     # exact HF start needs) its cross blocks get no gradient (docs/generalized.md)
     full_determinant: bool = False
     envelopes: bool = True  # learned orbital corrections with exponential envelopes
     en_vectors: bool = True  # r_i - R_I as embedding inputs
-    copies: int = _f(1, check=_positive)  # learned copies of each HF/CASSCF determinant
+    copies: int = _f(1, check=positive, most=MAX_WIDTH)  # learned copies of each determinant
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    initial_width: float = _f(0.3, check=_positive)
-    target_acceptance: float = _f(0.5, check=_open_unit)
-    burn_in: int = _f(200, check=_non_negative)
-    decorrelation: int = _f(10, check=_positive)
+    initial_width: float = _f(0.3, check=positive)
+    target_acceptance: float = _f(0.5, check=open_unit)
+    burn_in: int = _f(200, check=non_negative, most=MAX_STEPS)
+    decorrelation: int = _f(10, check=positive, most=MAX_STEPS)
     # step width per electron: the same for all, or growing with the distance to the
     # nearest nucleus (core electrons small steps, valence large; nnqmc.sampler)
     proposal: str = _f("uniform", choices=PROPOSALS)
@@ -180,30 +139,30 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = _f(2000, check=_positive)
-    walkers: int = _f(1024, check=_positive)
-    seed: int = _f(0, check=_non_negative)
+    steps: int = _f(2000, check=positive, most=MAX_STEPS)
+    walkers: int = _f(1024, check=positive, most=MAX_WALKERS)
+    seed: int = _f(0, check=non_negative, most=MAX_SEED)
     optimizer: str = _f("spring", choices=OPTIMIZERS)
-    learning_rate: float | None = _f(None, check=_positive)  # None: the optimizer's default
-    lr_decay_steps: float = _f(1000.0, check=_positive)
-    clip_width: float = _f(5.0, check=_positive)
-    max_grad_norm: float | None = _f(None, check=_positive)  # None: the optimizer's default
+    learning_rate: float | None = _f(None, check=positive)  # None: the optimizer's default
+    lr_decay_steps: float = _f(1000.0, check=positive)
+    clip_width: float = _f(5.0, check=positive)
+    max_grad_norm: float | None = _f(None, check=positive)  # None: the optimizer's default
     laplacian: str = _f("forward", choices=LAPLACIANS)
     # walkers per local-energy chunk; None: automatic (CPU ~1 MiB of Jacobians, GPU all)
-    local_energy_chunk: int | None = _f(None, check=_positive)
-    checkpoint_every: int = _f(100, check=_positive)
-    max_bad_steps: int = _f(10, check=_positive)
-    damping: float = _f(1e-3, check=_non_negative)
-    momentum: float = _f(0.9, check=_half_open_unit)
+    local_energy_chunk: int | None = _f(None, check=positive, most=MAX_WALKERS)
+    checkpoint_every: int = _f(100, check=positive, most=MAX_STEPS)
+    max_bad_steps: int = _f(10, check=positive, most=MAX_STEPS)
+    damping: float = _f(1e-3, check=non_negative)
+    momentum: float = _f(0.9, check=half_open_unit)
     # points of the ECP quadrature while training (0: the system's ecp_points); any rule is
     # unbiased under the random rotation, fewer points only add variance (docs/ecp.md)
-    ecp_points: int = _f(6, check=lambda v: None if v == 0 else _ecp_points(v))
+    ecp_points: int = _f(6, check=lambda v: None if v == 0 else quadrature_points(v))
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    steps: int = _f(2000, check=_at_least_two)
-    decorrelation: int = _f(10, check=_positive)
+    steps: int = _f(2000, check=at_least_two, most=MAX_STEPS)
+    decorrelation: int = _f(10, check=positive, most=MAX_STEPS)
     dipole: bool = True  # report the dipole moment (with error bars) in result.json
 
 
@@ -215,10 +174,10 @@ class DMCConfig:
     ``equilibration``: per time step; ``walkers``: the fixed population (0: the training
     walkers)."""
 
-    steps: int = _f(2000, check=_at_least_two)
-    timestep: tuple[float, ...] = _f((0.01,), check=_all_positive, one_or_many=True)
-    walkers: int = _f(0, check=_non_negative)
-    equilibration: int = _f(500, check=_non_negative)
+    steps: int = _f(2000, check=at_least_two, most=MAX_STEPS)
+    timestep: tuple[float, ...] = _f((0.01,), check=all_positive, one_or_many=True)
+    walkers: int = _f(0, check=non_negative, most=MAX_WALKERS)
+    equilibration: int = _f(500, check=non_negative, most=MAX_STEPS)
     # with an ECP: size-consistent T-moves, or the locality approximation
     nonlocal_scheme: str = _f("tmoves", choices=("tmoves", "locality"))
 
@@ -234,7 +193,7 @@ class HamiltonianConfig:
 
     field: tuple[float, float, float] | None = None
     point_charges: tuple[tuple[float, float, float, float], ...] = ()
-    harmonic: float | None = _f(None, check=_positive)
+    harmonic: float | None = _f(None, check=positive)
     harmonic_center: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
@@ -256,18 +215,18 @@ class ScanConfig:
     unit: str = _f("bohr", choices=UNITS)
     modes: tuple[int, ...] | None = None  # normal_modes: which (0 = softest), default all
     amplitudes: tuple[float, ...] | None = None  # normal_modes: displacements along each mode
-    count: int = _f(10, check=_positive)  # random: number of geometries
-    amplitude: float = _f(0.05, check=_positive)  # random: std of each coordinate's shift
-    seed: int = _f(0, check=_non_negative)  # random
-    xyz: str | None = _f(None, check=_non_empty)  # xyz: multi-frame file (angstrom)
+    count: int = _f(10, check=positive, most=MAX_GEOMETRIES)  # random: number of geometries
+    amplitude: float = _f(0.05, check=positive)  # random: std of each coordinate's shift
+    seed: int = _f(0, check=non_negative, most=MAX_SEED)  # random
+    xyz: str | None = _f(None, check=non_empty)  # xyz: multi-frame file (angstrom)
     # adaptive: the candidates are the grid of grid_atoms over ranges ([start, stop, count]
     # per coordinate); the first `initial` spread out, then each next one where the fitted
     # force field is least certain, until its predictive std < target (Ha) or `budget` runs
     ranges: tuple[tuple[float, float, int], ...] | None = None
-    initial: int = _f(3, check=_positive)
-    target: float = _f(5e-4, check=_positive)
-    budget: int = _f(20, check=_positive)
-    steps: int | None = _f(None, check=_positive)
+    initial: int = _f(3, check=positive, most=MAX_GEOMETRIES)
+    target: float = _f(5e-4, check=positive)
+    budget: int = _f(20, check=positive, most=MAX_GEOMETRIES)
+    steps: int | None = _f(None, check=positive, most=MAX_STEPS)
     forces: bool = False  # Hellmann-Feynman forces (zero-variance estimator)
     zero_bias: bool = True  # with the zero-bias (Pulay) term, exact d log|psi|/dR
     ccsd_t: bool = False  # CCSD(T) baseline in the same basis
@@ -289,7 +248,7 @@ SCAN_COMMON = ("kind", "steps", "forces", "zero_bias", "ccsd_t", "reference")
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    name: str = _f(check=_safe_name)
+    name: str = _f(check=safe_name)
     reference_energy: float | None = None
     precision: str = _f("mixed", choices=PRECISIONS)
     system: SystemConfig | None = None  # None only for Python-API runs without a molecule
@@ -308,16 +267,16 @@ class Config:
 class SystemInput:
     """The raw keys of ``[system]``; validated, then turned into ``SystemConfig``."""
 
-    atoms: str | None = _f(None, check=_non_empty)  # lines "SYMBOL x y z"
-    xyz: str | None = _f(None, check=_non_empty)  # path relative to the TOML file
+    atoms: str | None = _f(None, check=non_empty)  # lines "SYMBOL x y z"
+    xyz: str | None = _f(None, check=non_empty)  # path relative to the TOML file
     unit: str | None = _f(None, choices=UNITS)  # required with atoms
-    charge: int = 0
+    charge: int = _f(0, check=bounded_charge)
     spin: int = 0  # n_up - n_down
-    basis: str | dict[str, str] = _f(DEFAULT_BASIS, check=_non_empty_name)
+    basis: str | dict[str, str] = _f(DEFAULT_BASIS, check=non_empty_name)
     # effective core potentials: a family for every element that has one ("ccecp", "bfd"),
     # element -> name (or NWChem file) for those elements only, or none (all-electron)
-    ecp: str | dict[str, str] | None = _f(None, check=_non_empty_name)
-    ecp_points: int = _f(12, check=_ecp_points)  # points of the nonlocal quadrature
+    ecp: str | dict[str, str] | None = _f(None, check=non_empty_name)
+    ecp_points: int = _f(12, check=quadrature_points)  # points of the nonlocal quadrature
 
 
 # Top-level bookkeeping fields that are not read from the document.
@@ -376,11 +335,8 @@ def suggest(word: str, options: Sequence[str]) -> str:
 
 # --------------------------------------------------------------------------- type checks
 def describe(value: Any) -> str:
-    """``type repr`` of a value for messages, the repr cut at 60 characters."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{type(value).__name__} {text}"
+    """``type repr`` of a value for messages, a long repr cut (:func:`shown`)."""
+    return f"{type(value).__name__} {shown(value)}"
 
 
 def _convert(value: Any, tp: Any) -> Any:
@@ -417,9 +373,13 @@ def _convert(value: Any, tp: Any) -> Any:
         raise TypeError(f"expected an integer, got {describe(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise TypeError(f"expected a finite number, got {value!r}")
-            return float(value)
+            try:  # an integer beyond the float range: OverflowError
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                raise TypeError(f"expected a finite number, got {shown(value)}")
+            return number
         raise TypeError(f"expected a number, got {describe(value)}")
     if tp is str:
         if isinstance(value, str):
@@ -464,10 +424,15 @@ def read_fields(
             raise fail(key, str(exc)) from None
         choices = f.metadata.get("choices")
         if choices is not None and value is not None and value not in choices:
-            raise fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
+            raise fail(key, f"must be one of {', '.join(choices)}; got {shown(value)}")
         check = f.metadata.get("check")
         if check is not None and value is not None:
             message = check(value)
+            if message:
+                raise fail(key, message)
+        most = f.metadata.get("most")
+        if most is not None and value is not None:
+            message = at_most(value, most)
             if message:
                 raise fail(key, message)
         out[f.name] = value

@@ -57,7 +57,7 @@ def parse_value(raw: str) -> Any:
     raw = raw.strip()
     try:
         parsed = tomllib.loads(f"value = {raw}")
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # also a 5000-digit integer, arrays 1000 deep
         return raw
     if set(parsed) != {"value"}:  # e.g. an embedded newline smuggling in another key
         return raw
