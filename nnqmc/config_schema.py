@@ -172,7 +172,7 @@ class DMCConfig:
     input asks for it; :mod:`nnqmc.diffusion`). ``timestep``: one τ (Ha⁻¹) or several, run
     one after the other from the largest, for the τ -> 0 extrapolation; ``steps`` and
     ``equilibration``: per time step; ``walkers``: the fixed population (0: the training
-    walkers)."""
+    walkers); ``max_bad_steps``: non-finite steps in a row that stop it."""
 
     steps: int = _f(2000, check=at_least_two, most=MAX_STEPS)
     timestep: tuple[float, ...] = _f((0.01,), check=all_positive, one_or_many=True)
@@ -180,6 +180,8 @@ class DMCConfig:
     equilibration: int = _f(500, check=non_negative, most=MAX_STEPS)
     # with an ECP: size-consistent T-moves, or the locality approximation
     nonlocal_scheme: str = _f("tmoves", choices=("tmoves", "locality"))
+    # non-finite steps in a row (each retried with a new key) that stop the DMC
+    max_bad_steps: int = _f(10, check=positive, most=MAX_STEPS)
 
 
 @dataclass(frozen=True)

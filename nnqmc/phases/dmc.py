@@ -235,7 +235,7 @@ def dmc(
     checkpoint = run_dir / io.DMC_CHECKPOINT if run_dir is not None else None
     log_path = run_dir / io.DMC_LOG if run_dir is not None else None
     log = on_main(lambda: open_log(log_path, records)) if run_dir is not None else None
-    guard = NanGuard(run.config.train.max_bad_steps, "train.max_bad_steps")
+    guard = NanGuard(cfg.max_bad_steps, "dmc.max_bad_steps")
     try:
         k = start
         attempt = 0
