@@ -45,7 +45,7 @@ import numpy as np
 
 from .ansatz import Ansatz
 from .ecp import configuration_key, t_move_choice
-from .hamiltonian import Hamiltonian, nonlocal_of
+from .hamiltonian import Hamiltonian, electron_nonlocal_of, nonlocal_of
 from .optimize import AXIS
 from .steps import batch_local_jet, batch_local_jet_elements
 
@@ -215,13 +215,7 @@ def on_subset(
 def _uses_t_moves(hamiltonian: Hamiltonian, nonlocal_mode: str) -> bool:
     if nonlocal_mode not in NONLOCAL_MODES:
         raise ValueError(f"nonlocal_mode must be one of {NONLOCAL_MODES}, not {nonlocal_mode!r}")
-    t_moves = nonlocal_mode == "tmoves" and nonlocal_of(hamiltonian) is not None
-    if t_moves and not hasattr(hamiltonian, "electron_nonlocal_elements"):
-        raise ValueError(
-            "T-moves need the Hamiltonian's electron_nonlocal_elements method; this "
-            'nonlocal term has none: use nonlocal_scheme = "locality"'
-        )
-    return t_moves
+    return nonlocal_mode == "tmoves" and nonlocal_of(hamiltonian) is not None
 
 
 NONLOCAL_MODES = ("tmoves", "locality")
@@ -346,9 +340,15 @@ def make_dmc_step(
         energy is not finite stays where it was). An electron chooses from the elements
         its walker's local energy summed until an electron before it has moved; only the
         walkers where one has are recomputed, and only they need new local jets."""
+        if walkers.elements is None:
+            raise ValueError(
+                "these walkers hold no nonlocal elements: make them with "
+                'make_walkers(..., nonlocal_mode="tmoves")'
+            )
         n_local = walkers.r.shape[0]
         capacity = -(-n_local // SUBSET_FRACTION)
         signed = lambda x: ansatz.apply(params, x)
+        electron_term = electron_nonlocal_of(hamiltonian)
         sweep_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
 
         def electron(i, carry):
@@ -356,7 +356,7 @@ def make_dmc_step(
             k_i = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, i)))(sweep_keys)
 
             def fresh(r_batch, k_batch):
-                one = lambda x, k: hamiltonian.electron_nonlocal_elements(signed, x, i, k)
+                one = lambda x, k: electron_term(signed, x, i, k)
                 return jax.vmap(one)(r_batch, k_batch)
 
             cached = (walkers.elements[:, i], walkers.targets[:, i])

@@ -44,6 +44,7 @@ __all__ = [
     "MolecularHamiltonian",
     "electron_nuclear_distances",
     "local_energy",
+    "electron_nonlocal_of",
     "nonlocal_energy",
     "nonlocal_of",
     "nuclei",
@@ -285,7 +286,7 @@ class ExtendedHamiltonian:
 
     def electron_nonlocal_elements(self, signed_log_psi, r: jax.Array, i: jax.Array, key):
         """One electron's nonlocal elements of ``base``."""
-        return self.base.electron_nonlocal_elements(signed_log_psi, r, i, key)
+        return electron_nonlocal_of(self.base)(signed_log_psi, r, i, key)
 
 
 def _ecp_local(ecp: Any, coords: jax.Array, r: jax.Array) -> jax.Array:
@@ -325,6 +326,27 @@ def nonlocal_of(hamiltonian: Any) -> NonlocalTerm | None:
     if method is None or getattr(hamiltonian, "ecp", None) is None:
         return None
     return method
+
+
+def electron_nonlocal_of(hamiltonian: Any) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """``(signed_log_psi, r, i, key) -> (elements, moved)``: electron ``i``'s row of the
+    nonlocal term, flattened (what its T-move chooses from). The Hamiltonian's own
+    ``electron_nonlocal_elements`` where it has one; else row ``i`` of its
+    ``nonlocal_elements``, whose leading axis must be the electrons (correct, and n times
+    dearer)."""
+    method = getattr(hamiltonian, "electron_nonlocal_elements", None)
+    if method is not None:
+        return method
+    term = nonlocal_of(hamiltonian)
+    if term is None:
+        raise ValueError("this Hamiltonian has no nonlocal term")
+
+    def row(signed_log_psi, r, i, key):
+        elements, moved = term(signed_log_psi, r, key)
+        n = r.shape[0]
+        return elements.reshape(n, -1)[i], moved.reshape(n, -1, 3)[i]
+
+    return row
 
 
 def with_external(hamiltonian: Hamiltonian, external: Sequence[ExternalPotential]) -> Hamiltonian:

@@ -444,3 +444,41 @@ def test_t_move_step_does_not_depend_on_how_few_walkers_are_recomputed(monkeypat
         np.testing.assert_allclose(
             getattr(some, name), getattr(every, name), rtol=1e-10, atol=1e-12, err_msg=name
         )
+
+
+def test_one_electrons_elements_are_its_row_of_the_nonlocal_term():
+    """What a T-move chooses from (one electron's elements, recomputed in the sweep) is
+    that electron's row of the elements the local energy sums, at the same rotation; the
+    generic fallback for a Hamiltonian without the one-electron method gives the same."""
+    from nnqmc.ecp import electron_elements
+    from nnqmc.hamiltonian import MolecularHamiltonian, electron_nonlocal_of
+
+    signed, molecule, _ = _hf_psi("Cl 0 0 0", "ccecp", 1, "ccecp-cc-pvdz")
+    arrays = ecp_arrays(atom_potentials(molecule))
+    assert arrays["nonlocal"].shape[1] == 2  # s and p channels
+    points, weights = quadrature(12)
+    r = jax.random.normal(jax.random.PRNGKey(7), (7, 3)) * 1.2
+    key = jax.random.PRNGKey(2)
+    rotation = random_rotation(key)
+    elements, moved = nonlocal_elements(
+        signed, arrays, molecule.coords, r, key, points, weights, rotation
+    )
+    ham = MolecularHamiltonian(molecule.charges, molecule.coords, 4, 3, ecp=arrays)
+
+    class Plain:  # only nonlocal_elements: the fallback takes row i
+        ecp = arrays
+
+        def nonlocal_elements(self, signed_log_psi, r, key):
+            return ham.nonlocal_elements(signed_log_psi, r, key)
+
+    fallback = electron_nonlocal_of(Plain())
+    for i in range(7):
+        row, targets = electron_elements(
+            signed, arrays, molecule.coords, r, i, rotation, points, weights
+        )
+        np.testing.assert_allclose(row, elements[i].reshape(-1), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(targets, moved[i].reshape(-1, 3), rtol=1e-12, atol=1e-14)
+        row2, targets2 = fallback(signed, r, i, key)
+        np.testing.assert_allclose(row2, row, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(targets2, targets, rtol=1e-12, atol=1e-14)
+    assert np.any(np.asarray(elements) != 0)

@@ -230,8 +230,9 @@ def test_mean_field_orbitals_are_the_same_in_every_call():
 
     molecule = load_config(H2).system.molecule
     with lib.with_omp_threads(4):  # the caller's threads do not matter
+        threads = lib.num_threads()  # 1 where PySCF was built without OpenMP
         results = [run_hf(molecule, "cc-pvtz") for _ in range(10)]
-        assert lib.num_threads() == 4  # and are given back
+        assert lib.num_threads() == threads  # and are given back
     assert len({r.mo_up.tobytes() for r in results}) == 1
     assert len({r.energy for r in results}) == 1
 
