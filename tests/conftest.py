@@ -1,16 +1,6 @@
-import atexit
 import os
-import shutil
-import tempfile
 
-# Compiled programs go to a cache of this session's own, removed at its end, not to the
-# user's (nnqmc.compile_cache); subprocesses of the tests inherit it.
-if "NNQMC_COMPILATION_CACHE" not in os.environ:
-    _cache = tempfile.mkdtemp(prefix="nnqmc-test-cache-")
-    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-    os.environ["NNQMC_COMPILATION_CACHE"] = _cache
-
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_enable_x64", True)
 # Tests monkeypatch the physics; traced steps stored on disk would not see it

@@ -124,18 +124,29 @@ def _tables(run: Path) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
+# A reference run inside the test process (after the rest of the suite compiled its own
+# programs) and the killed and resumed ones in fresh subprocesses still differ in the last
+# bit from their first row (seen in the full suite: 1 ulp of H2's training energies), so
+# the logs are compared to float64 rounding. Two fresh processes agree exactly since the
+# SCF runs on one thread (nnqmc.scf.one_thread); a resume that went wrong differs by far
+# more (other walkers or steps).
+RTOL = 1e-12
+
+
 def _assert_same_run(run: Path, ref: Path) -> None:
-    """The same result, training log (but wall times) and evaluation log, to the last bit:
-    runs in different processes agree exactly (nnqmc.scf.one_thread)."""
+    """The same result, training log (but wall times) and evaluation log, to float64
+    rounding; the same step counts exactly."""
     ta, tb = _tables(run), _tables(ref)
     for name in ta:
         assert sorted(ta[name]) == sorted(tb[name])
         for column in ta[name]:
             a, b = ta[name][column], tb[name][column]
-            np.testing.assert_array_equal(a, b, err_msg=f"{name}: {column}")
+            np.testing.assert_allclose(a, b, rtol=RTOL, atol=0, err_msg=f"{name}: {column}")
     a, b = json.loads((run / io.RESULT).read_text()), json.loads((ref / io.RESULT).read_text())
-    for key in ("steps", "eval_steps", "rejected_steps", "energy", "energy_err", "variance"):
+    for key in ("steps", "eval_steps", "rejected_steps"):
         assert a[key] == b[key], key
+    for key in ("energy", "energy_err", "variance"):
+        assert a[key] == pytest.approx(b[key], rel=RTOL, abs=0), key
 
 
 def _assert_finite_checkpoint(path: Path) -> int:
