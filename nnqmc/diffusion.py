@@ -179,6 +179,11 @@ must be recomputed for them is computed for ``ceil(W / SUBSET_FRACTION)`` walker
 all ``W`` in a step where more moved (:func:`on_subset`)."""
 
 
+def per_walker(mask: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+    """``new`` where the walker's ``mask`` (leading axis) is set, else ``old``."""
+    return jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+
 def on_subset(
     fn: Callable[..., Any],
     mask: jax.Array,
@@ -191,12 +196,9 @@ def on_subset(
     in ``mask``; on all of them otherwise. ``fn`` maps a batch to a pytree like ``default``."""
     n = mask.shape[0]
 
-    def pick(m, new, old):
-        return jnp.where(m.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-
     def everyone(_):
         out = fn(*args)
-        return jax.tree_util.tree_map(lambda new, old: pick(mask, new, old), out, default)
+        return jax.tree_util.tree_map(lambda new, old: per_walker(mask, new, old), out, default)
 
     if capacity >= n:
         return everyone(None)
@@ -206,7 +208,7 @@ def on_subset(
         out = fn(*(a[chosen] for a in args))
         take = mask[chosen]
         return jax.tree_util.tree_map(
-            lambda new, old: old.at[chosen].set(pick(take, new, old[chosen])), out, default
+            lambda new, old: old.at[chosen].set(per_walker(take, new, old[chosen])), out, default
         )
 
     return jax.lax.cond(jnp.sum(mask) <= capacity, some, everyone, None)
@@ -294,7 +296,7 @@ def make_dmc_step(
         weight = walkers.weight * jnp.exp(log_branch)
         e_mixed = p * e_new_safe + (1.0 - p) * walkers.e_local
 
-        kept = lambda new, old: jnp.where(accept.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+        kept = lambda new, old: per_walker(accept, new, old)
         moved = DMCWalkers(
             kept(proposal, walkers.r),
             kept(sign_new, walkers.sign),
@@ -376,7 +378,7 @@ def make_dmc_step(
         sign, log_psi, grad, e, elements, targets = new
         ok = (count > 0) & jnp.isfinite(e) & jnp.isfinite(log_psi)
         ok &= jnp.all(jnp.isfinite(grad), axis=(1, 2))
-        pick = lambda new, old: jnp.where(ok.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+        pick = lambda new, old: per_walker(ok, new, old)
         updated = walkers._replace(
             r=pick(r_new, walkers.r),
             sign=pick(sign, walkers.sign),
