@@ -254,91 +254,77 @@ def all_finite(*trees: Any) -> bool:
     return True
 
 
+CHECKPOINT_FORMAT = 2
+"""A checkpoint holds a phase's state and its log's row count (format 1 also held the log)."""
+
+
 def save_checkpoint(
     path: str | Path,
     *,
     step: int,
-    params: Any,
-    opt_state: Any,
-    walkers: np.ndarray,
-    width: float,
-    key: np.ndarray,
-    history: dict[str, np.ndarray],
-    lr_scale: float = 1.0,
-    bad_in_row: int = 0,
+    rows: int | None = None,
+    seconds: float = 0.0,
+    tag: dict[str, Any] | None = None,
     previous: str | Path | None = None,
+    **state: Any,
 ) -> None:
-    """All walkers of all devices, parameters, optimizer state, step, width, RNG key, log.
+    """A phase's ``state`` after ``step`` steps: numbers as attributes, arrays as datasets,
+    other pytrees as groups of their leaves; with the ``rows`` of its log (default
+    ``step``), the ``seconds`` spent so far and a ``tag`` saying what it belongs to.
 
-    Refuses (ValueError) a state that is not finite, so a NaN never reaches a checkpoint's
-    parameters, optimizer state or walkers. ``previous`` keeps the replaced checkpoint.
+    Refuses (ValueError) a state that is not finite, so a NaN never reaches a checkpoint.
+    ``previous`` keeps the replaced checkpoint.
     """
-    if not all_finite(params, opt_state, walkers, width, lr_scale):
+    if not all_finite(state):
         raise ValueError(f"{path}: refusing to checkpoint a non-finite state")
 
     def fill(f: h5py.File) -> None:
-        f.attrs["step"] = step
-        f.attrs["width"] = float(width)
-        f.attrs["lr_scale"] = float(lr_scale)
-        f.attrs["bad_in_row"] = int(bad_in_row)
-        f.create_dataset("key", data=np.asarray(key))
-        f.create_dataset("walkers", data=np.asarray(walkers))
-        _write_tree(f.create_group("params"), params)
-        _write_tree(f.create_group("opt_state"), opt_state)
-        hist = f.create_group("history")
-        for name, column in history.items():
-            hist.create_dataset(name, data=np.asarray(column))
+        f.attrs.update(format=CHECKPOINT_FORMAT, step=step, seconds=float(seconds))
+        f.attrs["rows"] = step if rows is None else rows
+        for name, value in (tag or {}).items():
+            f.attrs[f"tag_{name}"] = value
+        for name, value in state.items():
+            if np.isscalar(value):
+                f.attrs[name] = value
+            elif isinstance(value, (np.ndarray, jax.Array)):
+                f.create_dataset(name, data=np.asarray(value))
+            else:
+                _write_tree(f.create_group(name), value)
 
     write_checked(path, fill, previous)
 
 
-def load_checkpoint(path: str | Path, params_like: Any, opt_state_like: Any) -> dict[str, Any]:
-    """A verified checkpoint; CheckpointError if it is truncated, corrupt or not finite."""
+def load_checkpoint(path: str | Path, like: dict[str, Any]) -> dict[str, Any]:
+    """A verified checkpoint: its format, step, rows, seconds, tag and ``state``, the parts
+    named in ``like`` (pytrees read with their part of ``like`` as the template); only the
+    format for one of another format. CheckpointError if it is truncated, corrupt or not
+    finite."""
 
     def read(f: h5py.File) -> dict[str, Any]:
+        found = int(f.attrs.get("format", 1))
+        if found != CHECKPOINT_FORMAT:
+            return {"format": found}
+        state = {}
+        for name, template in like.items():
+            if name in f.attrs:
+                state[name] = attr_value(f.attrs[name])
+            elif isinstance(f[name], h5py.Group):
+                state[name] = _read_tree(f[name], template)
+            else:
+                state[name] = np.asarray(f[name])
         return {
+            "format": found,
             "step": int(f.attrs["step"]),
-            "width": float(f.attrs["width"]),
-            "lr_scale": float(f.attrs.get("lr_scale", 1.0)),
-            "bad_in_row": int(f.attrs.get("bad_in_row", 0)),
-            "key": np.asarray(f["key"]),
-            "walkers": np.asarray(f["walkers"]),
-            "params": _read_tree(f["params"], params_like),
-            "opt_state": _read_tree(f["opt_state"], opt_state_like),
-            "history": {k: np.asarray(v) for k, v in f["history"].items()},
+            "rows": int(f.attrs["rows"]),
+            "seconds": float(f.attrs["seconds"]),
+            "tag": {k[4:]: attr_value(f.attrs[k]) for k in f.attrs if k.startswith("tag_")},
+            "state": state,
         }
 
     saved = read_checked(path, read)
-    state = (saved["params"], saved["opt_state"], saved["walkers"], saved["width"])
-    if not all_finite(*state):
+    if not all_finite(saved.get("state")):
         raise CheckpointError(f"{path}: holds non-finite values")
     return saved
-
-
-def save_eval_checkpoint(
-    path: str | Path,
-    *,
-    step: int,
-    tag: dict[str, Any],
-    walkers: np.ndarray,
-    records: dict[str, np.ndarray],
-    previous: str | Path | None = None,
-    seconds: float = 0.0,
-) -> None:
-    """An evaluation's walkers after ``step`` steps and its records so far; ``tag`` says
-    which trained state and settings it belongs to; ``seconds`` the wall time spent so far."""
-
-    def fill(f: h5py.File) -> None:
-        f.attrs["step"] = step
-        f.attrs["seconds"] = float(seconds)
-        for name, value in tag.items():
-            f.attrs[f"tag_{name}"] = value
-        f.create_dataset("walkers", data=np.asarray(walkers))
-        group = f.create_group("records")
-        for name, rows in records.items():
-            group.create_dataset(name, data=np.asarray(rows))
-
-    write_checked(path, fill, previous)
 
 
 def attr_value(value: Any) -> Any:
@@ -349,55 +335,45 @@ def attr_value(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def load_eval_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A verified evaluation checkpoint: step, seconds (0 where not stored), tag, walkers
-    and records."""
-
-    def read(f: h5py.File) -> dict[str, Any]:
-        return {
-            "step": int(f.attrs["step"]),
-            "seconds": float(f.attrs.get("seconds", 0.0)),
-            "tag": {k[4:]: attr_value(f.attrs[k]) for k in f.attrs if k.startswith("tag_")},
-            "walkers": np.asarray(f["walkers"]),
-            "records": {k: np.asarray(v) for k, v in f["records"].items()},
-        }
-
-    saved = read_checked(path, read)
-    if not all_finite(saved["walkers"]):
-        raise CheckpointError(f"{path}: holds non-finite walkers")
-    return saved
-
-
 # --------------------------------------------------------------------------- tables
-def write_table(
-    path: str | Path, columns: dict[str, np.ndarray], attrs: dict[str, Any] | None = None
-) -> None:
-    """An HDF5 file with one dataset per column (a row per step), written atomically."""
-
-    def fill(f: h5py.File) -> None:
-        for name, column in columns.items():
-            f.create_dataset(name, data=np.asarray(column))
-        for name, value in (attrs or {}).items():
-            f.attrs[name] = value
-
-    write_h5_atomic(path, fill)
-
-
 def read_table(path: str | Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as f:
         return {k: np.asarray(v) for k, v in f.items()}
 
 
+def read_rows(path: str | Path, rows: int) -> dict[str, np.ndarray]:
+    """The first ``rows`` rows of every column of a log; CheckpointError if it holds fewer
+    or cannot be read."""
+    if rows == 0:
+        return {}
+    try:
+        with h5py.File(path, "r") as f:
+            columns = {k: np.asarray(v[:rows]) for k, v in f.items()}
+    except Exception as err:  # h5py raises OSError, KeyError, ValueError, RuntimeError, ...
+        raise CheckpointError(f"{path}: unreadable ({' '.join(str(err).split())})") from None
+    if not columns or any(len(v) < rows for v in columns.values()):
+        raise CheckpointError(f"{path}: holds fewer rows than its checkpoint ({rows})")
+    return columns
+
+
+def set_attrs(path: str | Path, attrs: dict[str, Any]) -> None:
+    """Set attributes of an HDF5 file, leaving its data as they are."""
+    with h5py.File(path, "a") as f:
+        f.attrs.update(attrs)
+
+
 class AppendLog:
     """An HDF5 table grown a row at a time and flushed after each, so a kill keeps the rows."""
 
-    def __init__(self, path: str | Path, rows: dict[str, np.ndarray]) -> None:
-        def fill(f: h5py.File) -> None:
-            for name, column in rows.items():
-                _growable(f, name, np.asarray(column))
-
-        write_h5_atomic(path, fill)
+    def __init__(self, path: str | Path, rows: int = 0) -> None:
+        """A new, empty table at ``path``; with ``rows``, the table there cut to its first
+        ``rows`` rows (:func:`read_rows` says whether it holds them)."""
+        if rows == 0:
+            write_h5_atomic(path, lambda f: None)
         self.file = h5py.File(path, "a")
+        for data in self.file.values():
+            data.resize(rows, axis=0)
+        self.file.flush()
 
     def append(self, row: dict[str, Any]) -> None:
         for name, value in row.items():
@@ -407,6 +383,10 @@ class AppendLog:
             data = self.file[name]
             data.resize(data.shape[0] + 1, axis=0)
             data[-1] = value
+        self.file.flush()
+
+    def set_attrs(self, attrs: dict[str, Any]) -> None:
+        self.file.attrs.update(attrs)
         self.file.flush()
 
     def close(self) -> None:

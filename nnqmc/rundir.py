@@ -1,19 +1,10 @@
-"""The run directory and what every phase needs around its steps.
-
-A phase (training, evaluation, later diffusion Monte Carlo) calls these instead of copying
-them:
+"""The run directory and what the phases and their loop (:mod:`nnqmc.driver`) share:
 
 * the directory: :func:`run_directory`, :func:`check_run_directory`, :func:`lock_directory`,
   :func:`open_run_directory` (lock, ``--force``, input copy) and :func:`release`;
-* checkpoints: :func:`read_rotated` (the newest valid of ``X.h5``/``X.prev.h5``; the
-  writers in :mod:`nnqmc.io` rotate with ``previous=``), :func:`checkpoint_due`,
-  :func:`cannot_write` for one-line write errors;
-* signals: :func:`stop_on_signals` gives the ``stop`` check; :func:`stop_if_asked` between
-  steps checkpoints and raises :class:`~nnqmc.errors.Interrupted`;
-* phases that sample with frozen parameters (evaluation, DMC): their walkers and per-step
-  rows, :func:`save_walker_checkpoint` / :func:`load_walker_checkpoint`, and the log they
-  append to, :func:`open_log` / :func:`append_row`;
-* non-finite steps: :class:`NanGuard`;
+* write errors as one line: :func:`cannot_write`;
+* signals: :func:`stop_on_signals` gives the ``stop`` check the loop
+  (:class:`nnqmc.driver.Driver`) calls between steps;
 * several processes: :func:`on_main` (files are written by process 0 only), :func:`warn`.
 """
 
@@ -27,7 +18,6 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,30 +25,22 @@ import numpy as np
 
 from . import io
 from .config import Config, to_toml
-from .errors import Interrupted, RunError
-from .parallel import broadcast_from_main, gather_walkers, is_main_process, process_count
+from .errors import RunError
+from .parallel import broadcast_from_main, is_main_process, process_count
 
 __all__ = [
-    "NanGuard",
-    "append_row",
-    "load_walker_checkpoint",
-    "open_log",
-    "save_walker_checkpoint",
     "Progress",
     "StopCheck",
     "cannot_write",
     "check_run_directory",
-    "checkpoint_due",
     "has_checkpoint",
     "lock_directory",
     "never_stop",
     "on_main",
     "open_run_directory",
-    "read_rotated",
     "release",
     "run_directory",
     "signal_name",
-    "stop_if_asked",
     "stop_on_signals",
     "warn",
 ]
@@ -149,157 +131,6 @@ def stop_on_signals() -> Iterator[StopCheck]:
 def never_stop() -> int:
     """The stop check of a phase called without one."""
     return 0
-
-
-def stop_if_asked(
-    stop: StopCheck, save: Callable[[int], None], step: int, what: str, where: Path | None
-) -> None:
-    """Between steps: if a signal asked to stop, ``save(step)`` and raise Interrupted
-    ("stopped by SIGTERM after ``what``; checkpoint: ``where``")."""
-    signum = stop()
-    if signum:
-        save(step)
-        suffix = f"; checkpoint: {where}" if where else ""
-        raise Interrupted(signum, f"stopped by {signal_name(signum)} after {what}{suffix}")
-
-
-# --------------------------------------------------------------------------- checkpoints
-def checkpoint_due(done: int, every: int, total: int) -> bool:
-    """Whether a phase checkpoints after ``done`` of ``total`` steps (every ``every`` and at
-    the end)."""
-    return done % every == 0 or done == total
-
-
-def read_rotated(current: Path, previous: Path, load: Callable[[Path], T]) -> tuple[T | None, str]:
-    """Process 0: the newest valid of a rotated pair of checkpoints, with a warning for a
-    damaged newer one. ``(None, "")`` if there is none; ``(None, why)`` if none is usable."""
-    try:
-        saved, warnings = io.read_newest(current, previous, load)
-    except (OSError, io.CheckpointError) as err:
-        return None, str(err)
-    for message in warnings:
-        warn(message)
-    return saved, ""
-
-
-def save_walker_checkpoint(
-    current: Path,
-    previous: Path,
-    *,
-    step: int,
-    tag: dict[str, Any],
-    walkers: Any,
-    records: dict[str, Any],
-    phase: str,
-    seconds: float = 0.0,
-) -> None:
-    """On every process: gather a sampling phase's device-split ``walkers`` (a collective),
-    then process 0 writes them with the rows after ``step`` steps and the ``seconds`` spent
-    so far (rotated to ``previous``); a write error is a RunError "... at ``phase`` step N"."""
-    all_walkers = gather_walkers(walkers)
-    if not is_main_process():
-        return
-    try:
-        io.save_eval_checkpoint(
-            current,
-            step=step,
-            tag=tag,
-            walkers=all_walkers,
-            records={n: np.asarray(v) for n, v in records.items()},
-            previous=previous,
-            seconds=seconds,
-        )
-    except OSError as err:
-        raise RunError(f"{cannot_write(current, err)} at {phase} step {step}") from None
-
-
-def load_walker_checkpoint(
-    current: Path,
-    previous: Path,
-    accept: Callable[[dict[str, Any]], bool],
-    empty_records: Callable[[int], dict[str, np.ndarray]],
-    walker_shape: tuple[int, ...],
-    restart: str,
-) -> dict[str, Any] | None:
-    """A sampling phase's checkpoint on every process: process 0 reads the newest valid one
-    and keeps it if ``accept(saved)`` (its tag, shapes and steps belong to this phase), then
-    broadcasts step, walkers and records (``empty_records(step)`` gives the other processes
-    their shapes). None if there is none, or none accepted; ``restart`` ends the warning
-    about a damaged one ("evaluating from the first step")."""
-    saved = None
-    if is_main_process():
-        saved, error = read_rotated(current, previous, io.load_eval_checkpoint)
-        if error:
-            warn(f"{error}; {restart}")
-        if saved is not None and not accept(saved):
-            saved = None
-    step = int(broadcast_from_main(np.array(saved["step"] if saved else -1, np.int64)))
-    if step < 0:
-        return None
-    if saved is None:
-        saved = {"walkers": np.zeros(walker_shape), "records": empty_records(step), "seconds": 0}
-    payload = {
-        "walkers": np.asarray(saved["walkers"], np.float64),
-        "records": saved["records"],
-        "seconds": np.asarray(saved["seconds"], np.float64),
-    }
-    payload = broadcast_from_main(payload)
-    payload["step"] = step
-    payload["seconds"] = float(payload["seconds"])
-    return payload
-
-
-def open_log(path: Path, records: dict[str, list]) -> io.AppendLog:
-    """Process 0: a phase's per-step log, holding ``records`` (the rows so far) to start."""
-    try:
-        return io.AppendLog(path, {n: np.asarray(v) for n, v in records.items()})
-    except OSError as err:
-        raise RunError(cannot_write(path, err)) from None
-
-
-def append_row(log: io.AppendLog, path: Path, row: dict[str, Any]) -> io.AppendLog | None:
-    """Append and flush one row to the log at ``path``; on a write error warn, close, and
-    return None (the phase goes on; its checkpoints and final table hold every row)."""
-    try:
-        log.append(row)
-        return log
-    except OSError as err:
-        warn(f"{cannot_write(path, err)}; no longer appending")
-        log.close()
-        return None
-
-
-@dataclass
-class NanGuard:
-    """Rejected (non-finite) steps: each halves :attr:`scale` (the learning rate's, or
-    whatever the phase scales); ``limit`` of them in a row stop the phase.
-
-    ``in_row`` and ``scale`` belong in the phase's checkpoint so that a resumed run counts on.
-    """
-
-    limit: int
-    limit_key: str  # the setting that holds ``limit``, for the message
-    scale: float = 1.0
-    in_row: int = 0
-
-    def check(self, finite: bool, done: int, rejected: str, scaled: str) -> bool:
-        """Record step ``done``; True when the phase must stop (checkpoint, then raise
-        :meth:`error`). A bad step warns "step N: ``rejected``; step rejected, ``scaled``
-        scaled to S"."""
-        if finite:
-            self.in_row = 0
-            return False
-        self.in_row += 1
-        self.scale *= 0.5
-        warn(f"step {done}: {rejected}; step rejected, {scaled} scaled to {self.scale:g}")
-        return self.in_row >= self.limit
-
-    def error(self, phase: str, done: int, where: str) -> RunError:
-        """The RunError that ends the phase; ``where``: where the last good state is."""
-        return RunError(
-            f"{phase} stopped at step {done}: {self.in_row} non-finite steps in a row "
-            f"({self.limit_key} = {self.limit}); {where}"
-        )
 
 
 # --------------------------------------------------------------------------- the directory

@@ -18,14 +18,7 @@ from .estimate import training_slope
 from .parallel import global_device_count, process_count
 from .phases.dmc import DMCResult, dmc
 from .phases.evaluation import EvalResult, evaluate
-from .phases.training import (
-    StepHook,
-    TrainResult,
-    initial_parameters,
-    load_checkpoint,
-    train,
-    train_log_attrs,
-)
+from .phases.training import StepHook, TrainResult, saved_training, train
 from .plot import plot_training
 from .run_setup import Run, check_devices, prepare
 from .rundir import (
@@ -168,13 +161,15 @@ def _write_results(
     history: dict,
     diffused: DMCResult | None = None,
 ) -> None:
+    """result.json, the plot, and the energies as attributes of eval.h5 and dmc.h5 (their
+    rows were written step by step)."""
     try:
-        io.write_table(path / io.TRAIN_LOG, history, train_log_attrs(history))
-        attrs = {"energy": evaluated.energy, "energy_err": evaluated.energy_err}
-        io.write_table(path / io.EVAL_LOG, evaluated.records, attrs)
+        io.set_attrs(
+            path / io.EVAL_LOG, {"energy": evaluated.energy, "energy_err": evaluated.energy_err}
+        )
         if diffused is not None:
             attrs = {"energy": diffused.energy, "energy_err": diffused.energy_err}
-            io.write_table(path / io.DMC_LOG, diffused.records, attrs)
+            io.set_attrs(path / io.DMC_LOG, attrs)
         io.write_json_atomic(path / io.RESULT, result)
         plot_training(path / io.PLOT, history, result)
     except OSError as err:
@@ -280,27 +275,16 @@ def _after_training(
 
 def _trained(path: Path, prepared: Run) -> TrainResult:
     """The finished training state of a run directory."""
-    config = prepared.config
-    _, params, _, opt_state = initial_parameters(prepared)
-    shape = (config.train.walkers, prepared.molecule.n_elec, 3)
-    saved = load_checkpoint(path, params, opt_state, shape)
-    if saved is None:
+    trained = saved_training(prepared, path)
+    if trained is None:
         raise RunError(f"{path} holds no checkpoint to evaluate")
-    if saved["step"] < config.train.steps:
+    if trained.steps < prepared.config.train.steps:
         raise RunError(
-            f"{path}: training stopped at step {saved['step']} of {config.train.steps}; "
-            "finish it first with nnqmc run FILE --out DIR --resume"
+            f"{path}: training stopped at step {trained.steps} of "
+            f"{prepared.config.train.steps}; finish it first with nnqmc run FILE --out DIR "
+            "--resume"
         )
-    history = saved["history"]
-    wall = history["wall_time"]
-    return TrainResult(
-        params=saved["params"],
-        walkers=saved["walkers"],
-        width=saved["width"],
-        history=history,
-        steps=saved["step"],
-        wall_seconds=float(wall[-1]) if len(wall) else 0.0,
-    )
+    return trained
 
 
 def _continue(path: Path, overrides: list[str], progress: Progress | None) -> dict[str, Any]:

@@ -1,20 +1,19 @@
 """The diffusion Monte Carlo phase: fixed-node DMC on a trained wavefunction, one block of
 equilibration and production steps per time step, checkpointed and resumable (:func:`dmc`).
 
-The jitted step is :func:`nnqmc.diffusion.make_dmc_step`; this module owns the loop around
-it: the schedule over time steps, the per-step log (dmc.h5), checkpoints through
-:mod:`nnqmc.rundir`, the energy of each time step by a blocking analysis, and the τ -> 0
-extrapolation.
+The jitted step is :func:`nnqmc.diffusion.make_dmc_step`; this module gives it to the loop
+(:class:`nnqmc.driver.Driver`, which logs each step to dmc.h5 and checkpoints) with the
+schedule over time steps, a new key for a retried non-finite step, the energy of each time
+step by a blocking analysis, and the τ -> 0 extrapolation.
 
 After every step all walkers carry the same weight (the comb), so a checkpoint holds the
-walkers' positions and, per step, the rows of the log, from which the weight and the
-population-control state are restored; sign, log|ψ|, drift and local energy are recomputed
-from the positions with the same functions, so a resumed run gives the same numbers.
+walkers' positions; the weight and the population-control state come back from the last
+row of the log; sign, log|ψ|, drift and local energy are recomputed from the positions with
+the same functions, so a resumed run gives the same numbers.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import io
 from ..diffusion import (
     DMCControl,
     extrapolate_timestep,
@@ -31,29 +29,12 @@ from ..diffusion import (
     make_dmc_step,
     make_walkers,
 )
+from ..driver import Driver, NanGuard
 from ..errors import RunError
 from ..estimate import estimate
-from ..parallel import (
-    first_replica,
-    gather_walkers,
-    replicate,
-    scatter_walkers,
-)
+from ..parallel import first_replica, gather_walkers, replicate, scatter_walkers
 from ..run_setup import STREAM_DMC, Run, check_devices
-from ..rundir import (
-    NanGuard,
-    Progress,
-    StopCheck,
-    append_row,
-    checkpoint_due,
-    load_walker_checkpoint,
-    never_stop,
-    on_main,
-    open_log,
-    save_walker_checkpoint,
-    stop_if_asked,
-    warn,
-)
+from ..rundir import Progress, StopCheck, warn
 from ..threads import single_threaded_blas
 
 __all__ = ["DMCResult", "dmc", "dmc_schedule"]
@@ -157,8 +138,6 @@ def dmc(
     steps = cfg.steps if steps is None else steps
     equilibration = cfg.equilibration if equilibration is None else equilibration
     n_walkers = n_walkers or cfg.walkers or walkers.shape[0]
-    stop = stop or never_stop
-    t_start = time.perf_counter()
     n_devices = check_devices(n_walkers)
     schedule = dmc_schedule(timesteps, equilibration, steps)
     total = len(schedule)
@@ -170,7 +149,6 @@ def dmc(
     )
     params_d = replicate(params, n_devices)
     positions = _start_walkers(walkers, n_walkers)
-    run_dir = Path(out_dir) if out_dir is not None else None
     tag = {
         **(tag or {}),
         "seed": run.config.train.seed,
@@ -183,24 +161,26 @@ def dmc(
             else {}
         ),
     }
-    records: dict[str, list] = {}
-    start = 0
-    if run_dir is not None:
-        saved = load_walker_checkpoint(
-            run_dir / io.DMC_CHECKPOINT,
-            run_dir / io.PREVIOUS_DMC_CHECKPOINT,
-            _continues(tag, positions.shape, schedule),
-            _empty_records,
-            positions.shape,
-            "running DMC from its first step",
-        )
-        if saved is not None:
-            start = saved["step"]
-            positions = saved["walkers"]
-            records = {n: list(v) for n, v in saved["records"].items()}
-    earlier = float(records["wall_time"][-1]) if records.get("wall_time") else 0.0  # resumed
+    guard = NanGuard(
+        cfg.max_bad_steps,
+        "dmc.max_bad_steps",
+        "DMC",
+        "non-finite DMC energy or weights",
+        "nothing",
+        finite=lambda row: bool(np.isfinite(row["energy"]) and np.isfinite(row["total_weight"])),
+        retry=True,
+    )
+    columns = {n: jax.ShapeDtypeStruct((), dtype) for n, dtype in COLUMNS.items()}
+    drive = Driver(out_dir, "dmc", tag=tag, guard=guard, columns=lambda: columns)
+    saved = drive.resume(
+        {"walkers": np.zeros(positions.shape)},
+        _continues(tag, schedule),
+        "running DMC from its first step",
+    )
+    if saved is not None:
+        positions = saved["walkers"]
     walkers_d = start_fn(params_d, scatter_walkers(jnp.asarray(positions, run.dtype), n_devices))
-    if start == 0:
+    if drive.start == 0:
         e0 = np.asarray(gather_walkers(walkers_d.e_local))
         if not np.all(np.isfinite(e0)):
             raise RunError("DMC: a starting walker has a non-finite local energy")
@@ -209,76 +189,45 @@ def dmc(
             jnp.asarray(e_ref, run.dtype), jnp.asarray(e_ref, run.dtype), jnp.asarray(0, jnp.int32)
         )
     else:
-        weight = float(records["total_weight"][-1])
+        last = {n: float(v[-1]) for n, v in drive.history.items()}
+        weight = last["total_weight"]
         walkers_d = walkers_d._replace(weight=jnp.full_like(walkers_d.weight, weight))
         control = DMCControl(
-            jnp.asarray(float(records["e_ref_next"][-1]), run.dtype),
-            jnp.asarray(float(records["e_avg"][-1]), run.dtype),
-            jnp.asarray(start, jnp.int32),
-        )
-    control_d = replicate(control, n_devices)
-
-    def save(k: int) -> None:
-        if run_dir is None:
-            return
-        save_walker_checkpoint(
-            run_dir / io.DMC_CHECKPOINT,
-            run_dir / io.PREVIOUS_DMC_CHECKPOINT,
-            step=k,
-            tag=tag,
-            walkers=walkers_d.r,
-            records=records,
-            phase="DMC",
-            seconds=earlier + time.perf_counter() - t_start,
+            jnp.asarray(last["e_ref_next"], run.dtype),
+            jnp.asarray(last["e_avg"], run.dtype),
+            jnp.asarray(drive.start, jnp.int32),
         )
 
-    checkpoint = run_dir / io.DMC_CHECKPOINT if run_dir is not None else None
-    log_path = run_dir / io.DMC_LOG if run_dir is not None else None
-    log = on_main(lambda: open_log(log_path, records)) if run_dir is not None else None
-    guard = NanGuard(cfg.max_bad_steps, "dmc.max_bad_steps")
-    try:
-        k = start
-        attempt = 0
-        while k < total:
-            stop_if_asked(stop, save, k, f"DMC step {k} of {total}", checkpoint)
-            step_key = jax.random.fold_in(jax.random.fold_in(key, k), attempt)
-            new_walkers, new_control, stats = step_fn(
-                params_d, walkers_d, control_d, step_key, float(schedule[k])
-            )
-            stats = {n: np.asarray(v) for n, v in first_replica(stats).items()}
-            finite = bool(np.isfinite(stats["energy"]) and np.isfinite(stats["total_weight"]))
-            if guard.check(finite, k, "non-finite DMC energy or weights", "nothing"):
-                save(k)
-                raise guard.error("DMC", k, f"checkpoint: {checkpoint}")
-            if not finite:
-                attempt += 1
-                continue
-            attempt = 0
-            walkers_d, control_d = new_walkers, new_control
-            control_now = first_replica(control_d)
-            values = {
-                **stats,
-                "timestep": schedule[k],
-                "e_ref_next": control_now.e_ref,
-                "e_avg": control_now.e_avg,
-                "production": _is_production(k, equilibration, steps),
-                "wall_time": earlier + time.perf_counter() - t_start,
-            }
-            row = {n: np.asarray(values[n], dtype) for n, dtype in COLUMNS.items()}
-            for name, value in row.items():
-                records.setdefault(name, []).append(np.asarray(value))
-            if log is not None:
-                log = append_row(log, log_path, row)
-            k += 1
-            if checkpoint_due(k, run.config.train.checkpoint_every, total):
-                save(k)
-            if progress:
-                progress("dmc", k, total, {n: float(stats[n]) for n in ("energy", "acceptance")})
-    finally:
-        if log is not None:
-            log.close()
-    records_np = {n: np.asarray(v) for n, v in records.items()}
-    rows = timestep_rows(records_np, timesteps, equilibration, steps)
+    def step(state: tuple[Any, DMCControl], k: int) -> tuple[Any, dict[str, np.ndarray]]:
+        walkers_d, control_d = state
+        step_key = jax.random.fold_in(jax.random.fold_in(key, k), guard.in_row)  # a retry
+        walkers_d, control_d, stats = step_fn(
+            params_d, walkers_d, control_d, step_key, float(schedule[k])
+        )
+        control_now = first_replica(control_d)
+        values = {
+            **{n: np.asarray(v) for n, v in first_replica(stats).items()},
+            "timestep": schedule[k],
+            "e_ref_next": control_now.e_ref,
+            "e_avg": control_now.e_avg,
+            "production": _is_production(k, equilibration, steps),
+        }
+        row = {n: np.asarray(values[n], dtype) for n, dtype in COLUMNS.items() if n in values}
+        return (walkers_d, control_d), row
+
+    drive.run(
+        (walkers_d, replicate(control, n_devices)),
+        step,
+        lambda state: {"walkers": gather_walkers(state[0].r)},
+        total=total,
+        every=run.config.train.checkpoint_every,
+        label="DMC step",
+        stop=stop,
+        progress=progress,
+        timed=True,
+    )
+    records = drive.rows()
+    rows = timestep_rows(records, timesteps, equilibration, steps)
     fit = [np.array([r[k] for r in rows]) for k in ("timestep", "energy", "energy_err")]
     e0, err0, slope = extrapolate_timestep(*fit)
     return DMCResult(
@@ -289,8 +238,8 @@ def dmc(
         rows=rows,
         steps=total,
         walkers=n_walkers,
-        wall_seconds=earlier + time.perf_counter() - t_start,
-        records=records_np,
+        wall_seconds=drive.elapsed(),
+        records=records,
     )
 
 
@@ -298,17 +247,15 @@ def _is_production(k: int, equilibration: int, steps: int) -> bool:
     return k % (equilibration + steps) >= equilibration
 
 
-def _continues(tag: dict[str, Any], walker_shape: tuple[int, ...], schedule: np.ndarray):
+def _continues(tag: dict[str, Any], schedule: np.ndarray):
     """Whether a saved DMC continues this one: the same trained state and settings (``tag``),
     and its steps so far ran the same time steps as the start of ``schedule`` (so a longer
     last block, or more time steps after the saved ones, extend it)."""
 
     def accept(saved: dict[str, Any]) -> bool:
-        done = saved["records"].get("timestep", np.zeros(0))
+        done = saved["history"].get("timestep", np.zeros(0))
         same = (
             saved["tag"] == tag
-            and saved["walkers"].shape == walker_shape
-            and set(saved["records"]) == set(COLUMNS)
             and len(done) == saved["step"] <= len(schedule)
             and np.array_equal(done, schedule[: len(done)])
         )
@@ -317,7 +264,3 @@ def _continues(tag: dict[str, Any], walker_shape: tuple[int, ...], schedule: np.
         return same
 
     return accept
-
-
-def _empty_records(step: int) -> dict[str, np.ndarray]:
-    return {n: np.zeros(step, dtype) for n, dtype in COLUMNS.items()}

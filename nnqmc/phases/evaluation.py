@@ -2,12 +2,12 @@
 analysis, checkpointed and resumable (:func:`evaluate`).
 
 The jitted evaluation step is :func:`nnqmc.steps.eval_step` (compiled with a run's settings
-by :func:`nnqmc.programs.eval_program`); this module owns the loop around it.
+by :func:`nnqmc.programs.eval_program`); this module gives it to the loop
+(:class:`nnqmc.driver.Driver`) with the walkers to start from.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,28 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import io
+from ..driver import Driver
 from ..estimate import estimate
-from ..parallel import (
-    device_keys,
-    first_replica,
-    replicate,
-    scatter_walkers,
-)
+from ..parallel import device_keys, first_replica, gather_walkers, replicate, scatter_walkers
 from ..programs import ObservablesOf, eval_program, observables_of
 from ..run_setup import STREAM_EVAL, Run, check_devices
-from ..rundir import (
-    Progress,
-    StopCheck,
-    append_row,
-    checkpoint_due,
-    load_walker_checkpoint,
-    never_stop,
-    on_main,
-    open_log,
-    save_walker_checkpoint,
-    stop_if_asked,
-)
+from ..rundir import Progress, StopCheck
 from ..steps import NuclearObservable, WaveObservable
 from ..threads import single_threaded_blas
 
@@ -90,16 +74,13 @@ def evaluate(
     """
     cfg = run.config
     steps = cfg.eval.steps if steps is None else steps
-    stop = stop or never_stop
     names = sorted(observables_of(run, observables)(run.hamiltonian))
-    t_start = time.perf_counter()
     n_devices = check_devices(walkers.shape[0])
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), STREAM_EVAL)
     walkers_d = scatter_walkers(jnp.asarray(walkers, run.dtype), n_devices)
     width_d = replicate(jnp.asarray(width, run.dtype), n_devices)
     params_d = replicate(params, n_devices)
     step_fn = eval_program(run, observables)
-    run_dir = Path(out_dir) if out_dir is not None else None
     tag = {
         **(tag or {}),
         "seed": cfg.train.seed,
@@ -107,70 +88,35 @@ def evaluate(
         "precision": cfg.precision,
         "observables": ",".join(names),
     }
-    records: dict[str, list] = {}
-    start = 0
-    earlier = 0.0  # seconds spent before a resume
 
-    def record_shapes() -> dict[str, Any]:
+    def columns() -> dict[str, jax.ShapeDtypeStruct]:
         keys = device_keys(key, 0, n_devices)
         _, stats = jax.eval_shape(step_fn, params_d, walkers_d, width_d, keys)
         return {n: jax.ShapeDtypeStruct(s.shape[1:], s.dtype) for n, s in stats.items()}
 
-    def same_state(saved: dict[str, Any]) -> bool:  # another state or settings: start over
-        return saved["tag"] == tag and saved["walkers"].shape == walkers.shape
+    def step(walkers_d: jax.Array, k: int) -> tuple[jax.Array, dict[str, np.ndarray]]:
+        walkers_d, stats = step_fn(params_d, walkers_d, width_d, device_keys(key, k, n_devices))
+        return walkers_d, {n: np.asarray(v) for n, v in first_replica(stats).items()}
 
-    def empty_records(step: int) -> dict[str, np.ndarray]:
-        return {n: np.zeros((step, *s.shape), s.dtype) for n, s in record_shapes().items()}
-
-    if run_dir is not None:
-        saved = load_walker_checkpoint(
-            run_dir / io.EVAL_CHECKPOINT,
-            run_dir / io.PREVIOUS_EVAL_CHECKPOINT,
-            same_state,
-            empty_records,
-            walkers.shape,
-            "evaluating from the first step",
-        )
-        if saved is not None:
-            start, earlier = saved["step"], saved["seconds"]
-            walkers_d = scatter_walkers(jnp.asarray(saved["walkers"], run.dtype), n_devices)
-            records = {n: list(v) for n, v in saved["records"].items()}
-
-    def save(k: int) -> None:
-        if run_dir is None:
-            return
-        save_walker_checkpoint(
-            run_dir / io.EVAL_CHECKPOINT,
-            run_dir / io.PREVIOUS_EVAL_CHECKPOINT,
-            step=k,
-            tag=tag,
-            walkers=walkers_d,
-            records=records,
-            phase="evaluation",
-            seconds=earlier + time.perf_counter() - t_start,
-        )
-
-    checkpoint = run_dir / io.EVAL_CHECKPOINT if run_dir is not None else None
-    log_path = run_dir / io.EVAL_LOG if run_dir is not None else None
-    log = on_main(lambda: open_log(log_path, records)) if run_dir is not None else None
-    try:
-        for k in range(start, steps):
-            stop_if_asked(stop, save, k, f"evaluation step {k} of {steps}", checkpoint)
-            walkers_d, stats = step_fn(params_d, walkers_d, width_d, device_keys(key, k, n_devices))
-            stats = first_replica(stats)
-            for name, value in stats.items():
-                records.setdefault(name, []).append(np.asarray(value))
-            if log is not None:
-                log = append_row(log, log_path, stats)
-            done = k + 1
-            if checkpoint_due(done, cfg.train.checkpoint_every, steps):
-                save(done)
-            if progress:
-                progress("eval", done, steps, {n: float(np.mean(v)) for n, v in stats.items()})
-    finally:
-        if log is not None:
-            log.close()
-    records = {n: np.asarray(v[:steps]) for n, v in records.items()}
+    drive = Driver(out_dir, "eval", tag=tag, columns=columns)
+    saved = drive.resume(
+        {"walkers": np.zeros(walkers.shape)},  # another state or settings: start over
+        lambda saved: saved["tag"] == tag,
+        "evaluating from the first step",
+    )
+    if saved is not None:
+        walkers_d = scatter_walkers(jnp.asarray(saved["walkers"], run.dtype), n_devices)
+    drive.run(
+        walkers_d,
+        step,
+        lambda walkers_d: {"walkers": gather_walkers(walkers_d)},
+        total=steps,
+        every=cfg.train.checkpoint_every,
+        label="evaluation step",
+        stop=stop,
+        progress=progress,
+    )
+    records = {n: v[:steps] for n, v in drive.rows().items()}
     energies = np.asarray(records["energy"], dtype=np.float64)
     est = estimate(energies)
     variance = float(np.mean(records["energy_sq"]) - np.mean(energies) ** 2)
@@ -186,7 +132,7 @@ def evaluate(
         tau=est.tau,
         steps=steps,
         energies=energies,
-        wall_seconds=earlier + time.perf_counter() - t_start,
+        wall_seconds=drive.elapsed(),
         observables=extra,
         records=records,
     )

@@ -2,14 +2,13 @@
 
 The jitted training step itself is :func:`nnqmc.steps.train_step` (compiled by
 :func:`nnqmc.programs.train_program`); this module
-owns the loop around it: the start (fresh, warm or from a checkpoint), burn-in, checkpoints,
-signals and the guard against non-finite steps.
+gives the loop (:class:`nnqmc.driver.Driver`) its start (fresh, warm or from a checkpoint,
+burnt in), its step and its state, and halves the learning rate on a rejected step.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import io
+from ..driver import Driver, NanGuard
 from ..errors import RunError
-from ..parallel import (
-    broadcast_from_main,
-    device_keys,
-    first_replica,
-    gather_walkers,
-    is_main_process,
-    replicate,
-    scatter_walkers,
-)
+from ..parallel import device_keys, first_replica, gather_walkers, replicate, scatter_walkers
 from ..programs import burn_in_program, train_program
 from ..run_setup import (
     STREAM_BURN_IN,
@@ -40,21 +32,11 @@ from ..run_setup import (
     check_devices,
     initial_walkers,
 )
-from ..rundir import (
-    NanGuard,
-    Progress,
-    StopCheck,
-    cannot_write,
-    checkpoint_due,
-    never_stop,
-    on_main,
-    read_rotated,
-    stop_if_asked,
-)
+from ..rundir import Progress, StopCheck
 from ..steps import TrainState
 from ..threads import single_threaded_blas
 
-__all__ = ["StepHook", "TrainResult", "load_checkpoint", "train", "trained_state"]
+__all__ = ["StepHook", "TrainResult", "saved_training", "train", "trained_state"]
 
 # Called after every training step with the number of steps done and the parameters.
 StepHook = Callable[[int, Any], None]
@@ -71,92 +53,41 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def load_checkpoint(
-    run_dir: Path, params: Any, opt_state: Any, walker_shape: tuple[int, ...]
-) -> dict[str, Any] | None:
-    """Process 0 reads the newest valid checkpoint (falling back to the previous one), every
-    process gets its contents; None if there is none."""
-    saved, error = None, ""
-    if is_main_process():
-        saved, error = read_rotated(
-            run_dir / io.CHECKPOINT,
-            run_dir / io.PREVIOUS_CHECKPOINT,
-            lambda p: io.load_checkpoint(p, params, opt_state),
-        )
-        error = f"no usable checkpoint: {error}" if error else ""
-    n_rows = len(saved["history"].get("step", [])) if saved else 0
-    header = np.array(
-        [
-            saved is not None,
-            bool(error),
-            saved["step"] if saved else 0,
-            n_rows,
-            saved["walkers"].shape[0] if saved else 0,
-            saved["bad_in_row"] if saved else 0,
-        ],
-        dtype=np.int64,
-    )
-    present, failed, step, n_rows, n_walkers, bad_in_row = (
-        int(v) for v in broadcast_from_main(header)
-    )
-    if failed:
-        raise RunError(error or f"{run_dir}: process 0 could not read the checkpoint")
-    if not present:
-        return None
-    if n_walkers != walker_shape[0]:
-        raise RunError(
-            f"{run_dir / io.CHECKPOINT} holds {n_walkers} walkers; the config asks for "
-            f"train.walkers = {walker_shape[0]}"
-        )
-
-    def column(name: str, values: Any) -> np.ndarray:
-        values = np.asarray(values, np.int64 if name == "step" else np.float64)
-        if name == "lr_scale" and values.shape != (n_rows,):
-            return np.ones(n_rows)  # a checkpoint from before the column existed
-        return values if values.shape == (n_rows,) else np.zeros(n_rows, values.dtype)
-
-    if saved is None:  # another process: templates of the right shapes for the broadcast
-        saved = {
-            "params": params,
-            "opt_state": opt_state,
-            "walkers": np.zeros(walker_shape),
-            "width": 0.0,
-            "lr_scale": 1.0,
-            "history": {},
-        }
-    payload = {
-        "params": jax.tree_util.tree_map(np.asarray, saved["params"]),
-        "opt_state": jax.tree_util.tree_map(np.asarray, saved["opt_state"]),
-        "walkers": np.asarray(saved["walkers"], np.float64),
-        "width": np.asarray(saved["width"], np.float64),
-        "lr_scale": np.asarray(saved["lr_scale"], np.float64),
-        "history": {c: column(c, saved["history"].get(c, [])) for c in io.TRAIN_COLUMNS},
-    }
-    payload = broadcast_from_main(payload)
-    payload["step"] = step
-    payload["bad_in_row"] = bad_in_row
-    payload["width"] = float(payload["width"])
-    payload["lr_scale"] = float(payload["lr_scale"])
-    return payload
-
-
 def train_log_attrs(history: dict[str, Any]) -> dict[str, Any]:
     """The attributes of train.h5: the number of rejected steps."""
-    return {"rejected_steps": int(np.sum(np.asarray(history["finite"]) == 0))}
+    return {"rejected_steps": int(np.sum(np.asarray(history.get("finite", [])) == 0))}
 
 
-def _write_checkpoint(run_dir: Path, step: int, last: int | None, **state: Any) -> None:
-    """checkpoint.h5 (the previous one kept) and train.h5; RunError if they cannot be written."""
-    path = run_dir / io.CHECKPOINT
-    columns = state["history"]
-    try:
-        io.save_checkpoint(path, step=step, previous=run_dir / io.PREVIOUS_CHECKPOINT, **state)
-        io.write_table(run_dir / io.TRAIN_LOG, columns, train_log_attrs(columns))
-    except OSError as err:
-        kept = "no earlier checkpoint" if last is None else f"{path.name} still holds step {last}"
-        raise RunError(f"{cannot_write(path, err)} at step {step}; {kept}") from None
-    except ValueError as err:
-        raise RunError(str(err)) from None
+def _driver(run: Run, out_dir: str | Path | None) -> Driver:
+    guard = NanGuard(
+        run.config.train.max_bad_steps,
+        "train.max_bad_steps",
+        "training",
+        "non-finite local energies, gradient or update",
+        "learning rate",
+        finite=lambda row: row["finite"] > 0,
+        hint=" (continue with --resume after lowering train.learning_rate)",
+    )
+    columns = {
+        c: jax.ShapeDtypeStruct((), np.int64 if c == "step" else np.float64)
+        for c in io.TRAIN_COLUMNS
+    }
+    return Driver(out_dir, "train", guard=guard, columns=lambda: columns)
+
+
+def _resume(
+    run: Run, drive: Driver, params: Any, opt_state: Any, key: Any
+) -> dict[str, Any] | None:
+    """The saved training state in ``drive``'s directory (RunError if unusable), or None."""
+    shape = (run.config.train.walkers, run.ansatz.n_up + run.ansatz.n_down, 3)
+    like = {
+        "params": params,
+        "opt_state": opt_state,
+        "walkers": np.zeros(shape),
+        "width": 0.0,
+        "key": np.asarray(key),
+    }
+    return drive.resume(jax.tree_util.tree_map(np.asarray, like))
 
 
 # --------------------------------------------------------------------------- the start
@@ -204,16 +135,32 @@ def _check_initial(
     return params, jnp.asarray(walkers, run.dtype)
 
 
+def saved_training(run: Run, run_dir: str | Path) -> TrainResult | None:
+    """The training state and history of the newest checkpoint in ``run_dir``, read with
+    ``run``'s ansatz as the template (another geometry of the same molecule fits); None if
+    there is none."""
+    key, params, _, opt_state = initial_parameters(run)
+    drive = _driver(run, run_dir)
+    saved = _resume(run, drive, params, opt_state, key)
+    if saved is None:
+        return None
+    return TrainResult(
+        params=saved["params"],
+        walkers=saved["walkers"],
+        width=float(saved["width"]),
+        history=drive.rows(),
+        steps=drive.start,
+        wall_seconds=drive.earlier,
+    )
+
+
 def trained_state(run: Run, run_dir: str | Path) -> tuple[Any, np.ndarray]:
     """(parameters, walkers) of the newest checkpoint in ``run_dir``, read with ``run``'s
     ansatz as the template (another geometry of the same molecule fits); RunError if none."""
-    _, params, _, opt_state = initial_parameters(run)
-    path = Path(run_dir)
-    shape = (run.config.train.walkers, run.ansatz.n_up + run.ansatz.n_down, 3)
-    saved = load_checkpoint(path, params, opt_state, shape)
+    saved = saved_training(run, run_dir)
     if saved is None:
-        raise RunError(f"{path} holds no checkpoint")
-    return saved["params"], np.asarray(saved["walkers"])
+        raise RunError(f"{run_dir} holds no checkpoint")
+    return saved.params, np.asarray(saved.walkers)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -242,27 +189,15 @@ def train(
     and a checkpoint holds the walkers of all devices of all processes.
     """
     cfg = run.config
-    t_start = time.perf_counter()
-    stop = stop or never_stop
     n_devices = check_devices(cfg.train.walkers)
     key, params, optimizer, opt_state = initial_parameters(run)
     dtype = run.dtype
-    history: dict[str, list[float]] = {c: [] for c in io.TRAIN_COLUMNS}
-    run_dir = Path(out_dir) if out_dir is not None else None
-    checkpoint = run_dir / io.CHECKPOINT if run_dir is not None else None
-    start = 0
-    guard = NanGuard(cfg.train.max_bad_steps, "train.max_bad_steps")
-
-    saved = None
-    if resume and run_dir is not None:
-        shape = (cfg.train.walkers, run.ansatz.n_up + run.ansatz.n_down, 3)
-        saved = load_checkpoint(run_dir, params, opt_state, shape)
+    drive = _driver(run, out_dir)
+    saved = _resume(run, drive, params, opt_state, key) if resume else None
     if saved is not None:
-        params, opt_state, start = saved["params"], saved["opt_state"], saved["step"]
-        guard.scale, guard.in_row = saved["lr_scale"], saved["bad_in_row"]
+        params, opt_state = saved["params"], saved["opt_state"]
         walkers = scatter_walkers(jnp.asarray(saved["walkers"], dtype), n_devices)
         width = replicate(jnp.asarray(saved["width"], dtype), n_devices)
-        history = {c: list(saved["history"][c]) for c in io.TRAIN_COLUMNS}
     else:
         if initial is not None:
             params, start_walkers = _check_initial(run, params, *initial)
@@ -284,70 +219,41 @@ def train(
         )
 
     step_fn = train_program(run)
-    state = TrainState(
-        replicate(params, n_devices), replicate(opt_state, n_devices), walkers, width
-    )
     train_key = jax.random.fold_in(key, STREAM_TRAIN)
-    wall_offset = history["wall_time"][-1] if history["wall_time"] else 0.0
-    t_loop = time.perf_counter()
-    last_saved = start if saved is not None else None
+    guard = drive.guard
 
-    def save(step: int) -> None:
-        nonlocal last_saved
-        if run_dir is None:
-            return
-        all_walkers = gather_walkers(state.walkers)  # collective: every process
-        on_main(
-            lambda: _write_checkpoint(
-                run_dir,
-                step,
-                last_saved,
-                params=first_replica(state.params),
-                opt_state=first_replica(state.opt_state),
-                walkers=all_walkers,
-                width=float(state.width[0]),
-                key=np.asarray(key),
-                history={c: np.asarray(v) for c, v in history.items()},
-                lr_scale=guard.scale,
-                bad_in_row=guard.in_row,
-            )
-        )
-        last_saved = step
+    def step(state: TrainState, k: int) -> tuple[TrainState, dict[str, Any]]:
+        state, stats = step_fn(state, device_keys(train_key, k, n_devices), guard.scale)
+        return state, {**_float_stats(stats), "step": k, "lr_scale": guard.scale}
 
-    if saved is None:
-        save(0)  # so that --resume works from any moment on
-    for step in range(start, cfg.train.steps):
-        stop_if_asked(stop, save, step, f"step {step} of {cfg.train.steps}", checkpoint)
-        state, stats = step_fn(state, device_keys(train_key, step, n_devices), guard.scale)
-        row = _float_stats(stats)
-        row["step"] = step
-        row["lr_scale"] = guard.scale
-        row["wall_time"] = wall_offset + time.perf_counter() - t_loop
-        for c in io.TRAIN_COLUMNS:
-            history[c].append(row[c])
-        done = step + 1
-        rejected = "non-finite local energies, gradient or update"
-        if guard.check(row["finite"] > 0, done, rejected, "learning rate"):
-            save(done)
-            where = (
-                f"the last good state is in {checkpoint} (continue with --resume after "
-                "lowering train.learning_rate)"
-                if checkpoint
-                else "parameters left at the last good step"
-            )
-            raise guard.error("training", done, where)
-        if checkpoint_due(done, cfg.train.checkpoint_every, cfg.train.steps):
-            save(done)
-        if progress:
-            progress("train", done, cfg.train.steps, row)
-        if on_step:
-            on_step(done, first_replica(state.params))
+    def saved_state(state: TrainState) -> dict[str, Any]:
+        return {
+            "params": first_replica(state.params),
+            "opt_state": first_replica(state.opt_state),
+            "walkers": gather_walkers(state.walkers),  # collective: every process
+            "width": float(state.width[0]),
+            "key": np.asarray(key),
+        }
 
+    state = drive.run(
+        TrainState(replicate(params, n_devices), replicate(opt_state, n_devices), walkers, width),
+        step,
+        saved_state,
+        total=cfg.train.steps,
+        every=cfg.train.checkpoint_every,
+        label="step",
+        stop=stop,
+        progress=progress,
+        after=(lambda done, state: on_step(done, first_replica(state.params))) if on_step else None,
+        first_checkpoint=True,
+        timed=True,
+        log_attrs=train_log_attrs,
+    )
     return TrainResult(
         params=first_replica(state.params),
         walkers=gather_walkers(state.walkers),
         width=float(state.width[0]),
-        history={c: np.asarray(v) for c, v in history.items()},
-        steps=max(start, cfg.train.steps),
-        wall_seconds=wall_offset + time.perf_counter() - t_start,  # with a resumed run's past
+        history=drive.rows(),
+        steps=max(drive.start, cfg.train.steps),
+        wall_seconds=drive.elapsed(),  # with a resumed run's past
     )
