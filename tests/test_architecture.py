@@ -11,6 +11,7 @@ moved into a function only hides a cycle (api <-> custom was one: api imported
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -270,6 +271,49 @@ def test_the_lapack_check_sees_a_call(tmp_path):
     path = tmp_path / "m.py"
     path.write_text("import jax.numpy as jnp\ns = jnp.linalg.slogdet(a)\nt = np.linalg.det(b)\n")
     assert _lapack_calls(path) == ["jnp.linalg.slogdet"]
+
+
+# Checkpoints and logs are opened by the loop (nnqmc.driver) through nnqmc.io, never by a
+# phase: no h5py, no io function that saves, loads, reads or writes a file, no open().
+IO_FILE_FUNCTION = re.compile(r"(save|load|read|write)_\w+|AppendLog|set_attrs|atomic_path")
+
+
+def _file_access(path: Path) -> list[str]:
+    """What in a file opens a file: h5py imports, nnqmc.io's file functions (``io.f`` or
+    imported from ``io``), the built-in ``open``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == "h5py"]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if module.split(".")[0] == "h5py":
+                found.append(module)
+            elif module.split(".")[-1] == "io":
+                found += [a.name for a in node.names if IO_FILE_FUNCTION.fullmatch(a.name)]
+        elif isinstance(node, ast.Attribute) and ast.unparse(node.value) == "io":
+            if IO_FILE_FUNCTION.fullmatch(node.attr):
+                found.append(f"io.{node.attr}")
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) == "open":
+            found.append("open")
+    return found
+
+
+def test_no_phase_opens_a_checkpoint_or_log_itself():
+    modules = module_files(ROOT)
+    phases = [n for n in modules if _under(n, ("nnqmc.phases",))]
+    assert {"nnqmc.phases.training", "nnqmc.phases.evaluation", "nnqmc.phases.dmc"} <= set(phases)
+    for name in phases:
+        assert not _file_access(modules[name]), f"{name} opens files: {_file_access(modules[name])}"
+
+
+def test_the_file_check_sees_each_way_in(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text(
+        "import h5py\nfrom .. import io\nfrom ..io import AppendLog, TRAIN_COLUMNS\n"
+        "io.save_checkpoint(p, step=1)\nn = io.TRAIN_LOG\nopen(p)\nsaved_state(s)\n"
+    )
+    assert sorted(_file_access(path)) == ["AppendLog", "h5py", "io.save_checkpoint", "open"]
 
 
 def test_one_public_surface_and_no_name_shadows_a_module():
