@@ -31,6 +31,7 @@ from .runner import (
     evaluate_run,
     release_compiled,
     run,
+    stored_reference,
     summarize,
 )
 from .steps import NuclearObservable, WaveObservable
@@ -82,6 +83,7 @@ __all__ = [
     "run_directory",
     "settings",
     "stop_on_signals",
+    "stored_reference",
     "summarize",
     "train",
     "trained_state",

@@ -36,6 +36,7 @@ CONFIG_COPY = "config.toml"
 INPUT_COPY = "input.toml"
 PLOT = "energy.png"
 LOCK = "nnqmc.lock"
+REFERENCE = "reference.h5"
 DIGEST = "sha256"
 
 # Files a run writes: what --force removes before starting over.
@@ -53,6 +54,7 @@ RUN_FILES = (
     PLOT,
     INPUT_COPY,
     CONFIG_COPY,
+    REFERENCE,
 )
 
 TRAIN_COLUMNS = (
@@ -333,6 +335,22 @@ def attr_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode()
     return value.item() if isinstance(value, np.generic) else value
+
+
+def save_reference(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """The mean-field reference a run trains on (``nnqmc.scf.reference_arrays``), written
+    once when its training starts."""
+
+    def fill(f: h5py.File) -> None:
+        for name, value in arrays.items():
+            f.create_dataset(name, data=np.asarray(value))
+
+    write_checked(path, fill)
+
+
+def load_reference(path: str | Path) -> dict[str, np.ndarray]:
+    """A verified reference file; CheckpointError if it is truncated or corrupt."""
+    return read_checked(path, lambda f: {k: np.asarray(v) for k, v in f.items()})
 
 
 # --------------------------------------------------------------------------- tables

@@ -274,8 +274,9 @@ def program_key(config: Config, molecule: Molecule, scf: SCFResult, geometry: An
     )
 
 
-def prepare(config: Config) -> Run:
-    """Run Hartree–Fock and build the ansatz and Hamiltonian for a config."""
+def prepare(config: Config, scf: SCFResult | None = None) -> Run:
+    """Run Hartree–Fock (or take ``scf``: a run directory's stored reference) and build the
+    ansatz and Hamiltonian for a config."""
     if config.system is None:
         raise RunError("prepare() needs a [system]; without a molecule use nnqmc.custom_run")
     molecule = config.system.molecule
@@ -283,7 +284,8 @@ def prepare(config: Config) -> Run:
     external = external_terms(config.hamiltonian)  # in the SCF as well as in H
     ext = scf_external(external, molecule.charges, molecule.coords)
     try:
-        scf = run_scf(molecule, config.system.basis, a.cas, a.determinants, **ext)
+        if scf is None:
+            scf = run_scf(molecule, config.system.basis, a.cas, a.determinants, **ext)
     except ECPError as err:
         raise RunError(f"system.ecp: {err}") from None
     except ValueError as err:

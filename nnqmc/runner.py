@@ -15,7 +15,7 @@ from . import io, programs
 from .config import Config, load_config, to_toml
 from .errors import RunError
 from .estimate import training_slope
-from .parallel import global_device_count, process_count
+from .parallel import broadcast_from_main, global_device_count, is_main_process, process_count
 from .phases.dmc import DMCResult, dmc
 from .phases.evaluation import EvalResult, evaluate
 from .phases.training import StepHook, TrainResult, saved_training, train
@@ -32,7 +32,9 @@ from .rundir import (
     release,
     run_directory,
     stop_on_signals,
+    warn,
 )
+from .scf import reference_arrays, with_reference
 from .version import __version__
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "evaluate_run",
     "release_compiled",
     "run",
+    "stored_reference",
     "summarize",
     "wants_dmc",
 ]
@@ -206,11 +209,16 @@ def run(
     check_devices(config.train.walkers)
     on_main(lambda: check_run_directory(path, resume, force))
     prepared = prepare(config)
+    continued = resume and has_checkpoint(path)
     try:
         on_main(lambda: open_run_directory(path, config, resume, force))
+        if continued:
+            prepared = stored_reference(prepared, path)
+        else:
+            on_main(lambda: _save_reference(path, prepared))
         with stop_on_signals() as stop:
             start = None
-            if initial is not None and not (resume and has_checkpoint(path)):
+            if initial is not None and not continued:
                 start = initial(prepared)
             trained = train(prepared, path, resume, progress, on_step, stop, start)
             result = _after_training(prepared, trained, path, progress, stop, observables)
@@ -219,6 +227,45 @@ def run(
         if not keep_compiled or wants_dmc(config):
             release_compiled()
     return result
+
+
+def stored_reference(run: Run, run_dir: str | Path) -> Run:
+    """``run`` on the mean-field reference stored in ``run_dir`` (what its parameters were
+    trained on), with a warning where a fresh SCF found another solution; ``run`` itself,
+    with a warning, for a directory written before references were stored."""
+    path = Path(run_dir) / io.REFERENCE
+    fresh = reference_arrays(run.scf)
+    stored, error = None, ""
+    if is_main_process() and path.is_file():
+        try:
+            stored = io.load_reference(path)
+            with_reference(run.scf, stored)
+        except (io.CheckpointError, KeyError, ValueError) as err:
+            error = f"{path}: {err}"
+    flags = broadcast_from_main(np.array([stored is not None, bool(error)]))
+    if flags[1]:
+        raise RunError(error or f"process 0 could not read {path}")
+    if not flags[0]:
+        warn(
+            f"{run_dir} holds no {io.REFERENCE}: its mean-field reference is computed anew "
+            "and may not be the one its parameters were trained on"
+        )
+        return run
+    stored = broadcast_from_main(stored if is_main_process() else fresh)
+    change = max(float(np.max(np.nan_to_num(np.abs(stored[n] - fresh[n])))) for n in fresh)
+    if change > 1e-6:
+        warn(
+            f"a fresh SCF differs from the reference stored in {path} by up to {change:.2g}; "
+            "the stored one, which the parameters were trained on, is used"
+        )
+    return prepare(run.config, with_reference(run.scf, stored))
+
+
+def _save_reference(path: Path, run: Run) -> None:
+    try:
+        io.save_reference(path / io.REFERENCE, reference_arrays(run.scf))
+    except OSError as err:
+        raise RunError(cannot_write(path / io.REFERENCE, err)) from None
 
 
 def release_compiled() -> None:
@@ -295,7 +342,7 @@ def _continue(path: Path, overrides: list[str], progress: Progress | None) -> di
     config = load_config(path / io.CONFIG_COPY, overrides)
     check_devices(config.train.walkers)
     on_main(lambda: check_run_directory(path, resume=True))
-    prepared = prepare(config)
+    prepared = stored_reference(prepare(config), path)
     try:
         on_main(lambda: lock_directory(path))
         trained = _trained(path, prepared)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -88,6 +88,37 @@ class SCFResult:
     method: str
     cas_energy: float | None = None
     hf_method: str = ""  # the method of ``energy`` when it is not ``method`` (CASSCF: RHF/ROHF)
+
+
+# What pins a trained ansatz to its mean-field reference: the parameters were trained on
+# these orbitals and this expansion, which another SCF solution (a rotation among degenerate
+# orbitals, another CASSCF minimum) would not reproduce.
+REFERENCE_ARRAYS = ("mo_up", "mo_down", "occ_up", "occ_down", "ci", "energy", "cas_energy")
+
+
+def reference_arrays(scf: SCFResult) -> dict[str, np.ndarray]:
+    """The orbitals, determinants, CI weights and energies of ``scf`` as arrays
+    (``cas_energy`` NaN without an active space)."""
+    value = lambda name: getattr(scf, name)
+    return {n: np.asarray(np.nan if value(n) is None else value(n)) for n in REFERENCE_ARRAYS}
+
+
+def with_reference(scf: SCFResult, arrays: dict[str, Any]) -> SCFResult:
+    """``scf`` with the arrays of :func:`reference_arrays` of another solution (same
+    basis, molecule and active space; ValueError if a shape differs)."""
+    mine = reference_arrays(scf)
+    for name in REFERENCE_ARRAYS:
+        if np.shape(arrays[name]) != mine[name].shape:
+            raise ValueError(
+                f"{name} has shape {np.shape(arrays[name])}, this system's {mine[name].shape}"
+            )
+    cas_energy = float(arrays["cas_energy"])
+    return replace(
+        scf,
+        **{n: np.asarray(arrays[n], mine[n].dtype) for n in REFERENCE_ARRAYS[:5]},
+        energy=float(arrays["energy"]),
+        cas_energy=None if np.isnan(cas_energy) else cas_energy,
+    )
 
 
 def _pyscf_mol(molecule: Molecule, basis: BasisSpec):

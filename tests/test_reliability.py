@@ -3,6 +3,7 @@ read-only disks. Tiny runs (H2, STO-3G, Jastrow, Adam, 16 walkers); kills in sub
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import importlib
 import json
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nnqmc import api, io
+from nnqmc import api, io, run_setup
 from nnqmc.cli import main
 from nnqmc.config import load_config
 from nnqmc.scf import run_hf
@@ -427,6 +428,42 @@ def test_eval_extends_an_evaluation(reference, tmp_path, capsys):
     assert len(energies) == EVAL_STEPS + 4
     np.testing.assert_array_equal(energies[:EVAL_STEPS], first)
     assert "E = " in capsys.readouterr().out
+
+
+def _another_scf_solution(monkeypatch) -> None:
+    """Every fresh SCF lands on another solution: its two orbitals rotated into each other."""
+    real = run_setup.run_scf
+
+    def rotated(*args, **kwargs):
+        scf = real(*args, **kwargs)
+        c, s = np.cos(0.3), np.sin(0.3)
+        mo = scf.mo_up @ np.array([[c, -s], [s, c]])
+        return dataclasses.replace(scf, mo_up=mo, mo_down=mo.copy())
+
+    monkeypatch.setattr(run_setup, "run_scf", rotated)
+
+
+def test_a_continued_run_keeps_the_reference_it_was_trained_on(
+    reference, tmp_path, monkeypatch, capsys
+):
+    stored = io.load_reference(reference / io.REFERENCE)
+    fresh = api.prepare(load_config(reference / io.CONFIG_COPY)).scf
+    np.testing.assert_array_equal(stored["mo_up"], fresh.mo_up)
+    np.testing.assert_array_equal(stored["ci"], fresh.ci)
+    extend = lambda run: main(["eval", str(run), "--steps", str(EVAL_STEPS + 4)])
+    as_trained = _copy(reference, tmp_path / "a")
+    assert extend(as_trained) == 0
+    _another_scf_solution(monkeypatch)
+    pinned, unpinned = _copy(reference, tmp_path / "b"), _copy(reference, tmp_path / "c")
+    (unpinned / io.REFERENCE).unlink()
+    capsys.readouterr()
+    assert extend(pinned) == 0
+    assert "differs from the reference stored" in capsys.readouterr().err
+    assert extend(unpinned) == 0
+    assert f"holds no {io.REFERENCE}" in capsys.readouterr().err
+    energy = lambda run: io.read_table(run / io.EVAL_LOG)["energy"][EVAL_STEPS:]
+    np.testing.assert_array_equal(energy(pinned), energy(as_trained))
+    assert not np.allclose(energy(unpinned), energy(as_trained))
 
 
 def _exit_code(argv: list[str]) -> int:

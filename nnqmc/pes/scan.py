@@ -159,6 +159,7 @@ def _warm_start(config: Config, data: Dataset, source: int, source_dir: Path, k:
         old_fresh = None
         if isinstance(fresh, dict) and "ci" in fresh:  # the neighbour's CASSCF expansion
             neighbour = api.prepare(geometry_config(config, old, source, 1))
+            neighbour = api.stored_reference(neighbour, source_dir)
             old_fresh = neighbour.ansatz.init(key)
         return transfer_parameters(params, fresh, old_fresh), shift_walkers(walkers, old, new)
 
