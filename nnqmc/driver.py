@@ -165,10 +165,17 @@ class Driver:
         def unusable(why: str) -> None:
             if restart is None:
                 raise RunError(f"no usable checkpoint: {why}")
+            self._discard()
             warn(f"{why}; {restart}")
 
+        def load(p: Path) -> dict[str, Any]:  # a log short of its checkpoint: try the previous
+            saved = io.load_checkpoint(p, like)
+            if saved["format"] == io.CHECKPOINT_FORMAT:
+                saved["history"] = io.read_rows(log, saved["rows"])
+            return saved
+
         try:
-            saved, warnings = io.read_newest(path, previous, lambda p: io.load_checkpoint(p, like))
+            saved, warnings = io.read_newest(path, previous, load)
         except (OSError, io.CheckpointError) as err:
             return unusable(str(err))
         for message in warnings:
@@ -176,6 +183,8 @@ class Driver:
         if saved is None:
             return None
         if saved["format"] != io.CHECKPOINT_FORMAT:
+            if restart is not None:
+                return unusable(f"{path} is a checkpoint of an older nnqmc")
             raise RunError(
                 f"{path} is a checkpoint of an older nnqmc (format {saved['format']}), which "
                 "cannot be resumed; start over with --force or another --out"
@@ -186,11 +195,17 @@ class Driver:
                 return unusable(f"{path} holds {name} of shape {have}; this run's are {want}")
         cast = lambda x, t: np.asarray(x, np.asarray(t).dtype)
         saved["state"] = jax.tree_util.tree_map(cast, saved["state"], like)
-        try:
-            saved["history"] = io.read_rows(log, saved["rows"])
-        except io.CheckpointError as err:
-            return unusable(str(err))
-        return saved if accept is None or accept(saved) else None
+        if accept is not None and not accept(saved):
+            self._discard()
+            return None
+        return saved
+
+    def _discard(self) -> None:
+        """Process 0: remove checkpoints this phase starts afresh without, so that none of
+        them is later paired with the new log."""
+        if self.files is not None:
+            for stale in self.files[:2]:
+                stale.unlink(missing_ok=True)
 
     def _payload(self, found: dict[str, Any] | None, like: dict[str, Any], step: int):
         """What process 0 broadcasts: its checkpoint, or on the others a template of it."""
@@ -306,8 +321,10 @@ class Driver:
         if self.log_error:
             raise RunError(self.log_error)
         try:
-            if self.log is not None and log_attrs is not None:
-                self.log.set_attrs(log_attrs(self.rows()))
+            if self.log is not None:
+                if log_attrs is not None:
+                    self.log.set_attrs(log_attrs(self.rows()))
+                self.log.sync()  # on disk before the checkpoint that counts its rows
             io.save_checkpoint(
                 path,
                 step=k,

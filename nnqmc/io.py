@@ -407,6 +407,11 @@ class AppendLog:
         self.file.attrs.update(attrs)
         self.file.flush()
 
+    def sync(self) -> None:
+        """Flush the rows to the disk itself (fsync), not only to the operating system."""
+        self.file.flush()
+        os.fsync(self.file.id.get_vfd_handle())
+
     def close(self) -> None:
         self.file.close()
 

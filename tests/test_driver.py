@@ -117,14 +117,27 @@ def test_too_many_non_finite_steps_stop_with_a_checkpoint(tmp_path):
         assert f.attrs["step"] == 3 and f.attrs["bad_in_row"] == 3
 
 
-def test_a_checkpoint_of_an_older_format_is_one_line(tmp_path):
+def test_a_checkpoint_of_an_older_format_is_one_line(tmp_path, capsys):
     def fill(f: h5py.File) -> None:  # format 1: no format attribute, the log inside
         f.attrs["step"] = 4
         f.create_dataset("walkers", data=np.zeros((2, 1, 3)))
         f.create_group("records").create_dataset("energy", data=np.zeros(4))
 
     io.write_checked(tmp_path / io.EVAL_CHECKPOINT, fill)
-    with pytest.raises(RunError) as err:
-        run(tmp_path, 10)
+    with pytest.raises(RunError) as err:  # a phase that cannot start over (training)
+        Driver(tmp_path, "eval").resume({"x": np.zeros(4)})
     message = str(err.value)
     assert len(message.splitlines()) == 1 and "older nnqmc (format 1)" in message
+    assert len(run(tmp_path, 10)["energy"]) == 10  # one that can starts over, and says so
+    assert "older nnqmc" in capsys.readouterr().err
+
+
+def test_a_log_short_of_its_checkpoint_resumes_from_the_previous_one(tmp_path, capsys):
+    run(tmp_path, 10, every=4)  # checkpoints after 8 (previous) and 10 steps
+    io.AppendLog(tmp_path / io.EVAL_LOG, 9).close()  # the last row never reached the disk
+    rows = run(tmp_path, 12, every=4)
+    warned = capsys.readouterr().err
+    assert "fewer rows than its checkpoint" in warned
+    assert f"using {io.PREVIOUS_EVAL_CHECKPOINT} instead" in warned
+    for name, column in run(None, 12).items():
+        np.testing.assert_array_equal(rows[name], column)
