@@ -104,14 +104,18 @@ def reference_arrays(scf: SCFResult) -> dict[str, np.ndarray]:
 
 
 def with_reference(scf: SCFResult, arrays: dict[str, Any]) -> SCFResult:
-    """``scf`` with the arrays of :func:`reference_arrays` of another solution (same
-    basis, molecule and active space; ValueError if a shape differs)."""
+    """``scf`` with the arrays of :func:`reference_arrays` of another solution of the same
+    system: the same basis (ValueError if the orbitals' shapes differ); the determinants
+    may be others, and as many as that solution kept."""
     mine = reference_arrays(scf)
-    for name in REFERENCE_ARRAYS:
+    for name in ("mo_up", "mo_down"):
         if np.shape(arrays[name]) != mine[name].shape:
             raise ValueError(
                 f"{name} has shape {np.shape(arrays[name])}, this system's {mine[name].shape}"
             )
+    n_det = np.shape(arrays["ci"])
+    if np.shape(arrays["occ_up"])[:1] != n_det or np.shape(arrays["occ_down"])[:1] != n_det:
+        raise ValueError(f"occupations for another number of determinants than {n_det}")
     cas_energy = float(arrays["cas_energy"])
     return replace(
         scf,
