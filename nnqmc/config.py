@@ -5,8 +5,10 @@ Every problem with a configuration raises :class:`ConfigError`, whose message is
 
 The allowed keys, their types, defaults and range constraints live in one place: the
 dataclasses of :mod:`nnqmc.config_schema`; TOML writing is in :mod:`nnqmc.config_toml`.
-This module loads a document, applies ``--set`` overrides and checks what involves more
-than one key; everything public of the other two is importable from here.
+This module loads a document, applies ``--set`` overrides, checks what involves more
+than one key and gives a loaded config other nuclei (:func:`with_molecule`); everything
+public of the other two is importable from here (typed changes of other keys:
+:func:`with_settings`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from .config_schema import (
     read_fields,
     section_classes,
     suggest,
+    with_settings,
 )
 from .config_toml import TOMLDecodeError, loads, parse_value, to_toml, toml_location
 from .molecule import MIN_NUCLEAR_DISTANCE, Molecule, MoleculeError, closest_overlap
@@ -79,6 +82,8 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "to_toml",
+    "with_molecule",
+    "with_settings",
 ]
 
 
@@ -157,6 +162,18 @@ def apply_overrides(data: dict, overrides: Sequence[str], source: str = OVERRIDE
         ]
         raise ConfigError(source, key, f"unknown key{suggest(key, options)}")
     return merged
+
+
+def with_molecule(config: Config, molecule: Molecule, source: str = OVERRIDE_SOURCE) -> Config:
+    """``config`` with these nuclei, recorded in ``[system]`` as atoms in bohr, and the
+    checks that involve the molecule done again (errors name ``source``)."""
+    data = copy.deepcopy(config.data)
+    data["system"].pop("xyz", None)
+    data["system"].update(atoms=molecule.atoms_text(), unit="bohr")
+    system = dataclasses.replace(config.system, molecule=molecule)
+    values = {"system": system, "ansatz": config.ansatz, "hamiltonian": config.hamiltonian}
+    _cross_check(values, lambda key, message: ConfigError(source, key, message))
+    return dataclasses.replace(config, system=system, data=data)
 
 
 # --------------------------------------------------------------------------- internals

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from . import io, programs
-from .config import Config, load_config, to_toml
+from .config import Config, load_config, to_toml, with_settings
 from .errors import RunError
 from .estimate import training_slope
 from .parallel import broadcast_from_main, global_device_count, is_main_process, process_count
@@ -334,19 +334,22 @@ def _trained(path: Path, prepared: Run) -> TrainResult:
     return trained
 
 
-def _continue(path: Path, overrides: list[str], progress: Progress | None) -> dict[str, Any]:
-    """Evaluation (and DMC) of a trained run directory with ``overrides`` of its settings,
-    which are written into the directory's config.toml first."""
+def _continue(
+    path: Path, progress: Progress | None, settings: Callable[[Config], Config] | None = None
+) -> dict[str, Any]:
+    """Evaluation (and DMC) of a trained run directory, with ``settings(config)`` of its
+    config.toml where given, which are written into that file first."""
     if not (path / io.CONFIG_COPY).is_file():
         raise RunError(f"{path} holds no run ({io.CONFIG_COPY} is missing)")
-    config = load_config(path / io.CONFIG_COPY, overrides)
+    config = load_config(path / io.CONFIG_COPY)
+    config = config if settings is None else settings(config)
     check_devices(config.train.walkers)
     on_main(lambda: check_run_directory(path, resume=True))
     prepared = stored_reference(prepare(config), path)
     try:
         on_main(lambda: lock_directory(path))
         trained = _trained(path, prepared)
-        if overrides:
+        if settings is not None:
             on_main(lambda: _rewrite_config(path, config))
         with stop_on_signals() as stop:
             return _after_training(prepared, trained, path, progress, stop)
@@ -367,7 +370,8 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Continue (or extend to ``steps``) the evaluation of a trained run directory and
     rewrite its result.json; returns its contents."""
-    return _continue(Path(run_dir), [] if steps is None else [f"eval.steps={steps}"], progress)
+    settings = None if steps is None else lambda config: with_settings(config, "eval", steps=steps)
+    return _continue(Path(run_dir), progress, settings)
 
 
 def dmc_run(
@@ -380,18 +384,11 @@ def dmc_run(
     time step, ``timesteps``: default its ``[dmc]`` settings, else the defaults) and rewrite
     its result.json; returns its contents. The directory's config.toml records the DMC
     settings used."""
-    path = Path(run_dir)
-    overrides = []
-    if steps is not None:
-        overrides.append(f"dmc.steps={steps}")
+    changes: dict[str, Any] = {} if steps is None else {"steps": steps}
     if timesteps:
-        overrides.append("dmc.timestep=[" + ", ".join(repr(float(t)) for t in timesteps) + "]")
-    if not overrides:
-        overrides.append(f"dmc.steps={_current_dmc_steps(path)}")
-    return _continue(path, overrides, progress)
+        changes["timestep"] = [float(t) for t in timesteps]
 
+    def settings(config: Config) -> Config:
+        return with_settings(config, "dmc", **(changes or {"steps": config.dmc.steps}))
 
-def _current_dmc_steps(path: Path) -> int:
-    if not (path / io.CONFIG_COPY).is_file():
-        raise RunError(f"{path} holds no run ({io.CONFIG_COPY} is missing)")
-    return load_config(path / io.CONFIG_COPY).dmc.steps
+    return _continue(Path(run_dir), progress, settings)

@@ -16,7 +16,7 @@ orbitals between geometries is not undone (training repairs it).
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import api, io
-from ..config import Config, config_from_dict
+from ..config import Config, ScanConfig, with_molecule, with_settings
 from .dataset import Dataset, new_dataset, read_dataset, same_scan, write_dataset
 from .forces import forces_from_records, nuclear_force_observables
 from .geometry import generate
@@ -92,19 +92,17 @@ def scan_directory(config: Config, out_dir: str | Path | None) -> Path:
 def geometry_config(config: Config, coords: np.ndarray, k: int, steps: int) -> Config:
     """The run of geometry ``k``: the scan's input with these nuclei (bohr), no [scan],
     the reference energy ``scan.reference[k]`` if given, ``train.steps = steps``."""
-    data = copy.deepcopy(config.data)
-    data.pop("scan", None)
-    data.pop("reference_energy", None)
+    source = f"{config.source or config.name} geometry {k}"
     reference = config.scan.reference
-    if reference is not None and k < len(reference):
-        data["reference_energy"] = float(reference[k])
-    data["name"] = f"{config.name}-{k:04d}"
-    system = data["system"]
-    system.pop("xyz", None)
-    system["atoms"] = config.system.molecule.with_coords(coords).atoms_text()
-    system["unit"] = "bohr"
-    data.setdefault("train", {})["steps"] = steps
-    return config_from_dict(data, source=f"{config.source or config.name} geometry {k}")
+    energy = float(reference[k]) if reference is not None and k < len(reference) else None
+    data = {n: v for n, v in config.data.items() if n not in ("scan", "reference_energy")}
+    single = dataclasses.replace(
+        config, scan=ScanConfig(), reference_energy=None, source=None, data=data
+    )
+    single = with_molecule(single, config.system.molecule.with_coords(coords), source)
+    name = f"{config.name}-{k:04d}"
+    single = with_settings(single, reference_energy=energy, name=name, source=source)
+    return with_settings(single, "train", steps=steps, source=source)
 
 
 def nearest_done(data: Dataset, k: int, shard: Shard) -> int | None:

@@ -16,7 +16,6 @@ resumes where it stopped. Forces and CCSD(T) are switched off: only energies are
 
 from __future__ import annotations
 
-import copy
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import api, io
-from ..config import Config, config_from_dict
+from ..config import Config, with_settings
 from .dataset import read_dataset, write_dataset
 from .scan import Log, Shard, dataset_path, geometry_dir, open_dataset, run_scan
 
@@ -49,10 +48,9 @@ class Trial:
 
 
 def _config_with(config: Config, **sections: dict[str, Any]) -> Config:
-    data = copy.deepcopy(config.data)
     for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return config_from_dict(data, source=config.source)
+        config = with_settings(config, name, **values)
+    return config
 
 
 def _columns(path: Path) -> dict[str, np.ndarray]:
