@@ -9,7 +9,7 @@ The public Python API (see README, "Python API"):
   :func:`ansatz_from_orbitals` (PauliNet etc. on user orbitals);
 * runs: :func:`settings`, :func:`custom_run`, :func:`train`, :func:`evaluate`, :func:`dmc`
   (fixed-node diffusion Monte Carlo), :func:`run`, with results :class:`TrainResult`,
-  :class:`EvalResult`, :class:`DMCResult`;
+  :class:`EvalResult`, :class:`DMCResult` and :class:`RunResult` (all three of a run);
 * observables: :func:`dipole_moment`, :func:`default_observables`;
 * force fields from scan datasets: :class:`ForceField` (an ASE calculator of a model that
   ``nnqmc fit`` wrote; imported on first use and left out of ``__all__``, as it needs ASE,

@@ -6,7 +6,8 @@ a surface: each name lives in the module that owns its concern (docs/architectur
 * :mod:`nnqmc.rundir`: the run directory, locks, signals, checkpoint rotation, NaN guard;
 * :mod:`nnqmc.phases.training`, :mod:`nnqmc.phases.evaluation` and :mod:`nnqmc.phases.dmc`:
   the phases (VMC training, VMC evaluation, fixed-node diffusion Monte Carlo);
-* :mod:`nnqmc.runner`: one ``nnqmc run`` / ``eval`` / ``dmc`` (phases chained, result.json).
+* :mod:`nnqmc.runner`: one ``nnqmc run`` / ``eval`` / ``dmc`` (phases chained, their
+  :class:`RunResult`, result.json).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .programs import eval_program
 from .run_setup import Run, build_ansatz, check_devices, initial_walkers, precision_dtype, prepare
 from .rundir import Progress, StopCheck, check_run_directory, run_directory, stop_on_signals
 from .runner import (
+    RunResult,
     correlation_fraction,
     dmc_run,
     evaluate_run,
@@ -54,6 +56,7 @@ __all__ = [
     "Progress",
     "Run",
     "RunError",
+    "RunResult",
     "StepHook",
     "StopCheck",
     "TrainResult",

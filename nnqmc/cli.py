@@ -407,7 +407,7 @@ def _execute(args) -> int:
     except Interrupted as err:
         return _interrupted(err, how)
     if is_main_process():
-        print(format_result(result))
+        print(format_result(result.summary()))
     return 0
 
 

@@ -1,10 +1,12 @@
-"""One ``nnqmc run`` (:func:`run`) and ``nnqmc eval`` (:func:`evaluate_run`): the phases
-chained in a locked run directory, then result.json, the logs and the plot."""
+"""One ``nnqmc run`` (:func:`run`), ``nnqmc eval`` (:func:`evaluate_run`) and ``nnqmc dmc``
+(:func:`dmc_run`): the phases chained in a locked run directory, their results returned as a
+:class:`RunResult` and written as result.json, the logs and the plot."""
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from .scf import reference_arrays, with_reference
 from .version import __version__
 
 __all__ = [
+    "RunResult",
     "correlation_fraction",
     "dmc_run",
     "evaluate_run",
@@ -142,6 +145,21 @@ def _slope_summary(history: dict[str, np.ndarray]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """One run: the prepared run (on the mean-field reference it was trained on), its
+    training, evaluation and DMC (None without ``[dmc]``)."""
+
+    run: Run
+    trained: TrainResult
+    evaluated: EvalResult
+    diffused: DMCResult | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The contents of result.json."""
+        return summarize(self.run, self.trained, self.evaluated, self.diffused)
+
+
 def _dmc_summary(run: Run, diffused: DMCResult) -> dict[str, Any]:
     ref = run.config.reference_energy
     return {
@@ -157,15 +175,10 @@ def _dmc_summary(run: Run, diffused: DMCResult) -> dict[str, Any]:
     }
 
 
-def _write_results(
-    path: Path,
-    evaluated: EvalResult,
-    result: dict,
-    history: dict,
-    diffused: DMCResult | None = None,
-) -> None:
+def _write_results(path: Path, result: RunResult) -> None:
     """result.json, the plot, and the energies as attributes of eval.h5 and dmc.h5 (their
     rows were written step by step)."""
+    evaluated, diffused, summary = result.evaluated, result.diffused, result.summary()
     try:
         io.set_attrs(
             path / io.EVAL_LOG, {"energy": evaluated.energy, "energy_err": evaluated.energy_err}
@@ -173,8 +186,8 @@ def _write_results(
         if diffused is not None:
             attrs = {"energy": diffused.energy, "energy_err": diffused.energy_err}
             io.set_attrs(path / io.DMC_LOG, attrs)
-        io.write_json_atomic(path / io.RESULT, result)
-        plot_training(path / io.PLOT, history, result)
+        io.write_json_atomic(path / io.RESULT, summary)
+        plot_training(path / io.PLOT, result.trained.history, summary)
     except OSError as err:
         raise RunError(cannot_write(path, err)) from None
 
@@ -190,8 +203,9 @@ def run(
     initial: Callable[[Run], tuple[Any, np.ndarray]] | None = None,
     observables: dict[str, Any] | Callable[[Any], dict[str, Any]] | None = None,
     keep_compiled: bool = False,
-) -> dict[str, Any]:
-    """Train, evaluate and write the run directory; returns the contents of result.json.
+) -> RunResult:
+    """Train, evaluate and write the run directory; returns the result (``.summary()``: the
+    contents of result.json).
 
     ``initial(prepared_run) -> (params, walkers)``: a warm start for a fresh training (see
     :func:`train`; ignored when resuming from a checkpoint). ``observables``: extra ones
@@ -288,7 +302,7 @@ def _after_training(
     progress: Progress | None,
     stop,
     observables: dict[str, Any] | Callable[[Any], dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """Evaluate (and run DMC if the input asks for it) a trained state, each phase going
     on from its checkpoint; write result.json, the logs and the plot."""
     tag = {"train_step": trained.steps}
@@ -315,8 +329,8 @@ def _after_training(
             tag=tag,
             stop=stop,
         )
-    result = summarize(prepared, trained, evaluated, diffused)
-    on_main(lambda: _write_results(path, evaluated, result, trained.history, diffused))
+    result = RunResult(prepared, trained, evaluated, diffused)
+    on_main(lambda: _write_results(path, result))
     return result
 
 
@@ -336,7 +350,7 @@ def _trained(path: Path, prepared: Run) -> TrainResult:
 
 def _continue(
     path: Path, progress: Progress | None, settings: Callable[[Config], Config] | None = None
-) -> dict[str, Any]:
+) -> RunResult:
     """Evaluation (and DMC) of a trained run directory, with ``settings(config)`` of its
     config.toml where given, which are written into that file first."""
     if not (path / io.CONFIG_COPY).is_file():
@@ -367,9 +381,9 @@ def _rewrite_config(path: Path, config: Config) -> None:
 
 def evaluate_run(
     run_dir: str | Path, steps: int | None = None, progress: Progress | None = None
-) -> dict[str, Any]:
+) -> RunResult:
     """Continue (or extend to ``steps``) the evaluation of a trained run directory and
-    rewrite its result.json; returns its contents."""
+    rewrite its result.json; returns the result."""
     settings = None if steps is None else lambda config: with_settings(config, "eval", steps=steps)
     return _continue(Path(run_dir), progress, settings)
 
@@ -379,10 +393,10 @@ def dmc_run(
     steps: int | None = None,
     timesteps: list[float] | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """Run, continue or extend fixed-node DMC on a trained run directory (``steps`` per
     time step, ``timesteps``: default its ``[dmc]`` settings, else the defaults) and rewrite
-    its result.json; returns its contents. The directory's config.toml records the DMC
+    its result.json; returns the result. The directory's config.toml records the DMC
     settings used."""
     changes: dict[str, Any] = {} if steps is None else {"steps": steps}
     if timesteps:

@@ -52,11 +52,11 @@ def check_energy(result: dict, tolerance: float) -> None:
 @pytest.mark.parametrize("name, overrides, tolerance", CI_SET, ids=CI_IDS)
 def test_short_training_beats_hf_and_approaches_exact(name, overrides, tolerance, tmp_path):
     config = load_config(SYSTEMS / f"{name}.toml", overrides)
-    check_energy(api.run(config, tmp_path / name), tolerance)
+    check_energy(api.run(config, tmp_path / name).summary(), tolerance)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, tolerance", FULL_SET, ids=[c[0] for c in FULL_SET])
 def test_shipped_input_reaches_accuracy(name, tolerance, tmp_path):
     config = load_config(SYSTEMS / f"{name}.toml")
-    check_energy(api.run(config, tmp_path / name), tolerance)
+    check_energy(api.run(config, tmp_path / name).summary(), tolerance)

@@ -7,6 +7,7 @@ Default tests check values on fixed configurations and that everything passes th
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import types
@@ -224,6 +225,25 @@ def test_custom_observable_passes_through_evaluate():
     )
     assert np.all(np.asarray(result.observables["r2"]["value"]) > 0)
     assert np.asarray(result.records["r2"]).shape == (4, 2)
+
+
+def test_run_returns_its_parts_and_result_json_is_their_summary(tmp_path):
+    """run() gives the trained, evaluated and diffused parts and the prepared run in
+    memory; result.json is ``summary()`` byte for byte, also after ``evaluate_run``."""
+    from test_dmc_phase import H2, TINY
+
+    from nnqmc import io
+
+    out = tmp_path / "run"
+    result = nnqmc.run(load_config(H2, TINY), out)
+    assert isinstance(result, nnqmc.RunResult) and isinstance(result.run, nnqmc.Run)
+    assert result.trained.steps == 6 and result.evaluated.steps == 6
+    assert result.diffused is not None and len(result.diffused.rows) == 2
+    written = lambda: (out / io.RESULT).read_text()
+    assert json.dumps(result.summary(), indent=2) + "\n" == written()
+    again = nnqmc.evaluate_run(out)
+    assert again.evaluated.energy == result.evaluated.energy
+    assert json.dumps(again.summary(), indent=2) + "\n" == written()
 
 
 def _readme_api_code() -> str:

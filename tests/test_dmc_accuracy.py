@@ -39,7 +39,7 @@ def check_exact(vmc: float, vmc_err: float, dmc: float, dmc_err: float, exact: f
 
 def molecule_dmc(name: str, dmc: list[str], tmp_path) -> dict:
     config = load_config(SYSTEMS / f"{name}.toml", TRIAL + dmc)
-    return api.run(config, tmp_path / name)
+    return api.run(config, tmp_path / name).summary()
 
 
 @pytest.mark.ci_slow
@@ -119,7 +119,7 @@ def test_li2_on_hf_nodes_reproduces_the_published_fixed_node_energy(tmp_path):
     """Not an exact case: with the RHF determinant's nodes (no backflow) DMC must land on
     the published single-determinant value, about 6 mHa above exact, and not below it."""
     config = load_config(SYSTEMS / "li2_hf_nodes.toml")
-    r = api.run(config, tmp_path / "li2_hf_nodes")
+    r = api.run(config, tmp_path / "li2_hf_nodes").summary()
     for row in r["dmc"]:
         print(row)
     published, published_err = LI2_HF_NODES_PUBLISHED

@@ -195,7 +195,7 @@ def test_a_second_process_loads_its_steps_whole_and_repeats_the_run_bitwise(tmp_
         import nnqmc
         from nnqmc import executables
         from nnqmc.config import load_config
-        result = nnqmc.api.run(load_config(config), sys.argv[1])
+        result = nnqmc.api.run(load_config(config), sys.argv[1]).summary()
         print(json.dumps({"loaded": executables.loaded(), "energy": result["energy"]}))
         """
     runs = _in_two_processes(tmp_path, body, {"NNQMC_EXECUTABLES": "on"})

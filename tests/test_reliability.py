@@ -353,6 +353,7 @@ def test_nan_steps_are_rejected_counted_and_lower_the_learning_rate(tmp_path, mo
     out = tmp_path / "run"
     config = load_config(H2, TINY)
     result = api.run(config, out, on_step=lambda s, p: seen.append(jax.tree.map(np.copy, p)))
+    result = result.summary()
     assert result["rejected_steps"] == 3 and np.isfinite(result["energy"])
     log = io.read_table(out / io.TRAIN_LOG)
     np.testing.assert_array_equal(np.flatnonzero(log["finite"] == 0), [2, 3, 6])

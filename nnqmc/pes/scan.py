@@ -247,12 +247,13 @@ def _run_geometry(
         observables=observables,
         keep_compiled=True,
     )
+    evaluated = result.evaluated
     row: dict[str, Any] = {
-        "energy": result["energy"],
-        "energy_err": result["energy_err"],
-        "variance": result["variance"],
-        "hf_energy": result["hf_energy"],
-        "steps": result["steps"],
+        "energy": evaluated.energy,
+        "energy_err": evaluated.energy_err,
+        "variance": evaluated.variance,
+        "hf_energy": result.run.scf.energy,
+        "steps": result.trained.steps,
         "warm_from": -1 if source is None else source,
     }
     if scan.forces:
