@@ -113,7 +113,7 @@ def test_adaptive_loop_with_a_model_curve_stops_at_its_target_and_resumes(tmp_pa
     saves the fit, and a second call with the same dataset adds nothing."""
     ran = []
 
-    def fake_geometry(config, data, k, scan_dir, shard, cold, progress):
+    def fake_geometry(config, data, k, scan_dir, shard, cold, progress, finished):
         ran.append(k)
         r = float(np.linalg.norm(data.positions[k, 1] - data.positions[k, 0]))
         return {"energy": _morse(r), "energy_err": 1e-4, "steps": 1, "wall_time": 0.0}
@@ -145,7 +145,7 @@ def test_an_interrupted_adaptive_scan_resumes_the_same_choices(tmp_path, monkeyp
     same order and std, and ends with the choices of an uninterrupted scan."""
     calls = []
 
-    def geometry(config, data, k, scan_dir, shard, cold, progress):
+    def geometry(config, data, k, scan_dir, shard, cold, progress, finished):
         calls.append(k)
         if len(calls) == 5 and interrupt:
             raise Interrupted(2, "stopped")

@@ -4,6 +4,7 @@ and its resume, a normal-mode scan, and the warm-against-cold step-budget study.
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,6 +96,39 @@ def test_ctrl_c_stops_a_scan_and_the_same_command_finishes_it(tmp_path):
     assert [data.status(k) for k in range(2)] == ["done", "done"]
     assert list(data.columns["steps"]) == [1000, 4] and data.columns["warm_from"][1] == 0
     assert not (out / "scan.lock").exists()
+
+
+def test_a_scan_takes_forces_and_warm_starts_from_memory(tmp_path, monkeypatch):
+    """Forces from the evaluation's records, the second geometry warm from the first one's
+    result: eval.h5 is never read back nor a checkpoint loaded. Run again from the
+    checkpoint (as by another process), the second geometry ends the same."""
+    import h5py
+
+    from nnqmc.pes import scan as scan_module
+
+    config, path = _config(tmp_path, BOND + "forces = true\n")
+    real_file, real_state, loaded = h5py.File, scan_module.api.trained_state, []
+
+    def file(name, mode="r", *args, **kwargs):
+        assert not (Path(name).name == "eval.h5" and mode == "r"), f"{name} read back"
+        return real_file(name, mode, *args, **kwargs)
+
+    def trained_state(run, run_dir):
+        loaded.append(Path(run_dir).name)
+        return real_state(run, run_dir)
+
+    monkeypatch.setattr(h5py, "File", file)
+    monkeypatch.setattr(scan_module.api, "trained_state", trained_state)
+    data = run_scan(config, path.read_text(), tmp_path / "s")
+    assert list(data.columns["warm_from"]) == [-1, 0] and loaded == []
+    assert np.all(np.isfinite(data.columns["forces"]))
+    data.set_row(1, status="pending")
+    scan_module.write_dataset(tmp_path / "s" / "scan.h5", data)
+    shutil.rmtree(tmp_path / "s" / "geom-0001")
+    again = run_scan(config, path.read_text(), tmp_path / "s")
+    assert loaded == ["geom-0000"] and again.columns["warm_from"][1] == 0
+    for name in ("energy", "forces"):
+        assert np.array_equal(again.columns[name][1], data.columns[name][1]), name
 
 
 def test_normal_mode_scan_runs_end_to_end(tmp_path):

@@ -3,7 +3,8 @@
 Each geometry is a run directory ``geom-NNNN`` under the scan directory, trained and
 evaluated by :func:`nnqmc.api.run` (so its checkpoints make it resumable). A geometry
 starts from the parameters and walkers of the nearest finished geometry of the same shard
-(warm start): the network parameters are copied, and each electron moves with its nearest
+(warm start; from memory when this process ran that geometry last, else from its
+checkpoint): the network parameters are copied, and each electron moves with its nearest
 nucleus before the burn-in. The determinant orbitals are always the new geometry's
 HF/CASSCF orbitals. A sign flip of an MO between geometries flips the sign of the
 determinants in which it is singly occupied, so trained CI coefficients are not copied:
@@ -145,21 +146,43 @@ def transfer_parameters(old: Any, fresh: Any, old_fresh: Any = None) -> Any:
     return {**old, "ci": ci}
 
 
-def _warm_start(config: Config, data: Dataset, source: int, source_dir: Path, k: int):
+# The geometry this process finished last, by its index: its result, from which the next
+# geometry warm-starts without reading its checkpoint back (at most one entry).
+Finished = dict[int, api.RunResult]
+
+
+def _warm_start(
+    config: Config,
+    data: Dataset,
+    source: int,
+    source_dir: Path,
+    k: int,
+    neighbour: api.RunResult | None,
+):
+    """``initial`` of geometry ``k``: the parameters and walkers of geometry ``source``,
+    from its result ``neighbour`` where this process has it, else from its checkpoint in
+    ``source_dir``."""
     old, new = data.positions[source], data.positions[k]
 
     def initial(prepared: api.Run) -> tuple[Any, np.ndarray]:
         import jax
 
-        params, walkers = api.trained_state(prepared, source_dir)
+        if neighbour is not None:
+            params, walkers = neighbour.trained.params, neighbour.trained.walkers
+        else:
+            params, walkers = api.trained_state(prepared, source_dir)
         key = jax.random.PRNGKey(prepared.config.train.seed)
         fresh = prepared.ansatz.init(key)
         old_fresh = None
         if isinstance(fresh, dict) and "ci" in fresh:  # the neighbour's CASSCF expansion
-            neighbour = api.prepare(geometry_config(config, old, source, 1))
-            neighbour = api.stored_reference(neighbour, source_dir)
-            old_fresh = neighbour.ansatz.init(key)
-        return transfer_parameters(params, fresh, old_fresh), shift_walkers(walkers, old, new)
+            if neighbour is not None:
+                old_run = neighbour.run
+            else:
+                old_run = api.prepare(geometry_config(config, old, source, 1))
+                old_run = api.stored_reference(old_run, source_dir)
+            old_fresh = old_run.ansatz.init(key)
+        walkers = shift_walkers(np.asarray(walkers, np.float64), old, new)
+        return transfer_parameters(params, fresh, old_fresh), walkers
 
     return initial
 
@@ -212,9 +235,17 @@ def _ecp_label(molecule: Any) -> str:
 
 
 def _run_geometry(
-    config: Config, data: Dataset, k: int, scan_dir: Path, shard: Shard, cold: bool, progress
+    config: Config,
+    data: Dataset,
+    k: int,
+    scan_dir: Path,
+    shard: Shard,
+    cold: bool,
+    progress,
+    finished: Finished,
 ) -> dict[str, Any]:
-    """Train and evaluate geometry ``k``; returns the dataset values of its row.
+    """Train and evaluate geometry ``k``; returns the dataset values of its row, and keeps
+    its result in ``finished`` (in place of the one before).
 
     ``scan.steps`` trains a geometry warm-started from a finished one; the first geometry,
     ``--cold`` ones and an adaptive scan's initial spread (whose nearest finished geometry
@@ -234,7 +265,9 @@ def _run_geometry(
     cfg = geometry_config(config, coords, k, steps)
     initial = None
     if source is not None:
-        initial = _warm_start(config, data, source, geometry_dir(scan_dir, source), k)
+        source_dir = geometry_dir(scan_dir, source)
+        neighbour = finished.get(source)
+        initial = _warm_start(config, data, source, source_dir, k, neighbour)
     observables = nuclear_force_observables if scan.forces else None
     resume = any((run_dir / n).exists() for n in (io.CHECKPOINT, io.PREVIOUS_CHECKPOINT))
     t0 = time.perf_counter()
@@ -247,6 +280,8 @@ def _run_geometry(
         observables=observables,
         keep_compiled=True,
     )
+    finished.clear()
+    finished[k] = result
     evaluated = result.evaluated
     row: dict[str, Any] = {
         "energy": evaluated.energy,
@@ -257,9 +292,8 @@ def _run_geometry(
         "warm_from": -1 if source is None else source,
     }
     if scan.forces:
-        records = io.read_table(run_dir / io.EVAL_LOG)
         row["forces"], row["forces_err"] = forces_from_records(
-            records, config.system.molecule.charges, coords, scan.zero_bias
+            evaluated.records, config.system.molecule.charges, coords, scan.zero_bias
         )
     if scan.ccsd_t:
         from ..scf import ccsd_t_energy
@@ -321,15 +355,16 @@ def _run_shard(
 ) -> Dataset:
     data = open_dataset(config, text, scan_dir, shard)
     log = log or (lambda message: None)
+    finished: Finished = {}
     if config.scan.kind == "adaptive":
-        _run_adaptive(config, data, scan_dir, cold, progress, log)
+        _run_adaptive(config, data, scan_dir, cold, progress, log, finished)
     else:
         mine = [k for k in range(data.n) if shard.owns(k)]
         for number, k in enumerate(mine, start=1):
             if data.status(k) == "done":
                 continue
             log(f"geometry {k} ({number} of {len(mine)} in this shard)")
-            _run_row(config, data, k, scan_dir, shard, cold, progress, log)
+            _run_row(config, data, k, scan_dir, shard, cold, progress, log, finished)
     plot_scan(plot_path(scan_dir, shard), data)
     return data
 
@@ -343,6 +378,7 @@ def _run_row(
     cold: bool,
     progress: api.Progress | None,
     log: Log,
+    finished: Finished,
     **selection: Any,
 ) -> None:
     """Run geometry ``k`` and write its row (done or failed) to the dataset file."""
@@ -350,7 +386,7 @@ def _run_row(
     data.set_row(k, status="running", message="", **selection)
     write_dataset(path, data)
     try:
-        row = _run_geometry(config, data, k, scan_dir, shard, cold, progress)
+        row = _run_geometry(config, data, k, scan_dir, shard, cold, progress, finished)
     except api.RunError as err:
         data.set_row(k, status="failed", message=str(err))
         write_dataset(path, data)
@@ -372,6 +408,7 @@ def _run_adaptive(
     cold: bool,
     progress: api.Progress | None,
     log: Log,
+    finished: Finished,
 ) -> None:
     """Choose and run rows one at a time (:mod:`nnqmc.pes.adaptive`) until the fit is
     certain enough or the budget is spent. The fit of the finished rows is saved as
@@ -413,6 +450,7 @@ def _run_adaptive(
             cold,
             progress,
             log,
+            finished,
             selection=order,
             selection_std=choice.std,
         )
