@@ -223,7 +223,7 @@ def run(
     check_devices(config.train.walkers)
     on_main(lambda: check_run_directory(path, resume, force))
     prepared = prepare(config)
-    continued = resume and has_checkpoint(path)
+    continued = resume and not force and bool(_on_main_flag(lambda: has_checkpoint(path)))
     try:
         on_main(lambda: open_run_directory(path, config, resume, force))
         if continued:
@@ -246,17 +246,24 @@ def run(
 def stored_reference(run: Run, run_dir: str | Path) -> Run:
     """``run`` on the mean-field reference stored in ``run_dir`` (what its parameters were
     trained on), with a warning where a fresh SCF found another solution; ``run`` itself,
-    with a warning, for a directory written before references were stored."""
+    with a warning, for a directory written before references were stored, and for a run
+    without a molecule (nothing to store)."""
+    if run.scf is None:
+        return run
     path = Path(run_dir) / io.REFERENCE
     fresh = reference_arrays(run.scf)
     stored, error = None, ""
     if is_main_process() and path.is_file():
         try:
-            stored = io.load_reference(path)
+            loaded = io.load_reference(path)
+            stored = {n: np.asarray(loaded[n], fresh[n].dtype) for n in fresh}
             with_reference(run.scf, stored)
-        except (io.CheckpointError, KeyError, ValueError) as err:
-            error = f"{path}: {err}"
-    flags = broadcast_from_main(np.array([stored is not None, bool(error)]))
+        except io.CheckpointError as err:
+            error = str(err)
+        except (KeyError, ValueError) as err:
+            error = f"{path}: not a reference of this system ({err})"
+    n_det = len(stored["ci"]) if stored is not None else 0
+    flags = broadcast_from_main(np.array([stored is not None, bool(error), n_det]))
     if flags[1]:
         raise RunError(error or f"process 0 could not read {path}")
     if not flags[0]:
@@ -265,14 +272,27 @@ def stored_reference(run: Run, run_dir: str | Path) -> Run:
             "and may not be the one its parameters were trained on"
         )
         return run
-    stored = broadcast_from_main(stored if is_main_process() else fresh)
-    change = max(float(np.max(np.nan_to_num(np.abs(stored[n] - fresh[n])))) for n in fresh)
-    if change > 1e-6:
+    if stored is None:  # another process: a template with the stored number of determinants
+        stored = {**fresh, "ci": np.zeros(int(flags[2]), fresh["ci"].dtype)}
+        for n in ("occ_up", "occ_down"):
+            stored[n] = np.zeros((int(flags[2]), *fresh[n].shape[1:]), fresh[n].dtype)
+    stored = broadcast_from_main(stored)
+    same = all(
+        np.shape(stored[n]) == np.shape(fresh[n])
+        and np.allclose(stored[n], fresh[n], rtol=0.0, atol=1e-6, equal_nan=True)
+        for n in fresh
+    )
+    if not same:
         warn(
-            f"a fresh SCF differs from the reference stored in {path} by up to {change:.2g}; "
-            "the stored one, which the parameters were trained on, is used"
+            f"a fresh SCF differs from the reference stored in {path}; the stored one, "
+            "which the parameters were trained on, is used"
         )
     return prepare(run.config, with_reference(run.scf, stored))
+
+
+def _on_main_flag(test: Callable[[], bool]) -> bool:
+    """``test()`` of process 0 (which alone sees the files), on every process."""
+    return bool(broadcast_from_main(np.array(bool(on_main(test)))))
 
 
 def _save_reference(path: Path, run: Run) -> None:

@@ -551,3 +551,13 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
     assert _assert_finite_checkpoint(out / io.CHECKPOINT) == EVERY
     assert _assert_finite_checkpoint(out / io.PREVIOUS_CHECKPOINT) == 0
     assert not list(out.glob(".*tmp")) and not (out / io.LOCK).exists()
+
+
+def test_resume_with_force_starts_over_and_stores_its_reference(reference, tmp_path, capsys):
+    run = _copy(reference, tmp_path)
+    api.run(load_config(H2, TINY), run, resume=True, force=True)
+    assert f"holds no {io.REFERENCE}" not in capsys.readouterr().err
+    stored = io.load_reference(run / io.REFERENCE)
+    np.testing.assert_array_equal(
+        stored["mo_up"], io.load_reference(reference / io.REFERENCE)["mo_up"]
+    )
