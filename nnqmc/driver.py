@@ -104,12 +104,18 @@ class Driver:
         self.phase, self.tag, self.guard, self.columns = phase, tag or {}, guard, columns
         self.files = None if run_dir is None else tuple(Path(run_dir) / n for n in FILES[phase])
         self.start, self.earlier, self.last, self.n_rows = 0, 0.0, None, 0
+        self.ended: float | None = None
+        self.seconds_saved: float | None = None
         self.history: dict[str, list] = {}
         self.log: io.AppendLog | None = None
         self.log_error = ""
 
     def elapsed(self) -> float:
-        """Seconds of this phase so far, those before a resume included."""
+        """Seconds of this phase so far, those before a resume included; once the loop has
+        ended, those its last checkpoint recorded (so a finished phase read back reports
+        no less than it did)."""
+        if self.ended is not None:
+            return self.ended
         return self.earlier + time.perf_counter() - self.t0
 
     def rows(self) -> dict[str, np.ndarray]:
@@ -251,6 +257,7 @@ class Driver:
             if self.files is not None:
                 scale, in_row = (self.guard.scale, self.guard.in_row) if self.guard else (1.0, 0)
                 content = {**saved(state), "scale": scale, "bad_in_row": in_row}
+                self.seconds_saved = self.elapsed()
                 on_main(lambda: self._write(k, content, label, log_attrs))
                 self.last = k
 
@@ -286,6 +293,8 @@ class Driver:
                     progress(self.phase, k, total, {n: float(np.mean(v)) for n, v in row.items()})
                 if after:
                     after(k, state)
+            done_saving = self.seconds_saved is not None and self.last == total
+            self.ended = self.seconds_saved if done_saving else self.elapsed()
         finally:
             if self.log is not None:
                 self.log.close()
@@ -329,7 +338,7 @@ class Driver:
                 path,
                 step=k,
                 rows=self.n_rows,
-                seconds=self.elapsed(),
+                seconds=self.seconds_saved,
                 tag=self.tag,
                 previous=previous,
                 **content,
