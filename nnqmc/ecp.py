@@ -31,6 +31,7 @@ import numpy as np
 
 __all__ = [
     "CUTOFF_TOLERANCE",
+    "NONLOCAL_BLOCKS",
     "QUADRATURES",
     "AtomECP",
     "batch_nonlocal_elements",
@@ -50,6 +51,10 @@ __all__ = [
 CUTOFF_TOLERANCE = 1e-8
 """Ha: beyond the radius where every nonlocal channel |v_l(r)| stays below this, an
 electron–ECP pair contributes nothing to the nonlocal term."""
+
+NONLOCAL_BLOCKS = 8
+"""Blocks that :func:`batch_nonlocal_elements` cuts a batch's electron–ECP pairs into by
+default: the cost is that of the pairs inside the cutoff rounded up to an eighth."""
 
 SignedLogPsi = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 """``r -> (sign ψ, log|ψ|)`` of one walker, at frozen parameters."""
@@ -330,20 +335,24 @@ def batch_nonlocal_elements(
     keys: jax.Array,
     points: np.ndarray,
     weights: np.ndarray,
-    blocks: int,
+    *,
+    blocks: int = NONLOCAL_BLOCKS,
+    block_evaluations: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """:func:`nonlocal_elements` of a batch of walkers ``r`` (W, n, 3), walker ``w`` rotated
     by ``random_rotation(keys[w])``, evaluating ψ only for the electron–atom pairs inside
     the cutoff.
 
     The W n A pairs whose kernel is nonzero somewhere on the sphere are listed first
-    (``jnp.nonzero`` with a static size) and cut into ``blocks`` blocks of equal static
-    size; a block is evaluated (ψ at its pairs' q points, vmapped) only when it holds a
-    pair of the list (``lax.cond`` in a ``lax.scan``), so the cost follows the number of
-    pairs inside, rounded up to a block, and is the dense cost when all are inside. The
-    ratios are scattered back: ``elements`` (W, n, A, q) and ``moved`` (W, n, A, q, 3) are
-    those of :func:`nonlocal_elements` walker by walker, zero beyond the cutoff. The
-    compaction is over the batch: under ``vmap`` over walkers it would run every block.
+    (``jnp.nonzero`` with a static size) and cut into blocks of a static size:
+    ``ceil(W n A / blocks)`` pairs, or ``block_evaluations // q`` pairs (about that many ψ
+    evaluations) where that is given. A block is evaluated (ψ at its pairs' q points,
+    vmapped) only when it holds a pair of the list (``lax.cond`` in a ``lax.scan``), so the
+    cost follows the number of pairs inside, rounded up to a block, and is the dense cost
+    when all are inside. The ratios are scattered back: ``elements`` (W, n, A, q) and
+    ``moved`` (W, n, A, q, 3) are those of :func:`nonlocal_elements` walker by walker, zero
+    beyond the cutoff. The compaction is over the batch: under ``vmap`` over walkers every
+    block would be evaluated (the cond becomes a select).
     """
     dtype = r.dtype
     n_walkers, n_elec = r.shape[:2]
@@ -353,7 +362,10 @@ def batch_nonlocal_elements(
     )
     n_atoms, n_q = kernel.shape[2:]
     n_pairs = n_walkers * n_elec * n_atoms
-    size = -(-n_pairs // max(1, min(blocks, n_pairs)))
+    if block_evaluations is None:
+        size = -(-n_pairs // max(1, min(blocks, n_pairs)))
+    else:
+        size = min(max(1, block_evaluations // n_q), n_pairs)
     n_blocks = -(-n_pairs // size)
     needed = jnp.any(kernel != 0, axis=-1).reshape(-1)
     count = jnp.sum(needed)

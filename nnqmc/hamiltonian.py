@@ -331,8 +331,9 @@ def nonlocal_of(hamiltonian: Any) -> NonlocalTerm | None:
 
 
 BatchNonlocalTerm = Callable[..., tuple[jax.Array, jax.Array]]
-"""``(signed_log_psi, r, keys, blocks) -> (elements, moved)`` of a batch of walkers ``r``
-(W, n, 3) with one key per walker (W, 2): :func:`nnqmc.ecp.batch_nonlocal_elements`."""
+"""``(signed_log_psi, r, keys, **blocks) -> (elements, moved)`` of a batch of walkers ``r``
+(W, n, 3) with one key per walker (W, 2), ``blocks`` the keywords ``blocks`` or
+``block_evaluations`` of :func:`nnqmc.ecp.batch_nonlocal_elements`."""
 
 
 def batch_nonlocal_of(hamiltonian: Any) -> BatchNonlocalTerm | None:
@@ -348,10 +349,10 @@ def batch_nonlocal_of(hamiltonian: Any) -> BatchNonlocalTerm | None:
         return None
     nodes, weights = quadrature(hamiltonian.ecp_points)
 
-    def term(signed_log_psi, r, keys, blocks):
+    def term(signed_log_psi, r, keys, **blocks):
         coords = positions(hamiltonian.coords)
         return batch_nonlocal_elements(
-            signed_log_psi, hamiltonian.ecp, coords, r, keys, nodes, weights, blocks
+            signed_log_psi, hamiltonian.ecp, coords, r, keys, nodes, weights, **blocks
         )
 
     return term

@@ -494,8 +494,9 @@ def _walkers_around(centre, radii, key) -> jax.Array:
 
 
 def _compacted_against_dense(signed, molecule, r, keys, n_points):
-    """batch_nonlocal_elements with every number of blocks against nonlocal_elements walker
-    by walker; returns the fraction of pairs inside the cutoff."""
+    """batch_nonlocal_elements in one block (every pair evaluated, as the dense term), in
+    blocks of 3 pairs and of one pair, against nonlocal_elements walker by walker; returns
+    the fraction of pairs inside the cutoff."""
     from nnqmc.ecp import batch_nonlocal_elements
 
     arrays = ecp_arrays(atom_potentials(molecule))
@@ -505,24 +506,25 @@ def _compacted_against_dense(signed, molecule, r, keys, n_points):
     dense, dense_moved = jax.jit(jax.vmap(one))(r, keys)
     assert np.all(np.isfinite(dense))
     n_pairs = dense.shape[0] * dense.shape[1] * dense.shape[2]
-    for blocks in sorted({1, 3, n_pairs}):
+    n_q = len(weights)
+    for options in ({"blocks": 1}, {"block_evaluations": 3 * n_q}, {"blocks": n_pairs}):
         batch = jax.jit(
-            lambda r, k, b=blocks: batch_nonlocal_elements(
-                signed, arrays, coords, r, k, points, weights, b
+            lambda r, k, o=options: batch_nonlocal_elements(
+                signed, arrays, coords, r, k, points, weights, **o
             )
         )
         elements, moved = batch(r, keys)
         np.testing.assert_array_equal(moved, dense_moved)
-        np.testing.assert_allclose(elements, dense, rtol=1e-12, atol=1e-14, err_msg=str(blocks))
+        np.testing.assert_allclose(elements, dense, rtol=1e-12, atol=1e-14, err_msg=str(options))
         np.testing.assert_array_equal(elements == 0, dense == 0)
     return float(np.mean(np.any(np.asarray(dense) != 0, axis=-1)))
 
 
 def test_compacted_nonlocal_term_is_the_dense_one_in_water():
     """H2O with ccECP on O: walkers with every electron inside O's cutoff, none, or some;
-    psi is evaluated only for pairs inside, in as many blocks as asked (one block: every
-    pair evaluated; as many blocks as pairs: only those inside), and the elements are those
-    of nonlocal_elements walker by walker at the same rotations."""
+    psi is evaluated only for pairs inside, in blocks of the size asked (one block: every
+    pair evaluated; blocks of one pair: only those inside), and the elements are those of
+    nonlocal_elements walker by walker at the same rotations."""
     atoms = "O 0 0 0\nH 0 1.4311 1.1077\nH 0 -1.4311 1.1077"
     signed, molecule, _ = _hf_psi(atoms, {"O": "ccecp"}, 0, {"O": "ccecp-cc-pvdz", "H": "cc-pvdz"})
     rc = cutoff_radius(atom_potentials(molecule)[0])
@@ -556,12 +558,13 @@ def test_compacted_nonlocal_term_is_the_dense_one_for_chlorine():
         assert fraction == pytest.approx(np.mean(radii < rc))
 
 
-def test_batch_local_energies_take_the_compacted_term_and_keep_their_gradient():
+def test_batch_local_energies_take_the_compacted_term_and_keep_their_gradient(monkeypatch):
     """The batch functions of nnqmc.steps use the compacted term for an ECP Hamiltonian
     (plain, and wrapped with an external field) and give the walker-by-walker local
     energies, T-move elements and targets, and parameter gradient of the local energies
     (the training step does not differentiate E_L, SPRING uses d log psi / d theta only;
-    this checks that the compacted term stays differentiable and right)."""
+    this checks that the compacted term stays differentiable and right). Blocks of two
+    pairs, so that some are skipped."""
     from nnqmc import steps
     from nnqmc.ansatz import Ansatz
     from nnqmc.external import UniformField
@@ -585,6 +588,7 @@ def test_batch_local_energies_take_the_compacted_term_and_keep_their_gradient():
     ansatz = Ansatz(init=lambda key: {"a": 0.1}, apply=apply, n_up=4, n_down=4)
     params = {"a": jnp.asarray(0.1)}
     ham = MolecularHamiltonian(molecule.charges, molecule.coords, 4, 4, ecp=arrays, ecp_points=6)
+    monkeypatch.setattr(steps, "nonlocal_blocks", lambda: {"block_evaluations": 12})
     rc = cutoff_radius(atom_potentials(molecule)[0])
     radii = [[0.5 * rc] * 8, [1.5 * rc] * 8, [0.5 * rc, 1.5 * rc] * 4]
     r = _walkers_around(molecule.coords[0], radii, jax.random.PRNGKey(31))
