@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from .config import LAPLACIANS
 from .diffusion import initial_control, make_dmc_step, make_walkers
-from .hamiltonian import nonlocal_energy, nonlocal_of
+from .hamiltonian import batch_nonlocal_of, nonlocal_energy, nonlocal_of
 from .optimize import cast_floats, jacobian_blocks, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
 from .programs import eval_program, training_hamiltonian
@@ -29,6 +29,7 @@ from .steps import (
     batch_local_energy,
     make_sample_step,
     make_train_step,
+    nonlocal_blocks,
 )
 from .threads import single_threaded_blas
 
@@ -114,21 +115,29 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
 
 def nonlocal_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     """With an ECP: seconds of the nonlocal term alone over the batch (its quadrature's psi
-    ratios for every electron–ECP-atom pair) with the system's points and with the training's
+    ratios for the electron–ECP-atom pairs, compacted to those inside the cutoff as the
+    steps evaluate it) with the system's points and with the training's
     (``train.ecp_points``); nothing without one."""
     h = run.hamiltonian
     if nonlocal_of(h) is None:
         return {}
     out = {}
     points = {"": getattr(h, "ecp_points", 12), "_training": run.config.train.ecp_points}
+    signed = lambda x: run.ansatz.apply(params, x)
+    keys = jax.random.split(jax.random.PRNGKey(0), walkers.shape[0])
     for label, n in points.items():
         h_n = training_hamiltonian(h, n)
-
-        def one(r, key, h_n=h_n):
-            return nonlocal_energy(h_n, lambda x: run.ansatz.apply(params, x), r, key)
-
-        keys = jax.random.split(jax.random.PRNGKey(0), walkers.shape[0])
-        out[f"seconds_per_nonlocal_energy{label}"] = _seconds(jax.jit(jax.vmap(one)), walkers, keys)
+        term = batch_nonlocal_of(h_n)
+        if term is None:
+            one = lambda r, key, h_n=h_n: nonlocal_energy(h_n, signed, r, key)
+            energies = jax.jit(jax.vmap(one))
+        else:
+            energies = jax.jit(
+                lambda r, k, term=term: jnp.sum(
+                    term(signed, r, k, **nonlocal_blocks())[0], (1, 2, 3)
+                )
+            )
+        out[f"seconds_per_nonlocal_energy{label}"] = _seconds(energies, walkers, keys)
     return out
 
 

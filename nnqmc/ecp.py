@@ -31,8 +31,10 @@ import numpy as np
 
 __all__ = [
     "CUTOFF_TOLERANCE",
+    "NONLOCAL_BLOCKS",
     "QUADRATURES",
     "AtomECP",
+    "batch_nonlocal_elements",
     "configuration_key",
     "cutoff_radius",
     "ecp_arrays",
@@ -49,6 +51,10 @@ __all__ = [
 CUTOFF_TOLERANCE = 1e-8
 """Ha: beyond the radius where every nonlocal channel |v_l(r)| stays below this, an
 electron–ECP pair contributes nothing to the nonlocal term."""
+
+NONLOCAL_BLOCKS = 8
+"""Blocks that :func:`batch_nonlocal_elements` cuts a batch's electron–ECP pairs into by
+default: the cost is that of the pairs inside the cutoff rounded up to an eighth."""
 
 SignedLogPsi = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 """``r -> (sign ψ, log|ψ|)`` of one walker, at frozen parameters."""
@@ -319,6 +325,78 @@ def nonlocal_elements(
     index = jnp.broadcast_to(jnp.arange(r.shape[0])[:, None, None], kernel.shape).reshape(-1)
     ratios = jax.vmap(ratio)(index, moved.reshape(-1, 3)).reshape(kernel.shape)
     return jnp.where(kernel != 0, kernel * ratios, 0.0), moved
+
+
+def batch_nonlocal_elements(
+    signed_log_psi: SignedLogPsi,
+    ecp: dict[str, Any],
+    coords: jax.Array,
+    r: jax.Array,
+    keys: jax.Array,
+    points: np.ndarray,
+    weights: np.ndarray,
+    *,
+    blocks: int = NONLOCAL_BLOCKS,
+    block_evaluations: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`nonlocal_elements` of a batch of walkers ``r`` (W, n, 3), walker ``w`` rotated
+    by ``random_rotation(keys[w])``, evaluating ψ only for the electron–atom pairs inside
+    the cutoff.
+
+    The W n A pairs whose kernel is nonzero somewhere on the sphere are listed first
+    (``jnp.nonzero`` with a static size) and cut into blocks of a static size:
+    ``ceil(W n A / blocks)`` pairs, or ``block_evaluations // q`` pairs (about that many ψ
+    evaluations) where that is given. A block is evaluated (ψ at its pairs' q points,
+    vmapped) only when it holds a pair of the list (``lax.cond`` in a ``lax.scan``), so the
+    cost follows the number of pairs inside, rounded up to a block, and is the dense cost
+    when all are inside. The ratios are scattered back: ``elements`` (W, n, A, q) and
+    ``moved`` (W, n, A, q, 3) are those of :func:`nonlocal_elements` walker by walker, zero
+    beyond the cutoff. The compaction is over the batch: under ``vmap`` over walkers every
+    block would be evaluated (the cond becomes a select).
+    """
+    dtype = r.dtype
+    n_walkers, n_elec = r.shape[:2]
+    rotations = jax.vmap(lambda k: random_rotation(k, dtype))(keys)
+    kernel, moved = jax.vmap(lambda x, rot: _kernel(ecp, coords, x, rot, points, weights))(
+        r, rotations
+    )
+    n_atoms, n_q = kernel.shape[2:]
+    n_pairs = n_walkers * n_elec * n_atoms
+    if block_evaluations is None:
+        size = -(-n_pairs // max(1, min(blocks, n_pairs)))
+    else:
+        size = min(max(1, block_evaluations // n_q), n_pairs)
+    n_blocks = -(-n_pairs // size)
+    needed = jnp.any(kernel != 0, axis=-1).reshape(-1)
+    count = jnp.sum(needed)
+    slots = jnp.nonzero(needed, size=n_blocks * size, fill_value=n_pairs)[0]
+    slots = slots.reshape(n_blocks, size)
+    sign0, log0 = jax.vmap(signed_log_psi)(r)
+    targets = moved.reshape(n_pairs, n_q, 3)
+
+    def ratios(pairs: jax.Array) -> jax.Array:
+        pairs = jnp.minimum(pairs, n_pairs - 1)  # the fill: evaluated, then dropped
+        w, i = pairs // (n_elec * n_atoms), (pairs // n_atoms) % n_elec
+
+        def pair(w, i, positions):
+            def at(position):
+                sign, log = signed_log_psi(r[w].at[i].set(position))
+                return sign * sign0[w] * jnp.exp(log - log0[w])
+
+            return jax.vmap(at)(positions)
+
+        return jax.vmap(pair)(w, i, targets[pairs])
+
+    def block(_, xs):
+        k, pairs = xs
+        skip = lambda pairs: jnp.zeros((size, n_q), dtype)
+        return None, jax.lax.cond(k * size < count, ratios, skip, pairs)
+
+    _, values = jax.lax.scan(block, None, (jnp.arange(n_blocks), slots))
+    dense = jnp.zeros((n_pairs, n_q), dtype)
+    dense = dense.at[slots.reshape(-1)].set(values.reshape(-1, n_q), mode="drop")
+    dense = dense.reshape(kernel.shape)
+    return jnp.where(kernel != 0, kernel * dense, 0.0), moved
 
 
 def electron_elements(

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .ecp import (
+    batch_nonlocal_elements,
     electron_elements,
     local_potential,
     nonlocal_elements,
@@ -39,6 +40,7 @@ from .laplacian import KINETIC_ENGINES, KINETIC_JETS
 __all__ = [
     "ExtendedHamiltonian",
     "ExternalPotential",
+    "batch_nonlocal_of",
     "GeometryHamiltonian",
     "Hamiltonian",
     "MolecularHamiltonian",
@@ -326,6 +328,34 @@ def nonlocal_of(hamiltonian: Any) -> NonlocalTerm | None:
     if method is None or getattr(hamiltonian, "ecp", None) is None:
         return None
     return method
+
+
+BatchNonlocalTerm = Callable[..., tuple[jax.Array, jax.Array]]
+"""``(signed_log_psi, r, keys, **blocks) -> (elements, moved)`` of a batch of walkers ``r``
+(W, n, 3) with one key per walker (W, 2), ``blocks`` the keywords ``blocks`` or
+``block_evaluations`` of :func:`nnqmc.ecp.batch_nonlocal_elements`."""
+
+
+def batch_nonlocal_of(hamiltonian: Any) -> BatchNonlocalTerm | None:
+    """The ECP nonlocal term over a batch of walkers, evaluating ψ only inside the cutoff,
+    for a :class:`MolecularHamiltonian` or :class:`GeometryHamiltonian` with ECPs (or an
+    :class:`ExtendedHamiltonian` around one); None for any other Hamiltonian, whose
+    ``nonlocal_elements`` is evaluated walker by walker. Walker ``w`` gets the rotation
+    ``nonlocal_elements(..., keys[w])`` would draw."""
+    if isinstance(hamiltonian, ExtendedHamiltonian):
+        return batch_nonlocal_of(hamiltonian.base)
+    ecp_types = (MolecularHamiltonian, GeometryHamiltonian)  # not subclasses: they may
+    if type(hamiltonian) not in ecp_types or hamiltonian.ecp is None:  # override the term
+        return None
+    nodes, weights = quadrature(hamiltonian.ecp_points)
+
+    def term(signed_log_psi, r, keys, **blocks):
+        coords = positions(hamiltonian.coords)
+        return batch_nonlocal_elements(
+            signed_log_psi, hamiltonian.ecp, coords, r, keys, nodes, weights, **blocks
+        )
+
+    return term
 
 
 def electron_nonlocal_of(hamiltonian: Any) -> Callable[..., tuple[jax.Array, jax.Array]]:

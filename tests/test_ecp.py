@@ -482,3 +482,155 @@ def test_one_electrons_elements_are_its_row_of_the_nonlocal_term():
         np.testing.assert_allclose(row2, row, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(targets2, targets, rtol=1e-12, atol=1e-14)
     assert np.any(np.asarray(elements) != 0)
+
+
+def _walkers_around(centre, radii, key) -> jax.Array:
+    """Walkers (len(radii), n, 3) whose electrons sit at the given distances from ``centre``
+    in random directions: radii (W, n)."""
+    radii = jnp.asarray(radii, jnp.float64)
+    u = jax.random.normal(key, (*radii.shape, 3))
+    u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
+    return jnp.asarray(centre) + radii[..., None] * u
+
+
+def _compacted_against_dense(signed, molecule, r, keys, n_points):
+    """batch_nonlocal_elements in one block (every pair evaluated, as the dense term), in
+    blocks of 3 pairs and of one pair, against nonlocal_elements walker by walker; returns
+    the fraction of pairs inside the cutoff."""
+    from nnqmc.ecp import batch_nonlocal_elements
+
+    arrays = ecp_arrays(atom_potentials(molecule))
+    points, weights = quadrature(n_points)
+    coords = molecule.coords
+    one = lambda x, k: nonlocal_elements(signed, arrays, coords, x, k, points, weights)
+    dense, dense_moved = jax.jit(jax.vmap(one))(r, keys)
+    assert np.all(np.isfinite(dense))
+    n_pairs = dense.shape[0] * dense.shape[1] * dense.shape[2]
+    n_q = len(weights)
+    for options in ({"blocks": 1}, {"block_evaluations": 3 * n_q}, {"blocks": n_pairs}):
+        batch = jax.jit(
+            lambda r, k, o=options: batch_nonlocal_elements(
+                signed, arrays, coords, r, k, points, weights, **o
+            )
+        )
+        elements, moved = batch(r, keys)
+        np.testing.assert_array_equal(moved, dense_moved)
+        np.testing.assert_allclose(elements, dense, rtol=1e-12, atol=1e-14, err_msg=str(options))
+        np.testing.assert_array_equal(elements == 0, dense == 0)
+    return float(np.mean(np.any(np.asarray(dense) != 0, axis=-1)))
+
+
+def test_compacted_nonlocal_term_is_the_dense_one_in_water():
+    """H2O with ccECP on O: walkers with every electron inside O's cutoff, none, or some;
+    psi is evaluated only for pairs inside, in blocks of the size asked (one block: every
+    pair evaluated; blocks of one pair: only those inside), and the elements are those of
+    nonlocal_elements walker by walker at the same rotations."""
+    atoms = "O 0 0 0\nH 0 1.4311 1.1077\nH 0 -1.4311 1.1077"
+    signed, molecule, _ = _hf_psi(atoms, {"O": "ccecp"}, 0, {"O": "ccecp-cc-pvdz", "H": "cc-pvdz"})
+    rc = cutoff_radius(atom_potentials(molecule)[0])
+    inside, outside = 0.6 * rc, 1.5 * rc
+    radii = [
+        [inside] * 8,
+        [outside] * 8,
+        [inside, outside] * 4,
+        [inside] * 7 + [outside],
+        [outside] * 7 + [inside],
+    ]
+    r = _walkers_around(molecule.coords[0], radii, jax.random.PRNGKey(11))
+    keys = jax.random.split(jax.random.PRNGKey(12), r.shape[0])
+    fraction = _compacted_against_dense(signed, molecule, r, keys, 12)
+    assert fraction == pytest.approx(np.mean(np.asarray(radii) == inside))
+    # every pair inside: all blocks evaluated, as the dense term
+    everyone = _walkers_around(molecule.coords[0], [[inside] * 8] * 3, jax.random.PRNGKey(13))
+    assert _compacted_against_dense(signed, molecule, everyone, keys[:3], 6) == 1.0
+
+
+def test_compacted_nonlocal_term_is_the_dense_one_for_chlorine():
+    """Cl with ccECP (s and p channels), 7 valence electrons, the 12- and 26-point rules;
+    one block: every pair evaluated, as in the dense term."""
+    signed, molecule, _ = _hf_psi("Cl 0 0 0", "ccecp", 1, "ccecp-cc-pvdz")
+    rc = cutoff_radius(atom_potentials(molecule)[0])
+    radii = np.array([[0.5] * 7, [1.4] * 7, [0.5, 1.4] * 3 + [0.9], [0.3] * 6 + [1.3]]) * rc
+    r = _walkers_around(molecule.coords[0], radii, jax.random.PRNGKey(21))
+    keys = jax.random.split(jax.random.PRNGKey(22), r.shape[0])
+    for n_points in (12, 26):
+        fraction = _compacted_against_dense(signed, molecule, r, keys, n_points)
+        assert fraction == pytest.approx(np.mean(radii < rc))
+
+
+def test_batch_local_energies_take_the_compacted_term_and_keep_their_gradient(monkeypatch):
+    """The batch functions of nnqmc.steps use the compacted term for an ECP Hamiltonian
+    (plain, and wrapped with an external field) and give the walker-by-walker local
+    energies, T-move elements and targets, and parameter gradient of the local energies
+    (the training step does not differentiate E_L, SPRING uses d log psi / d theta only;
+    this checks that the compacted term stays differentiable and right). Blocks of two
+    pairs, so that some are skipped."""
+    from nnqmc import steps
+    from nnqmc.ansatz import Ansatz
+    from nnqmc.external import UniformField
+    from nnqmc.hamiltonian import (
+        ExtendedHamiltonian,
+        GeometryHamiltonian,
+        MolecularHamiltonian,
+        batch_nonlocal_of,
+    )
+
+    atoms = "O 0 0 0\nH 0 1.4311 1.1077\nH 0 -1.4311 1.1077"
+    signed, molecule, _ = _hf_psi(atoms, {"O": "ccecp"}, 0, {"O": "ccecp-cc-pvdz", "H": "cc-pvdz"})
+    arrays = ecp_arrays(atom_potentials(molecule))
+    coords = jnp.asarray(molecule.coords)
+
+    def apply(params, r):  # the determinant times a one-parameter Jastrow factor
+        sign, log = signed(r)
+        d = jnp.linalg.norm(r[:, None] - coords[None], axis=-1)
+        return sign, log - params["a"] * jnp.sum(d * d / (1.0 + d))
+
+    ansatz = Ansatz(init=lambda key: {"a": 0.1}, apply=apply, n_up=4, n_down=4)
+    params = {"a": jnp.asarray(0.1)}
+    ham = MolecularHamiltonian(molecule.charges, molecule.coords, 4, 4, ecp=arrays, ecp_points=6)
+    monkeypatch.setattr(steps, "nonlocal_blocks", lambda: {"block_evaluations": 12})
+    rc = cutoff_radius(atom_potentials(molecule)[0])
+    radii = [[0.5 * rc] * 8, [1.5 * rc] * 8, [0.5 * rc, 1.5 * rc] * 4]
+    r = _walkers_around(molecule.coords[0], radii, jax.random.PRNGKey(31))
+    key = jax.random.PRNGKey(32)
+    near = molecule.coords[[0, 0, 1, 2, 0, 0, 1, 2]] + 0.4 * jax.random.normal(key, (8, 3))
+    r = jnp.concatenate([r, near[None]])
+
+    class Dense:  # the same term behind a custom Hamiltonian: evaluated walker by walker
+        n_up, n_down, ecp = 4, 4, arrays
+        charges, coords = ham.charges, ham.coords
+
+        def potential(self, x):
+            return ham.potential(x)
+
+        def nonlocal_elements(self, signed_log_psi, x, k):
+            return ham.nonlocal_elements(signed_log_psi, x, k)
+
+    field = (UniformField((0.0, 0.0, 0.01)),)
+    cases = [
+        (ham, Dense(), None),
+        (ExtendedHamiltonian(ham, field), ExtendedHamiltonian(Dense(), field), 2),
+    ]
+    energies = []
+    for h, dense_h, chunk in cases:
+        assert batch_nonlocal_of(h) is not None and batch_nonlocal_of(dense_h) is None
+        got = jax.jit(steps.batch_local_jet_elements(ansatz, h, "exact", chunk))(params, r, key)
+        want = jax.jit(steps.batch_local_jet_elements(ansatz, dense_h, "exact", chunk))(
+            params, r, key
+        )
+        for name, a, b in zip(("log", "grad", "e", "elements", "targets"), got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=name)
+        energies.append(got[2])
+    geometry = GeometryHamiltonian(
+        ham.charges, coords, 4, 4, jnp.asarray(ham.constant_energy), ecp=arrays, ecp_points=6
+    )
+    assert batch_nonlocal_of(geometry) is not None
+    e = jax.jit(steps.batch_local_energy(ansatz, geometry, "exact"))(params, r, key)
+    np.testing.assert_allclose(e, energies[0], rtol=1e-12)
+
+    def mean_energy(h):
+        energies = steps.batch_local_energy(ansatz, h, "exact")
+        return jax.jit(jax.grad(lambda p: jnp.mean(energies(p, r, key))))(params)["a"]
+
+    assert abs(float(mean_energy(ham))) > 1e-3
+    np.testing.assert_allclose(mean_energy(ham), mean_energy(Dense()), rtol=1e-10)
