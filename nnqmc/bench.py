@@ -134,7 +134,7 @@ def nonlocal_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float
         else:
             energies = jax.jit(
                 lambda r, k, term=term: jnp.sum(
-                    term(signed, r, k, **nonlocal_blocks())[0], (1, 2, 3)
+                    term(signed, r, k, **nonlocal_blocks(r.shape[0], r.shape[0]))[0], (1, 2, 3)
                 )
             )
         out[f"seconds_per_nonlocal_energy{label}"] = _seconds(energies, walkers, keys)

@@ -381,7 +381,7 @@ def batch_nonlocal_elements(
         def pair(w, i, positions):
             def at(position):
                 sign, log = signed_log_psi(r[w].at[i].set(position))
-                return sign * sign0[w] * jnp.exp(log - log0[w])
+                return (sign * sign0[w] * jnp.exp(log - log0[w])).astype(dtype)
 
             return jax.vmap(at)(positions)
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from .ansatz import Ansatz
+from .ecp import NONLOCAL_BLOCKS
 from .hamiltonian import (
     Hamiltonian,
     batch_nonlocal_of,
@@ -158,13 +159,14 @@ evaluated in blocks of about this many psi evaluations (16 electron–ECP pairs 
 alike, 1536 (one chunk's worth) about 15 % slower."""
 
 
-def nonlocal_blocks() -> dict[str, int]:
+def nonlocal_blocks(n_walkers: int, chunk: int) -> dict[str, int]:
     """How the compacted nonlocal term cuts its pairs into blocks on this backend (see
     :data:`NONLOCAL_BLOCK_EVALUATIONS`): the keywords of
-    :func:`nnqmc.ecp.batch_nonlocal_elements`."""
+    :func:`nnqmc.ecp.batch_nonlocal_elements`. Elsewhere a block holds at most the pairs of
+    ``chunk`` walkers, so the memory the local energies are chunked for still bounds it."""
     if jax.default_backend() == "cpu":
         return {"block_evaluations": NONLOCAL_BLOCK_EVALUATIONS}
-    return {}
+    return {"blocks": max(NONLOCAL_BLOCKS, -(-n_walkers // max(1, chunk)))}
 
 
 def _batch_jets(
@@ -186,7 +188,10 @@ def _batch_jets(
         keys = _keys(key, n_walkers)
         f, g, e = base_batch(params, r, keys)
         signed = lambda x: ansatz.apply(params, x)
-        values, moved = term(signed, r, keys, **nonlocal_blocks())
+        size = chunk or local_energy_chunk(
+            n_walkers, n_elec, r.dtype.itemsize, jax.default_backend()
+        )
+        values, moved = term(signed, r, keys, **nonlocal_blocks(n_walkers, size))
         values = values.reshape(n_walkers, n_elec, -1)
         e = e + jnp.sum(values, axis=(1, 2))
         if not elements:

@@ -588,7 +588,7 @@ def test_batch_local_energies_take_the_compacted_term_and_keep_their_gradient(mo
     ansatz = Ansatz(init=lambda key: {"a": 0.1}, apply=apply, n_up=4, n_down=4)
     params = {"a": jnp.asarray(0.1)}
     ham = MolecularHamiltonian(molecule.charges, molecule.coords, 4, 4, ecp=arrays, ecp_points=6)
-    monkeypatch.setattr(steps, "nonlocal_blocks", lambda: {"block_evaluations": 12})
+    monkeypatch.setattr(steps, "nonlocal_blocks", lambda *_: {"block_evaluations": 12})
     rc = cutoff_radius(atom_potentials(molecule)[0])
     radii = [[0.5 * rc] * 8, [1.5 * rc] * 8, [0.5 * rc, 1.5 * rc] * 4]
     r = _walkers_around(molecule.coords[0], radii, jax.random.PRNGKey(31))
