@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .config_changes import cross_check, with_molecule, with_settings
 from .config_checks import MAX_GEOMETRIES, MAX_NESTING, nesting, shown
 from .config_schema import (
     ANSATZ_KINDS,
@@ -52,10 +53,9 @@ from .config_schema import (
     read_fields,
     section_classes,
     suggest,
-    with_settings,
 )
 from .config_toml import TOMLDecodeError, loads, parse_value, to_toml, toml_location
-from .molecule import MIN_NUCLEAR_DISTANCE, Molecule, MoleculeError, closest_overlap
+from .molecule import Molecule, MoleculeError
 
 __all__ = [
     "ANSATZ_KINDS",
@@ -164,18 +164,6 @@ def apply_overrides(data: dict, overrides: Sequence[str], source: str = OVERRIDE
     return merged
 
 
-def with_molecule(config: Config, molecule: Molecule, source: str = OVERRIDE_SOURCE) -> Config:
-    """``config`` with these nuclei, recorded in ``[system]`` as atoms in bohr, and the
-    checks that involve the molecule done again (errors name ``source``)."""
-    data = copy.deepcopy(config.data)
-    data["system"].pop("xyz", None)
-    data["system"].update(atoms=molecule.atoms_text(), unit="bohr")
-    system = dataclasses.replace(config.system, molecule=molecule)
-    values = {"system": system, "ansatz": config.ansatz, "hamiltonian": config.hamiltonian}
-    _cross_check(values, lambda key, message: ConfigError(source, key, message))
-    return dataclasses.replace(config, system=system, data=data)
-
-
 # --------------------------------------------------------------------------- internals
 _TOO_DEEP = f"arrays or tables nested more than {MAX_NESTING} levels deep"
 
@@ -245,7 +233,7 @@ def _build(
     for name, cls in sections.items():
         if name != "system":
             values[name] = cls(**read_fields(cls, data.get(name, {}), f"{name}.", fail))
-    _cross_check(values, fail)
+    cross_check(values, fail)
     if "scan" in data:
         values["scan"] = _check_scan(values["scan"], data["scan"], values["system"], base_dir, fail)
     return Config(**values, source=path, data=copy.deepcopy(data))
@@ -362,34 +350,6 @@ def _system_ecp(spec, symbols, fail) -> dict:
         return resolve_ecp(spec, symbols)
     except ECPError as exc:
         raise fail("system.ecp", str(exc)) from None
-
-
-def _cross_check(values: dict[str, Any], fail) -> None:
-    """Constraints that involve more than one field."""
-    ansatz: AnsatzConfig = values["ansatz"]
-    if values["system"] is None:
-        return
-    molecule: Molecule = values["system"].molecule
-    if ansatz.cas is not None:
-        n_orb, n_elec = ansatz.cas
-        if n_elec > molecule.n_elec:
-            raise fail(
-                "ansatz.cas",
-                f"{n_elec} active electrons but the molecule has only {molecule.n_elec}",
-            )
-        if (n_elec - molecule.spin) % 2 or n_elec < molecule.spin:
-            raise fail("ansatz.cas", f"{n_elec} active electrons cannot carry spin {molecule.spin}")
-    charges = values["hamiltonian"].point_charges  # rows [q, x, y, z], bohr
-    close = closest_overlap([row[1:] for row in charges], molecule.coords)
-    if close is not None:
-        c, i, d = close
-        where = ", ".join(f"{x:g}" for x in charges[c][1:])
-        raise fail(
-            "hamiltonian.point_charges",
-            f"point charge {c + 1} at ({where}) lies {d:.3g} bohr from atom {i + 1} "
-            f"({molecule.symbols[i]}); point charges must be at least "
-            f"{MIN_NUCLEAR_DISTANCE:g} bohr from every nucleus",
-        )
 
 
 def _check_scan(scan: ScanConfig, table: dict, system, base_dir: Path, fail) -> ScanConfig:

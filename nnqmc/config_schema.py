@@ -1,6 +1,5 @@
 """The configuration schema: the section dataclasses with their defaults and constraints,
-:class:`ConfigError`, reading one TOML table against a dataclass (:func:`read_fields`) and
-changing keys of a loaded config alike (:func:`with_settings`).
+:class:`ConfigError`, and reading one TOML table against a dataclass (:func:`read_fields`).
 
 The allowed keys, their types and defaults live in one place: the dataclass fields below
 (``SystemInput`` for the raw ``[system]`` keys, which are turned into a ``Molecule``).
@@ -14,7 +13,6 @@ it a value can only be a mistake. Loading, overrides and cross-checks are in
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import math
@@ -441,28 +439,3 @@ def read_fields(
                 raise fail(key, message)
         out[f.name] = value
     return out
-
-
-def with_settings(
-    config: Config, section: str | None = None, *, source: str = OVERRIDE_SOURCE, **values: Any
-) -> Config:
-    """``config`` with these keys of ``[section]`` (None: the top-level keys) set, each
-    checked as in an input file (errors name ``source``); None removes a key. The typed
-    fields change by ``dataclasses.replace``, the document config.toml records alike.
-    ``[system]`` changes through :func:`nnqmc.config.with_molecule`."""
-    data = copy.deepcopy(config.data)
-    table = data if section is None else data.setdefault(section, {})
-    for name, value in values.items():
-        if value is None:
-            table.pop(name, None)
-        else:
-            table[name] = value
-    cls = Config if section is None else section_classes()[section]
-    prefix = "" if section is None else f"{section}."
-    fail = lambda key, message: ConfigError(source, key, message)
-    given = {n: v for n, v in values.items() if v is not None}
-    checked = {**dict.fromkeys(values), **read_fields(cls, given, prefix, fail, names=list(given))}
-    if section is None:
-        return dataclasses.replace(config, **checked, data=data)
-    part = dataclasses.replace(getattr(config, section), **checked)
-    return dataclasses.replace(config, **{section: part}, data=data)

@@ -20,6 +20,7 @@ from nnqmc.config import (
     config_from_dict,
     load_config,
     to_toml,
+    with_settings,
 )
 from nnqmc.molecule import ANGSTROM
 
@@ -487,3 +488,20 @@ def test_h4_and_h3_plus_geometries():
 def test_to_toml_escapes_strings(text):
     data = {"name": text, "train": {"optimizer": text, "cas": [1, 2.5, True]}}
     assert tomllib.loads(to_toml(data)) == data
+
+
+def test_with_settings_checks_like_an_input_file():
+    """Keys changed from Python: NumPy numbers become TOML numbers, None restores the
+    default, an unknown key and a cross-key conflict are the input's own errors."""
+    config = load_config(ROOT / "systems" / "h2.toml")
+    changed = with_settings(config, "train", steps=np.int64(7), learning_rate=np.float64(0.01))
+    assert changed.train.steps == 7 and changed.train.learning_rate == 0.01
+    assert "steps = 7" in to_toml(changed.data)
+    assert with_settings(changed, "train", steps=None).train.steps == TrainConfig().steps
+    assert with_settings(config, reference_energy=None).reference_energy is None
+    with pytest.raises(ConfigError, match="train.stepz: unknown key"):
+        with_settings(config, "train", stepz=3)
+    with pytest.raises(ConfigError, match="only 2"):
+        with_settings(config, "ansatz", cas=[4, 3])
+    with pytest.raises(ValueError, match="with_molecule"):
+        with_settings(config, "system", basis="sto-3g")

@@ -1,0 +1,113 @@
+"""Changing a loaded config from Python: keys of a section (:func:`with_settings`) or the
+molecule (:func:`with_molecule`), each checked as in an input file, and the checks that
+involve more than one key (:func:`cross_check`), shared with loading (:mod:`nnqmc.config`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from .config_schema import (
+    OVERRIDE_SOURCE,
+    AnsatzConfig,
+    Config,
+    ConfigError,
+    allowed_keys,
+    read_fields,
+    section_classes,
+    suggest,
+)
+from .molecule import MIN_NUCLEAR_DISTANCE, Molecule, closest_overlap
+
+__all__ = ["cross_check", "with_molecule", "with_settings"]
+
+
+def with_molecule(config: Config, molecule: Molecule, source: str = OVERRIDE_SOURCE) -> Config:
+    """``config`` with these nuclei, recorded in ``[system]`` as atoms in bohr, and the
+    checks that involve the molecule done again (errors name ``source``)."""
+    data = copy.deepcopy(config.data)
+    data["system"].pop("xyz", None)
+    data["system"].update(atoms=molecule.atoms_text(), unit="bohr")
+    system = dataclasses.replace(config.system, molecule=molecule)
+    values = {"system": system, "ansatz": config.ansatz, "hamiltonian": config.hamiltonian}
+    cross_check(values, lambda key, message: ConfigError(source, key, message))
+    return dataclasses.replace(config, system=system, data=data)
+
+
+def with_settings(
+    config: Config, section: str | None = None, *, source: str = OVERRIDE_SOURCE, **values: Any
+) -> Config:
+    """``config`` with these keys of ``[section]`` (None: the top-level keys) set, checked
+    as in an input file, cross-checks included (errors name ``source``); None removes a key,
+    which then takes its default. ``[system]`` changes through :func:`with_molecule`."""
+    sections = section_classes()
+    if section in ("system", "scan") or (section is not None and section not in sections):
+        raise ValueError(f"with_settings: cannot set [{section}] (for [system]: with_molecule)")
+    allowed = allowed_keys()[section]
+    prefix = "" if section is None else f"{section}."
+    for name in values:
+        if name not in allowed:
+            raise ConfigError(source, f"{prefix}{name}", f"unknown key{suggest(name, allowed)}")
+    data = copy.deepcopy(config.data)
+    table = data if section is None else data.setdefault(section, {})
+    for name, value in values.items():
+        table.pop(name, None)
+        if value is not None:
+            table[name] = _plain(value)
+    fail = lambda key, message: ConfigError(source, key, message)  # noqa: E731
+    if section is None:
+        changed = read_fields(Config, data, "", fail, names=allowed)
+        fields = {f.name: f for f in dataclasses.fields(Config)}
+        for name in set(values) - set(changed):
+            f = fields[name]
+            changed[name] = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        config = dataclasses.replace(config, **changed, data=data)
+    else:
+        part = sections[section](**read_fields(sections[section], table, prefix, fail))
+        config = dataclasses.replace(config, **{section: part}, data=data)
+    values_now = {"system": config.system, "ansatz": config.ansatz}
+    cross_check({**values_now, "hamiltonian": config.hamiltonian}, fail)
+    return config
+
+
+def cross_check(values: dict[str, Any], fail) -> None:
+    """Constraints that involve more than one field."""
+    ansatz: AnsatzConfig = values["ansatz"]
+    if values["system"] is None:
+        return
+    molecule: Molecule = values["system"].molecule
+    if ansatz.cas is not None:
+        n_orb, n_elec = ansatz.cas
+        if n_elec > molecule.n_elec:
+            raise fail(
+                "ansatz.cas",
+                f"{n_elec} active electrons but the molecule has only {molecule.n_elec}",
+            )
+        if (n_elec - molecule.spin) % 2 or n_elec < molecule.spin:
+            raise fail("ansatz.cas", f"{n_elec} active electrons cannot carry spin {molecule.spin}")
+    charges = values["hamiltonian"].point_charges  # rows [q, x, y, z], bohr
+    close = closest_overlap([row[1:] for row in charges], molecule.coords)
+    if close is not None:
+        c, i, d = close
+        where = ", ".join(f"{x:g}" for x in charges[c][1:])
+        raise fail(
+            "hamiltonian.point_charges",
+            f"point charge {c + 1} at ({where}) lies {d:.3g} bohr from atom {i + 1} "
+            f"({molecule.symbols[i]}); point charges must be at least "
+            f"{MIN_NUCLEAR_DISTANCE:g} bohr from every nucleus",
+        )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy scalars and arrays as the Python numbers and lists TOML holds."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
