@@ -173,11 +173,6 @@ def walker_start(
     return start
 
 
-def make_walkers(ansatz: Ansatz, hamiltonian: Hamiltonian, *options: Any) -> Callable:
-    """:func:`walker_start` (with its ``options``) pmapped over the devices."""
-    return jax.pmap(walker_start(ansatz, hamiltonian, *options), axis_name=AXIS)
-
-
 SUBSET_FRACTION = 8
 """T-moves move few walkers per step (a few per cent in H2O with ccECP at τ = 0.05): what
 must be recomputed for them is computed for ``ceil(W / SUBSET_FRACTION)`` walkers, or for
@@ -397,17 +392,6 @@ def dmc_step(
         return updated, jnp.where(ok, count, 0)
 
     return step
-
-
-def make_dmc_step(ansatz: Ansatz, hamiltonian: Hamiltonian, **options: Any) -> Callable:
-    """:func:`dmc_step` (with its keyword ``options``) pmapped over the devices, ``tau`` a
-    Python float or an array."""
-    pmapped = jax.pmap(
-        dmc_step(ansatz, hamiltonian, **options), axis_name=AXIS, in_axes=(0, 0, 0, None, None)
-    )
-    return lambda params, walkers, control, key, tau: pmapped(
-        params, walkers, control, key, jnp.asarray(tau, jnp.float64)
-    )
 
 
 def initial_control(energy: float, n_devices: int, dtype: Any = jnp.float64) -> DMCControl:

@@ -414,6 +414,8 @@ def test_t_move_step_does_not_depend_on_how_few_walkers_are_recomputed(monkeypat
     """O with ccECP, HF trial, a large time step so that walkers T-move: the DMC step that
     recomputes only the walkers an earlier electron moved (and only their local jets after
     the sweep) gives the steps of the one that recomputes every walker."""
+    from test_diffusion import pmapped_dmc
+
     from nnqmc import diffusion
     from nnqmc.ansatz import Ansatz
     from nnqmc.hamiltonian import MolecularHamiltonian
@@ -426,8 +428,8 @@ def test_t_move_step_does_not_depend_on_how_few_walkers_are_recomputed(monkeypat
 
     def steps(fraction):
         monkeypatch.setattr(diffusion, "SUBSET_FRACTION", fraction)
-        walkers = diffusion.make_walkers(ansatz, ham, "exact")({}, r)
-        step = diffusion.make_dmc_step(ansatz, ham, engine="exact")
+        start, step = pmapped_dmc(ansatz, ham)
+        walkers = start({}, r)
         control = diffusion.initial_control(-15.7, 1)
         moved = []
         for k in range(4):
