@@ -37,10 +37,17 @@ from .runner import (
     summarize,
 )
 from .steps import NuclearObservable, WaveObservable
+from .thermal.flow import Flow, FlowOptions
+from .thermal.md import MDOptions
+from .thermal.sample import ThermalSample, sample
 from .version import __version__
 
 __all__ = [
     "Ansatz",
+    "Flow",
+    "FlowOptions",
+    "MDOptions",
+    "ThermalSample",
     "Config",
     "ConfigError",
     "DMCResult",
@@ -84,6 +91,7 @@ __all__ = [
     "release_compiled",
     "run",
     "run_directory",
+    "sample",
     "settings",
     "stop_on_signals",
     "stored_reference",

@@ -1,5 +1,5 @@
-"""``nnqmc run | eval | bench | scan | merge | export | bench-scan``: argument parsing and
-printing only."""
+"""``nnqmc run | eval | bench | scan | merge | export | bench-scan | fit | sample``:
+argument parsing and printing only."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from .cli_sample import add_sample, run_sample
 from .report import ecp_line, format_result
 
 EXIT_USAGE = 2
@@ -128,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_pes(sub)
     _add_fit(sub)
+    add_sample(sub)
     return parser
 
 
@@ -433,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(str(err))
     if args.command == "fit":
         return _fit(args)
+    if args.command == "sample":
+        return run_sample(args, _fail)
     if args.command in ("scan", "merge", "export", "bench-scan"):
         try:
             return _pes(args)

@@ -11,6 +11,7 @@ forces are the autodiff gradient of the same energy, so the model conserves ener
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,12 +65,14 @@ def _arrays(model: Model) -> dict[str, jnp.ndarray]:
     }
 
 
+def _energy_and_cross(a: dict[str, jnp.ndarray], x: jnp.ndarray):
+    c = cross(x, a["energy_positions"], a["force_positions"], a["sigma"], a["pair_perms"])
+    return a["base"] + c @ a["weights"], c
+
+
 @jax.jit
 def _predict(a: dict[str, jnp.ndarray], positions: jnp.ndarray):
-    def energy(x):
-        c = cross(x, a["energy_positions"], a["force_positions"], a["sigma"], a["pair_perms"])
-        return a["base"] + c @ a["weights"], c
-
+    energy = lambda x: _energy_and_cross(a, x)
     (e, c), grad = jax.vmap(jax.value_and_grad(energy, has_aux=True))(positions)
     prior = jax.vmap(lambda x: energy_kernel(x, x, a["sigma"], a["pair_perms"]))(positions)
     s2 = a["scale"] ** 2
@@ -88,3 +91,11 @@ def predict(model: Model, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray
         raise FitError(f"positions must be (batch, {model.n_atoms}, 3), got {x.shape}")
     e, f, std = _predict(_arrays(model), jnp.asarray(x))
     return np.asarray(e), np.asarray(f), np.asarray(std)
+
+
+def energy_function(model: Model) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """E(x) of one geometry x (n_atoms, 3), bohr -> hartree, as a JAX function (jit, grad
+    and vmap through it): the posterior mean of :func:`predict`, for samplers that need the
+    energy inside a traced program."""
+    a = _arrays(model)
+    return lambda x: _energy_and_cross(a, x)[0]

@@ -14,8 +14,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..api import __version__
 from ..io import attr_value, write_h5_atomic
+from ..version import __version__
 from .errors import FitError
 from .model import Model
 

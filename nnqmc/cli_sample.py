@@ -1,0 +1,95 @@
+"""``nnqmc sample MODEL --temperature T --method md|flow --n N --out FILE``: argument
+parsing and printing only (the work is :func:`nnqmc.thermal.sample.sample`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_sample(sub) -> None:
+    """The ``sample`` subcommand's arguments."""
+    p = sub.add_parser(
+        "sample", help="thermal geometries exp(-E/kT) of a fitted force field (MD or a flow)"
+    )
+    p.add_argument("model", metavar="MODEL", help="model file written by nnqmc fit")
+    p.add_argument("--temperature", type=float, required=True, metavar="T", help="kelvin")
+    p.add_argument("--method", choices=("md", "flow"), default="md", help="(md)")
+    p.add_argument("--n", type=int, default=1000, metavar="N", help="geometries (1000)")
+    p.add_argument("--out", required=True, metavar="FILE.h5", help="the sample (HDF5)")
+    p.add_argument("--xyz", metavar="PATH", help="also write the frames as extxyz (eV, Å)")
+    p.add_argument("--plot", metavar="PATH", help="the picture (default FILE.png)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="(0)")
+    md = p.add_argument_group("md", "Langevin dynamics (ASE) through nnqmc.ForceField")
+    md.add_argument("--timestep", type=float, default=0.5, metavar="FS", help="fs (0.5)")
+    md.add_argument("--friction", type=float, default=0.01, metavar="G", help="1/fs (0.01)")
+    md.add_argument("--equilibration", type=int, default=2000, metavar="STEPS", help="(2000)")
+    md.add_argument("--stride", type=int, default=20, metavar="STEPS", help="between frames (20)")
+    flow = p.add_argument_group("flow", "a normalizing flow trained by reverse KL (flowjax)")
+    flow.add_argument("--steps", type=int, default=1500, help="training steps (1500)")
+    flow.add_argument("--batch", type=int, default=256, help="samples per step (256)")
+    flow.add_argument(
+        "--examples", metavar="SAMPLE.h5", help="geometries for maximum likelihood (an MD sample)"
+    )
+    flow.add_argument(
+        "--data-weight", type=float, default=1.0, metavar="W", help="of the examples' term (1)"
+    )
+
+
+def _summary(s, out: str) -> str:
+    lines = [
+        f"{out}: {len(s.weights)} geometries by {s.method} at {s.temperature:g} K "
+        f"(ESS {100 * s.ess:.1f} %, {s.evaluations} energy evaluations, {s.wall_time:.0f} s)"
+    ]
+    for label, a in s.averages().items():
+        unit = "bohr" if label.startswith("r(") else "degrees"
+        lines.append(f"  <{label}> = {a.mean:.4f} ± {a.error:.4f} {unit}")
+    std = 1e3 * s.energy_std
+    lines.append(
+        f"  force-field σ: mean {float(s.weights @ std):.3f} mHa (reweighted), "
+        f"max {std.max():.3f} mHa"
+    )
+    return "\n".join(lines)
+
+
+def run_sample(args: argparse.Namespace, fail) -> int:
+    """Sample, write the file(s), print the summary; ``fail(message)`` for bad input."""
+    from .fit import FitError, load_model
+    from .thermal.flow import FlowOptions
+    from .thermal.md import MDOptions
+    from .thermal.sample import sample
+
+    if not Path(args.model).is_file():
+        return fail(f"{args.model}: no such model file")
+    if not args.temperature > 0:
+        return fail(f"--temperature must be positive (kelvin), got {args.temperature:g}")
+    if args.n <= 0:
+        return fail(f"--n must be positive, got {args.n}")
+    if not Path(args.out).resolve().parent.is_dir():
+        return fail(f"{args.out}: the directory {Path(args.out).parent} does not exist")
+    try:
+        from .thermal.plot import plot_sample
+        from .thermal.store import read_positions, write_extxyz, write_sample
+
+        md = MDOptions(args.timestep, args.friction, args.equilibration, args.stride, args.seed)
+        weight = args.data_weight if args.examples else 0.0
+        flow = FlowOptions(steps=args.steps, batch=args.batch, data_weight=weight, seed=args.seed)
+        model = load_model(args.model)
+        examples = None
+        if args.examples:
+            numbers, examples = read_positions(args.examples)
+            if list(numbers) != list(model.atomic_numbers):
+                return fail(f"{args.examples}: the atoms {list(numbers)} are not the model's")
+        s = sample(model, args.temperature, args.method, args.n, md, flow, examples)
+        write_sample(args.out, s, str(args.model))
+        if args.xyz:
+            write_extxyz(args.xyz, s)
+        plot_sample(args.plot or str(Path(args.out).with_suffix(".png")), s)
+    except (FitError, ValueError) as err:
+        return fail(str(err))
+    except ImportError as err:
+        return fail(f"nnqmc sample needs {err.name}: pip install {err.name}")
+    except OSError as err:
+        return fail(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
+    print(_summary(s, args.out))
+    return 0

@@ -1,0 +1,200 @@
+"""Geometries of a fitted force field's Boltzmann distribution exp(-E/kT): ``nnqmc.sample``.
+
+``md``: Langevin dynamics through ``nnqmc.ForceField`` (:mod:`.md`), frames of equal weight.
+``flow``: a Boltzmann generator (:mod:`.flow`) over the Z-matrix coordinates q of the
+molecule (:mod:`.zmatrix`), target log p(q) = -(E(x(q)) - E_ref)/kT + log J(q), trained
+by reverse KL on the force field's JAX energy, its samples importance-weighted back to
+exp(-E/kT) (:mod:`.weights`). Both report the force field's energy and its predictive
+standard deviation σ at every geometry; energies hartree, positions bohr.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..estimate import estimate
+from ..fit.model import Model, energy_function, predict
+from .flow import Flow, FlowOptions, make_flow, train_flow
+from .md import MDOptions, langevin_frames
+from .weights import Average, effective_sample_size, normalised_weights, weighted_mean
+from .zmatrix import ZMatrix, cartesian, internal, log_jacobian, zmatrix
+
+BOLTZMANN = 3.166811563455546e-06  # k_B in hartree per kelvin (CODATA 2018)
+METHODS = ("md", "flow")
+
+
+@dataclass(frozen=True)
+class ThermalSample:
+    """Geometries ``positions`` (n, n_atoms, 3) bohr with normalised ``weights`` (n,) (equal
+    for MD), the force field's ``energy`` and ``energy_std`` (n,) hartree, the Z-matrix
+    ``coordinates`` (n, d) named by ``labels``; ``ess`` (1 for MD frames: their
+    correlation shows in the errors of :meth:`averages` instead); ``evaluations``: energy
+    evaluations spent (training included); ``settings``: the method's options."""
+
+    method: str
+    temperature: float
+    atomic_numbers: np.ndarray
+    positions: np.ndarray
+    weights: np.ndarray
+    energy: np.ndarray
+    energy_std: np.ndarray
+    coordinates: np.ndarray
+    labels: list[str]
+    ess: float
+    evaluations: int
+    wall_time: float
+    settings: dict[str, Any] = field(default_factory=dict)
+    flow: Flow | None = None
+
+    def averages(self) -> dict[str, Average]:
+        """⟨q_i⟩ per coordinate (bohr, degrees for angles): reweighted with delta-method
+        errors for the flow, blocking errors of the correlated series for MD frames."""
+        out = {}
+        for i, label in enumerate(self.labels):
+            values = self.coordinates[:, i] * (1.0 if label.startswith("r(") else 180 / np.pi)
+            if self.method == "md":
+                e = estimate(values)
+                out[label] = Average(e.mean, e.error)
+            else:
+                out[label] = weighted_mean(values, self.weights)
+        return out
+
+
+def reference_geometry(model: Model) -> np.ndarray:
+    """The training geometry of lowest fitted energy (n_atoms, 3), bohr."""
+    candidates = np.concatenate([model.energy_positions, model.force_positions])
+    return candidates[int(np.argmin(predict(model, candidates)[0]))]
+
+
+def log_target(model: Model, z: ZMatrix, kt: float):
+    """q ↦ -(E(x(q)) - E_ref)/kT + log J(q), one point (JAX)."""
+    energy = energy_function(model)
+    e_ref = float(energy(jnp.asarray(cartesian(z, jnp.asarray(z.reference)))))
+    return lambda q: -(energy(cartesian(z, q)) - e_ref) / kt + log_jacobian(z, q)
+
+
+def _widths(target, z: ZMatrix, lower: np.ndarray, upper: np.ndarray) -> tuple:
+    """loc and width of y = logit((q - lower)/(upper - lower)): the reference, and
+    1/√(curvature of -log p in y), clipped to [0.02, 2]. The curvature by central
+    differences of the gradient: the kernel's third derivative, which a Hessian would need
+    at a training geometry, is not defined (:mod:`nnqmc.fit.kernel`)."""
+    t = (z.reference - lower) / (upper - lower)
+    loc = jnp.asarray(np.log(t / (1 - t)))
+
+    def log_p_y(y):
+        s = jax.nn.sigmoid(y)
+        q = lower + (upper - lower) * s
+        return target(q) + jnp.sum(jnp.log((upper - lower) * s * (1 - s)))
+
+    grad, eps = jax.grad(log_p_y), 1e-3
+    step = eps * jnp.eye(len(loc))
+    curvature = [-(grad(loc + e)[i] - grad(loc - e)[i]) / (2 * eps) for i, e in enumerate(step)]
+    width = 1.0 / np.sqrt(np.maximum(np.asarray(curvature), 0.25))
+    return np.asarray(loc), np.clip(width, 0.02, 2.0)
+
+
+def _internal(z: ZMatrix, positions: np.ndarray) -> np.ndarray:
+    return np.asarray(jax.vmap(lambda x: internal(z, x))(jnp.asarray(positions)))
+
+
+def _check(model: Model, temperature: float, method: str, n: int) -> None:
+    if temperature <= 0 or not np.isfinite(temperature):
+        raise ValueError(f"the temperature must be positive, got {temperature:g} K")
+    if n <= 0:
+        raise ValueError(f"the number of samples must be positive, got {n}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} (valid: {', '.join(METHODS)})")
+    if model.n_atoms < 2:
+        raise ValueError("sampling needs a molecule of at least two atoms")
+
+
+def _by_md(model: Model, start: np.ndarray, temperature: float, n: int, options: MDOptions):
+    from ase import Atoms
+
+    from ..fit.calculator import ForceField
+    from ..pes.export import BOHR_ANGSTROM
+
+    atoms = Atoms(numbers=model.atomic_numbers, positions=start * BOHR_ANGSTROM)
+    atoms.calc = ForceField(model)
+    frames = langevin_frames(atoms, n, temperature, options) / BOHR_ANGSTROM
+    return frames, np.full(n, 1.0 / n), options.evaluations(n), options.settings()
+
+
+def _by_flow(model, z, temperature, n, options: FlowOptions, examples):
+    target = log_target(model, z, BOLTZMANN * temperature)
+    lower, upper = z.bounds()
+    loc, width = _widths(target, z, lower, upper)
+    flow = make_flow(z.dim, loc, width, lower, upper, options)
+    data = None
+    if examples is not None:
+        data = _internal(z, examples)
+    flow, losses = train_flow(flow, target, options, data)
+    q, log_q = flow.sample_and_log_prob(jax.random.key(options.seed + 2), n)
+    log_w = np.asarray(jax.vmap(target)(q)) - np.asarray(log_q)
+    positions = np.asarray(jax.vmap(lambda v: cartesian(z, v))(q))
+    settings = {**asdict(options), "final_loss": float(np.mean(losses[-50:]))}
+    evaluations = options.steps * options.batch + n
+    return positions, normalised_weights(log_w), evaluations, settings, flow
+
+
+def sample(
+    model: Model | str | Path,
+    temperature: float,
+    method: str = "md",
+    n: int = 1000,
+    md: MDOptions | None = None,
+    flow: FlowOptions | None = None,
+    examples: np.ndarray | None = None,
+) -> ThermalSample:
+    """n geometries of exp(-E_FF/kT) at ``temperature`` (K) by ``method`` (``"md"`` or
+    ``"flow"``), starting from (MD) or centred on (flow) the lowest-energy training geometry;
+    ``examples`` (m, n_atoms, 3) bohr: geometries for the flow's maximum-likelihood term
+    (with ``flow.data_weight`` > 0). ``model``: a :class:`Model` or the path of a model
+    file written by ``nnqmc fit``. ValueError (FitError for the model file) for bad input."""
+    if not isinstance(model, Model):
+        from ..fit.store import load_model
+
+        model = load_model(model)
+    _check(model, temperature, method, n)
+    start = reference_geometry(model)
+    z = zmatrix(start)
+    t0 = time.perf_counter()
+    trained = None
+    if method == "md":
+        positions, weights, evaluations, settings = _by_md(
+            model, start, temperature, n, md or MDOptions()
+        )
+    else:
+        if examples is not None and np.shape(examples)[1:] != (model.n_atoms, 3):
+            raise ValueError(
+                f"the example geometries are {np.shape(examples)[1:]}, not the model's "
+                f"({model.n_atoms}, 3)"
+            )
+        positions, weights, evaluations, settings, trained = _by_flow(
+            model, z, temperature, n, flow or FlowOptions(), examples
+        )
+    energy, _, std = predict(model, positions)
+    coordinates = _internal(z, positions)
+    return ThermalSample(
+        method,
+        float(temperature),
+        np.asarray(model.atomic_numbers),
+        positions,
+        weights,
+        energy,
+        std,
+        coordinates,
+        z.labels(),
+        effective_sample_size(weights),
+        int(evaluations),
+        time.perf_counter() - t0,
+        settings,
+        trained,
+    )
