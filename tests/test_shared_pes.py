@@ -1,0 +1,222 @@
+"""One network for a whole PES (issue 32): orbitals aligned across geometries, energies and
+Jacobian rows centred per geometry in one SPRING update, bit-identical resume of the shared
+training, a shared scan end to end, and the inputs it refuses (one line, exit 2).
+
+``ci_slow``: a short shared H2 scan against the exact curve."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_pes import TINY
+
+from nnqmc import orbital_alignment
+from nnqmc.cli import main
+from nnqmc.config import ConfigError, load_config
+from nnqmc.errors import Interrupted, RunError
+from nnqmc.molecule import Molecule
+from nnqmc.optimize import AXIS, spring_direction
+from nnqmc.orbital_alignment import AlignmentError, align_scf, match_orbitals, mo_overlap
+from nnqmc.pes import read_dataset
+from nnqmc.pes.shared import geometry_rows, prepare_shared, train_shared
+from nnqmc.scf import ao_cross_overlap, run_hf
+from nnqmc.shared_steps import selection, stacked_rows
+
+SYSTEMS = Path(__file__).parent.parent / "systems"
+SHARED = (
+    TINY.replace('kind = "hf"', 'kind = "jastrow"').replace('optimizer = "adam"\n', "")
+    + '[scan]\nkind = "bond"\natoms = [0, 1]\nvalues = [1.2, 2.0]\ntrain = "shared"\n'
+)
+
+
+def _lih(r: float) -> Molecule:
+    return Molecule(("Li", "H"), [[0.0, 0.0, 0.0], [0.0, 0.0, r]])
+
+
+# --------------------------------------------------------------------------- alignment
+def test_match_orbitals_undoes_a_permutation_with_sign_flips():
+    rng = np.random.default_rng(0)
+    overlap = np.eye(4) * 0.9 + 0.05 * rng.standard_normal((4, 4))
+    order, signs = np.array([2, 0, 3, 1]), np.array([1.0, -1.0, -1.0, 1.0])
+    shuffled = np.empty_like(overlap)
+    shuffled[:, order] = overlap * signs  # new column order[i] is reference orbital i, flipped
+    match = match_orbitals(shuffled)
+    assert list(match.order) == list(order) and list(match.signs) == list(signs)
+    assert np.allclose(match.overlaps, np.abs(np.diag(overlap)))
+
+
+def test_permuted_and_flipped_lih_orbitals_come_back_aligned():
+    a, b = _lih(3.0), _lih(3.4)
+    ref, new = run_hf(a, "sto-3g"), run_hf(b, "sto-3g")
+    assert mo_overlap(ref.mo_up, ref.mo_up, ao_cross_overlap(a, a, "sto-3g")) == pytest.approx(
+        np.eye(ref.mo_up.shape[1]), abs=1e-8
+    )  # orthonormal MOs: the cross overlap of a geometry with itself is S
+    scrambled = new.mo_up.copy()
+    scrambled[:, [0, 1]] = new.mo_up[:, [1, 0]] * np.array([-1.0, 1.0])
+    messed = type(new)(**{**new.__dict__, "mo_up": scrambled, "mo_down": scrambled})
+    aligned = align_scf(ref, a, messed, b, "sto-3g")
+    overlap = mo_overlap(ref.mo_up[:, :2], aligned.mo_up[:, :2], ao_cross_overlap(a, b, "sto-3g"))
+    assert np.all(np.diag(overlap) > 0.9), overlap  # the same orbital in the same slot, sign +
+    assert abs(overlap[0, 1]) < 0.2 and abs(overlap[1, 0]) < 0.2
+    # the aligned orbitals are the unscrambled ones up to their signs
+    again = align_scf(ref, a, new, b, "sto-3g")
+    assert np.allclose(aligned.mo_up[:, :2], again.mo_up[:, :2], atol=1e-12)
+    assert np.allclose(aligned.mo_down, aligned.mo_up)
+    with pytest.raises(AlignmentError, match="overlaps its best match"):
+        align_scf(ref, a, new, b, "sto-3g", min_overlap=0.9999)
+
+
+# --------------------------------------------------------------------------- centring
+def _direction(blocks, e, previous):
+    """SPRING direction and -grad E from per-geometry rows (S, W, P), (S, W), on one
+    device (inside pmap, as the shared step)."""
+
+    def inner(blocks, e, previous):
+        rows, e_rows = stacked_rows([blocks], e)
+        return spring_direction(rows, e_rows, previous, 1e-3, 0.5)
+
+    f = jax.pmap(inner, axis_name=AXIS)
+    delta, minus_grad = f(blocks[None], e[None], previous[None])
+    return np.asarray(delta[0]), np.asarray(minus_grad[0])
+
+
+def test_a_constant_added_to_one_geometrys_energies_changes_nothing():
+    rng = np.random.default_rng(1)
+    blocks = jnp.asarray(rng.standard_normal((3, 16, 5)) + 2.0)  # non-zero means per geometry
+    e = jnp.asarray(rng.standard_normal((3, 16)) + np.array([[-1.1], [-1.0], [-0.9]]))
+    previous = jnp.asarray(rng.standard_normal(5))
+    delta, grad = _direction(blocks, e, previous)
+    shifted = e.at[1].add(0.7)
+    delta_s, grad_s = _direction(blocks, shifted, previous)
+    assert np.allclose(delta_s, delta, rtol=1e-10, atol=1e-12)
+    assert np.allclose(grad_s, grad, rtol=1e-10, atol=1e-12)
+    # -grad E is the mean over geometries of each one's centred estimate
+    each = [
+        -2 * np.mean((e[g] - e[g].mean())[:, None] * (blocks[g] - blocks[g].mean(0)), axis=0)
+        for g in range(3)
+    ]
+    assert np.allclose(grad, np.mean(each, axis=0), rtol=1e-10)
+    # centring over all geometries at once would not be blind to the offset
+    flat = lambda x: [jnp.reshape(x, (48, 5))]  # noqa: E731
+    naive = spring_direction(flat(blocks), e.reshape(-1), previous, 1e-3, 0.5)[1]
+    naive_s = spring_direction(flat(blocks), shifted.reshape(-1), previous, 1e-3, 0.5)[1]
+    assert not np.allclose(naive, naive_s, rtol=1e-3)
+
+
+def test_geometries_per_step_go_round_robin():
+    assert list(selection(0, 3, 3)) == [0, 1, 2] and list(selection(5, 3, 10)) == [0, 1, 2]
+    seen = np.concatenate([selection(k, 5, 2) for k in range(5)])
+    assert list(seen) == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------- training
+def _runs(tmp_path, text=SHARED, *overrides):
+    from nnqmc.pes.scan import geometry_config
+
+    path = tmp_path / "shared.toml"
+    path.write_text(text)
+    config = load_config(path, ["precision=float64", *overrides])
+    coords = np.array([[[0, 0, 0], [0, 0, r]] for r in config.scan.values], float)
+    configs = [geometry_config(config, c, k, config.train.steps) for k, c in enumerate(coords)]
+    return configs
+
+
+def test_shared_training_resumes_bit_identically(tmp_path):
+    configs = _runs(tmp_path, SHARED, "train.steps=4", "train.checkpoint_every=1")
+    runs = prepare_shared(configs, tmp_path / "whole", resume=False)
+    whole = train_shared(runs, tmp_path / "whole", per_step=2)
+    calls = iter(range(100))
+    stop = lambda: 15 if next(calls) == 2 else 0  # noqa: E731  SIGTERM before step 3
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupted, match="after shared step 2 of 4"):
+        train_shared(prepare_shared(configs, cut, resume=False), cut, per_step=2, stop=stop)
+    resumed = train_shared(prepare_shared(configs, cut, resume=True), cut, per_step=2, resume=True)
+    leaves = lambda r: jax.tree_util.tree_leaves((r.params, r.opt_state))  # noqa: E731
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(whole), leaves(resumed), strict=True))
+    assert np.array_equal(whole.walkers, resumed.walkers)
+    assert np.array_equal(whole.width, resumed.width)
+    for name in ("energy", "geometry", "grad_norm"):
+        assert np.array_equal(whole.history[name], resumed.history[name])
+    assert whole.history["energy"].shape == (4, 2) and resumed.steps == 4
+    rows = geometry_rows(whole.history, 1)
+    assert [r["energy"] for r in rows] == list(whole.history["energy"][:, 1])
+
+
+def test_a_shared_scan_writes_the_dataset_and_each_geometry_its_run(tmp_path):
+    path = tmp_path / "scan.toml"
+    path.write_text(SHARED + "forces = true\nfine_tune_steps = 2\n")
+    out = tmp_path / "out"
+    assert main(["scan", str(path), "--out", str(out), "--set", "precision=float64"]) == 0
+    data = read_dataset(out / "scan.h5")
+    assert [data.status(k) for k in range(2)] == ["done", "done"]
+    assert list(data.columns["steps"]) == [6, 6]  # 4 shared + 2 of its own
+    assert np.all(np.isfinite(data.columns["energy"])) and np.all(data.columns["energy"] < 0)
+    assert np.all(np.isfinite(data.columns["forces"]))
+    from nnqmc import io
+
+    log = io.read_table(out / "shared" / io.TRAIN_LOG)
+    assert log["energy"].shape == (4, 2)
+    own = io.read_table(out / "geom-0001" / io.TRAIN_LOG)
+    assert list(own["energy"][:4]) == list(log["energy"][:, 1]) and len(own["energy"]) == 6
+    # run again: nothing left to do, nothing trained
+    assert main(["scan", str(path), "--out", str(out), "--set", "precision=float64"]) == 0
+    assert list(read_dataset(out / "scan.h5").columns["steps"]) == [6, 6]
+
+
+# --------------------------------------------------------------------------- bad input
+BAD = {
+    "adaptive": (
+        SHARED.split("[scan]")[0]
+        + '[scan]\nkind = "adaptive"\ntrain = "shared"\ngrid_atoms = [[0, 1]]\n'
+        + "ranges = [[1.0, 2.0, 3]]\n",
+        'scan.train: "shared" needs a fixed set of geometries',
+    ),
+    "cas": (
+        SHARED.replace('[ansatz]\nkind = "jastrow"', '[ansatz]\nkind = "jastrow"\ncas = [2, 2]'),
+        "it does not take ansatz.cas",
+    ),
+    "adam": (SHARED.replace("[train]\n", '[train]\noptimizer = "adam"\n'), "spring"),
+    "steps": (SHARED + "steps = 3\n", "scan.steps: not used with train"),
+    "per_step_alone": (
+        SHARED.replace('train = "shared"\n', "geometries_per_step = 2\n"),
+        "scan.geometries_per_step: only used with",
+    ),
+    "unknown_training": (SHARED.replace('"shared"', '"joint"'), "scan.train"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_shared_inputs_are_one_line_exit_2(name, tmp_path, capsys):
+    text, message = BAD[name]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(path)
+    assert main(["scan", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nnqmc: error: ") and err.count("\n") == 1 and message in err
+
+
+def test_orbitals_that_cannot_be_aligned_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(orbital_alignment, "MIN_OVERLAP", 0.9999)
+    path = tmp_path / "scan.toml"
+    path.write_text(SHARED.replace("[1.2, 2.0]", "[1.0, 4.0]"))
+    assert main(["scan", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "geometry 1 cannot be aligned with those of geometry 0" in err
+
+
+def test_other_atoms_in_a_shared_training_are_refused(tmp_path):
+    configs = _runs(tmp_path)
+    other = load_config(SYSTEMS / "lih.toml", ["train.walkers=32"])
+    with pytest.raises(RunError, match="other atoms or electrons than geometry 0"):
+        prepare_shared([configs[0], other], tmp_path / "s", resume=False)
+
+
+def test_shared_scans_run_whole(tmp_path, capsys):
+    path = tmp_path / "scan.toml"
+    path.write_text(SHARED)
+    assert main(["scan", str(path), "--out", str(tmp_path / "o"), "--shard", "0/2"]) == 2
+    assert "run it whole" in capsys.readouterr().err
