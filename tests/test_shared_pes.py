@@ -220,3 +220,29 @@ def test_shared_scans_run_whole(tmp_path, capsys):
     path.write_text(SHARED)
     assert main(["scan", str(path), "--out", str(tmp_path / "o"), "--shard", "0/2"]) == 2
     assert "run it whole" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- physics
+@pytest.mark.ci_slow
+def test_a_short_shared_h2_scan_beats_hf_and_approaches_exact(tmp_path):
+    """Three bond lengths, one network: every energy clearly below HF, not below the exact
+    energy, and within 5 mHa of it after 150 shared steps of 64 walkers per geometry."""
+    from nnqmc.pes import run_scan
+
+    path = SYSTEMS / "h2_scan_shared.toml"
+    overrides = [
+        "scan.values=[1.0, 1.4, 2.0]",
+        "scan.reference=[-1.1245397, -1.1744757, -1.1381330]",
+        "train.steps=150",
+        "train.walkers=64",
+        "eval.steps=300",
+        "scan.forces=false",
+    ]
+    config = load_config(path, overrides)
+    data = run_scan(config, path.read_text(), tmp_path / "scan")
+    e, err = data.columns["energy"], data.columns["energy_err"]
+    exact, hf = data.columns["reference_energy"], data.columns["hf_energy"]
+    assert np.all(err < 0.003), err
+    assert np.all(e < hf - 3 * err), (e, hf)
+    assert np.all(e > exact - 3 * err), (e, exact)
+    assert np.all(e - exact < 0.005), 1000 * (e - exact)
