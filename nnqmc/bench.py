@@ -18,19 +18,19 @@ import jax
 import jax.numpy as jnp
 
 from .config import LAPLACIANS
-from .diffusion import initial_control, make_dmc_step, make_walkers
+from .diffusion import initial_control
 from .hamiltonian import batch_nonlocal_of, nonlocal_energy, nonlocal_of
 from .optimize import cast_floats, jacobian_blocks, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
-from .programs import eval_program, training_hamiltonian
-from .run_setup import Run, initial_walkers
-from .steps import (
-    TrainState,
-    batch_local_energy,
-    make_sample_step,
-    make_train_step,
-    nonlocal_blocks,
+from .programs import (
+    burn_in_program,
+    dmc_program,
+    eval_program,
+    train_program,
+    training_hamiltonian,
 )
+from .run_setup import Run, initial_walkers
+from .steps import TrainState, batch_local_energy, nonlocal_blocks
 from .threads import single_threaded_blas
 
 
@@ -54,7 +54,8 @@ def _seconds(fn, *args, repeat: int = 5) -> float:
 
 
 def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
-    """Seconds of the main parts of a training step on one device's ``walkers``: the
+    """Seconds of the main parts of a training step on one device's ``walkers``, each
+    part the run's own program (:mod:`nnqmc.programs`) where it is one: the
     step's Metropolis sweeps (``sampler.decorrelation`` of them), local energies (the
     configured Laplacian engine), the per-walker parameter gradients
     O = d log|psi| / d theta (SPRING's Jacobian), and the SPRING solve from O; and a whole
@@ -63,12 +64,6 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     DMC step (one drift-diffusion move: log|psi|, its gradient and the local energy at the
     proposals, then the comb), at ``dmc.timestep``'s first value."""
     cfg = run.config
-    sampling = make_sample_step(
-        run.ansatz,
-        sweeps=cfg.sampler.decorrelation,
-        target_acceptance=cfg.sampler.target_acceptance,
-        step_scale=run.step_scale(),
-    )
     energies = jax.jit(
         batch_local_energy(
             run.ansatz, run.hamiltonian, cfg.train.laplacian, cfg.train.local_energy_chunk
@@ -89,12 +84,8 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     width = jnp.asarray(cfg.sampler.initial_width, walkers.dtype)
     key = jax.random.PRNGKey(cfg.train.seed)
     device_args = (replicate(params, 1), walkers[None], width[None], device_keys(key, 0, 1))
-    scheme = cfg.dmc.nonlocal_scheme
-    dmc_start = make_walkers(run.ansatz, run.hamiltonian, cfg.train.laplacian, scheme)
+    dmc_start, dmc_step = dmc_program(run)
     dmc_walkers = dmc_start(replicate(params, 1), walkers[None])
-    dmc_step = make_dmc_step(
-        run.ansatz, run.hamiltonian, engine=cfg.train.laplacian, nonlocal_mode=scheme
-    )
     dmc_args = (
         replicate(params, 1),
         dmc_walkers,
@@ -106,7 +97,7 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
         **nonlocal_parts(run, params, walkers),
         "seconds_per_eval_step": _seconds(eval_program(run), *device_args),
         "seconds_per_dmc_step": _seconds(dmc_step, *dmc_args),
-        "seconds_per_sampling": _seconds(sampling, *device_args),
+        "seconds_per_sampling": _seconds(burn_in_program(run), *device_args),
         "seconds_per_local_energy_batch": _seconds(energies, params, walkers),
         "seconds_per_jacobian": _seconds(jacobian, params_g, walkers_g),
         "seconds_per_spring_solve": _seconds(solve, o, e),
@@ -176,17 +167,7 @@ def _time_steps(run: Run, optimizer, params, r, n_devices: int, steps: int, key)
         split_walkers(r, n_devices),
         replicate(jnp.asarray(cfg.sampler.initial_width, run.dtype), n_devices),
     )
-    step = make_train_step(
-        run.ansatz,
-        run.hamiltonian,
-        optimizer,
-        sweeps=cfg.sampler.decorrelation,
-        clip_width=cfg.train.clip_width,
-        target_acceptance=cfg.sampler.target_acceptance,
-        engine=cfg.train.laplacian,
-        chunk=cfg.train.local_energy_chunk,
-        step_scale=run.step_scale(),
-    )
+    step = train_program(run)
     t0 = time.perf_counter()
     state, stats = step(state, device_keys(key, 0, n_devices))
     jax.block_until_ready(stats)

@@ -150,10 +150,10 @@ def configuration_keys(r: jax.Array) -> jax.Array:
     return jax.vmap(configuration_key, in_axes=(None, 0))(base, r)
 
 
-def make_walkers(
+def walker_start(
     ansatz: Ansatz, hamiltonian: Hamiltonian, engine: str = "forward", nonlocal_mode: str = "tmoves"
-):
-    """A pmapped ``(params, r) -> DMCWalkers`` with unit weights (start of a DMC run)."""
+) -> Callable[[Any, jax.Array], DMCWalkers]:
+    """One device's ``(params, r) -> DMCWalkers`` with unit weights (start of a DMC run)."""
     signs = batch_sign(ansatz)
     if _uses_t_moves(hamiltonian, nonlocal_mode):
         jets = batch_local_jet_elements(ansatz, hamiltonian, engine)
@@ -170,7 +170,7 @@ def make_walkers(
             log_psi, grad, e = local_jets(params, r, configuration_keys(r))
             return DMCWalkers(r, signs(params, r), log_psi, grad, e, jnp.ones_like(e))
 
-    return jax.pmap(start, axis_name=AXIS)
+    return start
 
 
 SUBSET_FRACTION = 8
@@ -225,7 +225,7 @@ NONLOCAL_MODES = ("tmoves", "locality")
 locality approximation (the nonlocal term only in the local energy)."""
 
 
-def make_dmc_step(
+def dmc_step(
     ansatz: Ansatz,
     hamiltonian: Hamiltonian,
     *,
@@ -233,7 +233,8 @@ def make_dmc_step(
     drift_a: float = 1.0,
     nonlocal_mode: str = "tmoves",
 ) -> Callable[..., tuple[DMCWalkers, DMCControl, dict[str, jax.Array]]]:
-    """A pmapped ``step(params, walkers, control, key, tau) -> (walkers, control, stats)``.
+    """One device's ``step(params, walkers, control, key, tau) -> (walkers, control, stats)``
+    (inside ``pmap`` over the axis :data:`AXIS`).
 
     ``key`` and ``tau`` are the same on every device. ``stats`` (replicated): ``energy``
     (the step's weighted mixed estimate), ``total_weight`` (Σw before resampling, over W),
@@ -390,12 +391,7 @@ def make_dmc_step(
         )
         return updated, jnp.where(ok, count, 0)
 
-    pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, 0, None, None))
-
-    def run_step(params, walkers: DMCWalkers, control: DMCControl, key: jax.Array, tau: float):
-        return pmapped(params, walkers, control, key, jnp.asarray(tau, jnp.float64))
-
-    return run_step
+    return step
 
 
 def initial_control(energy: float, n_devices: int, dtype: Any = jnp.float64) -> DMCControl:

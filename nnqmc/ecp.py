@@ -428,7 +428,7 @@ def t_move_choice(
 
     Returns the new position and whether it moved. Done for every electron in turn, each
     with its elements at the configuration the electrons before it left, this is the
-    size-consistent sweep of that paper (:func:`nnqmc.diffusion.make_dmc_step`).
+    size-consistent sweep of that paper (:func:`nnqmc.diffusion.dmc_step`).
     """
     rates = jnp.where(elements < 0, -tau * elements, 0.0)
     cumulative = jnp.cumsum(rates) / (1.0 + jnp.sum(rates))

@@ -41,7 +41,6 @@ __all__ = [
     "ExtendedHamiltonian",
     "ExternalPotential",
     "batch_nonlocal_of",
-    "GeometryHamiltonian",
     "Hamiltonian",
     "MolecularHamiltonian",
     "electron_nuclear_distances",
@@ -138,6 +137,8 @@ class MolecularHamiltonian:
 
     ``charges``/``coords`` may be empty (no nuclei): then the potential is the electron–
     electron repulsion plus the ``external`` terms (e.g. a harmonic trap: Hooke's atom).
+    ``coords`` may be a JAX array, also a traced one (one compiled program for every
+    geometry of a scan), with the energy without electrons then given as ``constant``.
     """
 
     charges: np.ndarray
@@ -149,9 +150,11 @@ class MolecularHamiltonian:
     # Z - core) and the points of the nonlocal quadrature
     ecp: dict[str, np.ndarray] | None = None
     ecp_points: int = 12
+    # the energy without electrons (possibly traced); None: :attr:`constant_energy`'s sum
+    constant: Any = None
 
     def __post_init__(self) -> None:
-        if self.external:
+        if self.external and not isinstance(self.coords, jax.core.Tracer):
             _check_external(self.external, *nuclei(self))
         if self.ecp is not None:
             quadrature(self.ecp_points)  # an unknown rule fails here
@@ -171,68 +174,33 @@ class MolecularHamiltonian:
         return float(np.sum(z[i] * z[j] / np.linalg.norm(c[i] - c[j], axis=-1)))
 
     @property
-    def constant_energy(self) -> float:
-        """The part of the potential without electrons: the nuclear repulsion plus the
-        external terms' energy with the nuclei."""
+    def constant_energy(self) -> Any:
+        """The part of the potential without electrons: ``constant`` where given, else the
+        nuclear repulsion plus the external terms' energy with the nuclei."""
+        if self.constant is not None:
+            return self.constant
         charges, coords = nuclei(self)
         return self.nuclear_repulsion + sum(
             (t.nuclear_energy(charges, coords) for t in self.external), 0.0
         )
 
     def potential(self, r: jax.Array) -> jax.Array:
-        """Electron–nucleus + electron–electron + nuclear repulsion + external terms + the
-        local channel of the ECPs."""
-        charges_np, coords_np = nuclei(self)
-        coords = jnp.asarray(coords_np, r.dtype)
-        charges = jnp.asarray(charges_np, r.dtype)
+        """Electron–nucleus + electron–electron + the constant energy + the external
+        one-body terms + the local channel of the ECPs."""
+        charges, coords = nuclei(self)
+        coords = jnp.asarray(coords, r.dtype)
+        charges = jnp.asarray(charges, r.dtype)
         v_en = -jnp.sum(charges / electron_nuclear_distances(r, coords))
         v_ee = jnp.sum(1.0 / pair_distances(r)) if r.shape[0] > 1 else 0.0
-        v_ext = _external_energy(self.external, r, charges_np, coords_np)
-        return v_en + v_ee + self.nuclear_repulsion + v_ext + _ecp_local(self.ecp, coords, r)
+        v_ext = sum((t.electron_potential(r) for t in self.external), jnp.zeros((), r.dtype))
+        v_ecp = _ecp_local(self.ecp, coords, r)
+        return v_en + v_ee + jnp.asarray(self.constant_energy, r.dtype) + v_ext + v_ecp
 
     def nonlocal_elements(
         self, signed_log_psi: Callable[[jax.Array], tuple[jax.Array, jax.Array]], r, key
     ) -> tuple[jax.Array, jax.Array]:
         """The ECPs' nonlocal matrix elements of one walker and the positions they lead to
         (:func:`nnqmc.ecp.nonlocal_elements`); their sum is ``(V_nl psi)/psi``."""
-        return _ecp_nonlocal(self.ecp, self.ecp_points, self.coords, signed_log_psi, r, key)
-
-    def electron_nonlocal_elements(self, signed_log_psi, r: jax.Array, i: jax.Array, key):
-        """Electron ``i``'s nonlocal elements of one walker, flattened over atoms and points
-        (:func:`nnqmc.ecp.electron_elements`): what its T-move chooses from."""
-        return _ecp_electron(self, signed_log_psi, r, i, key)
-
-
-@dataclass(frozen=True)
-class GeometryHamiltonian:
-    """:class:`MolecularHamiltonian` with the nuclear positions an array argument (possibly
-    traced: one compiled program for every geometry of a scan) and the part without
-    electrons, :attr:`MolecularHamiltonian.constant_energy`, given as ``constant``."""
-
-    charges: np.ndarray
-    coords: jax.Array
-    n_up: int
-    n_down: int
-    constant: jax.Array
-    external: tuple[ExternalPotential, ...] = ()
-    ecp: dict[str, Any] | None = None
-    ecp_points: int = 12
-
-    def potential(self, r: jax.Array) -> jax.Array:
-        """Electron–nucleus + electron–electron + constant + external one-body terms + the
-        local channel of the ECPs."""
-        coords = jnp.asarray(self.coords, r.dtype).reshape(-1, 3)
-        charges = jnp.asarray(self.charges, r.dtype)
-        v_en = -jnp.sum(charges / electron_nuclear_distances(r, coords))
-        v_ee = jnp.sum(1.0 / pair_distances(r)) if r.shape[0] > 1 else 0.0
-        v_ext = sum((t.electron_potential(r) for t in self.external), jnp.zeros((), r.dtype))
-        v_ecp = _ecp_local(self.ecp, coords, r)
-        return v_en + v_ee + jnp.asarray(self.constant, r.dtype) + v_ext + v_ecp
-
-    def nonlocal_elements(
-        self, signed_log_psi: Callable[[jax.Array], tuple[jax.Array, jax.Array]], r, key
-    ) -> tuple[jax.Array, jax.Array]:
-        """As :meth:`MolecularHamiltonian.nonlocal_elements`."""
         return _ecp_nonlocal(self.ecp, self.ecp_points, self.coords, signed_log_psi, r, key)
 
     def electron_nonlocal_elements(self, signed_log_psi, r: jax.Array, i: jax.Array, key):
@@ -338,14 +306,14 @@ BatchNonlocalTerm = Callable[..., tuple[jax.Array, jax.Array]]
 
 def batch_nonlocal_of(hamiltonian: Any) -> BatchNonlocalTerm | None:
     """The ECP nonlocal term over a batch of walkers, evaluating ψ only inside the cutoff,
-    for a :class:`MolecularHamiltonian` or :class:`GeometryHamiltonian` with ECPs (or an
+    for a :class:`MolecularHamiltonian` with ECPs (or an
     :class:`ExtendedHamiltonian` around one); None for any other Hamiltonian, whose
     ``nonlocal_elements`` is evaluated walker by walker. Walker ``w`` gets the rotation
     ``nonlocal_elements(..., keys[w])`` would draw."""
     if isinstance(hamiltonian, ExtendedHamiltonian):
         return batch_nonlocal_of(hamiltonian.base)
-    ecp_types = (MolecularHamiltonian, GeometryHamiltonian)  # not subclasses: they may
-    if type(hamiltonian) not in ecp_types or hamiltonian.ecp is None:  # override the term
+    # not subclasses: they may override the term
+    if type(hamiltonian) is not MolecularHamiltonian or hamiltonian.ecp is None:
         return None
     nodes, weights = quadrature(hamiltonian.ecp_points)
 

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .diffusion import DMCControl, DMCWalkers, dmc_step, walker_start
 from .executables import StoredProgram
 from .external import standard_observables
 from .optimize import AXIS
@@ -34,6 +35,7 @@ __all__ = [
     "burn_in_program",
     "clear",
     "compilations",
+    "dmc_program",
     "eval_program",
     "observables_of",
     "train_program",
@@ -216,3 +218,39 @@ def eval_program(
     if isinstance(extra, dict) and extra:
         return _shared(dataclasses.replace(run, program_key=None), "eval", make)
     return _shared(run, ("eval", extra), make)
+
+
+def dmc_program(run: Run) -> tuple[Callable[..., DMCWalkers], Callable[..., Any]]:
+    """``(start, step)`` of fixed-node DMC with ``dmc.nonlocal_scheme``: ``start(params, r)
+    -> walkers`` (:func:`nnqmc.diffusion.walker_start`) and ``step(params, walkers, control,
+    key, tau) -> (walkers, control, stats)`` (:func:`nnqmc.diffusion.dmc_step`). The time
+    step is an argument: every τ of a series runs the same program."""
+    engine, scheme = run.config.train.laplacian, run.config.dmc.nonlocal_scheme
+    physics_of = run.physics
+
+    def make_start() -> Callable[..., Any]:
+        def start(geometry, params, r):
+            physics = physics_of(geometry)
+            return walker_start(physics.ansatz, physics.hamiltonian, engine, scheme)(params, r)
+
+        pmapped = jax.pmap(start, axis_name=AXIS, in_axes=(None, 0, 0))
+        return StoredProgram(pmapped, _key(run, ("dmc-start", scheme)))
+
+    def make_step() -> Callable[..., Any]:
+        def step(geometry, params, walkers, control, key, tau):
+            physics = physics_of(geometry)
+            one = dmc_step(physics.ansatz, physics.hamiltonian, engine=engine, nonlocal_mode=scheme)
+            return one(params, walkers, control, key, tau)
+
+        in_axes = (None, 0, 0, 0, None, None)
+        pmapped = StoredProgram(
+            jax.pmap(step, axis_name=AXIS, in_axes=in_axes), _key(run, ("dmc", scheme))
+        )
+
+        def run_step(geometry, params, walkers: DMCWalkers, control: DMCControl, key, tau):
+            return pmapped(geometry, params, walkers, control, key, jnp.asarray(tau, jnp.float64))
+
+        return run_step
+
+    start = _shared(run, ("dmc-start", scheme), make_start)
+    return start, _shared(run, ("dmc", scheme), make_step)

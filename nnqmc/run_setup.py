@@ -26,7 +26,7 @@ from .config import Config
 from .ecp import ecp_arrays
 from .errors import RunError
 from .external import external_terms, scf_external
-from .hamiltonian import GeometryHamiltonian, Hamiltonian, MolecularHamiltonian
+from .hamiltonian import Hamiltonian, MolecularHamiltonian
 from .molecule import Molecule
 from .optimize import Optimizer, make_optimizer
 from .parallel import device_count, global_device_count, process_count
@@ -219,15 +219,8 @@ def physics_builder(
         gradient = None
         if config.precision == "mixed":
             gradient = ansatz_from_arrays(config, molecule, scf, orbitals, coords, jnp.float32)
-        h = GeometryHamiltonian(
-            hamiltonian.charges,
-            coords,
-            hamiltonian.n_up,
-            hamiltonian.n_down,
-            geometry["constant"],
-            hamiltonian.external,
-            geometry.get("ecp"),
-            hamiltonian.ecp_points,
+        h = dataclasses.replace(
+            hamiltonian, coords=coords, ecp=geometry.get("ecp"), constant=geometry["constant"]
         )
         uniform = config.sampler.proposal == "uniform"
         return Physics(ansatz, h, gradient, None if uniform else nucleus_step_scale(coords))

@@ -212,7 +212,6 @@ def run(
     for :func:`evaluate` (a dict, or a function of the Hamiltonian that builds them).
     ``keep_compiled``: leave the compiled steps for the next run of the same shape (a scan's
     next geometry, :mod:`nnqmc.programs`); the caller then calls :func:`release_compiled`.
-    A run with DMC releases them anyway (its DMC programs belong to its geometry).
 
     The directory is locked while the run lives; SIGINT/SIGTERM stop it at the next step
     with a checkpoint (:class:`Interrupted`). ``force`` starts a finished run over.
@@ -238,7 +237,7 @@ def run(
             result = _after_training(prepared, trained, path, progress, stop, observables)
     finally:
         release(path)
-        if not keep_compiled or wants_dmc(config):
+        if not keep_compiled:
             release_compiled()
     return result
 

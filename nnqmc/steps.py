@@ -1,7 +1,7 @@
-"""The jitted, pmapped steps: sample -> local energies -> clipped gradient -> update.
+"""One device's steps: sample -> local energies -> clipped gradient -> update.
 
-``TrainState`` arrays carry a leading device axis; walkers are split over devices, the
-rest is replicated. Each step function is compiled once per run.
+:mod:`nnqmc.programs` ``pmap``s them over the devices: ``TrainState`` arrays then carry a
+leading device axis; walkers are split over devices, the rest is replicated.
 """
 
 from __future__ import annotations
@@ -286,20 +286,6 @@ def _energy_stats(e: jax.Array) -> tuple[jax.Array, jax.Array]:
     return mean, variance
 
 
-def make_train_step(
-    ansatz: Ansatz, hamiltonian: Hamiltonian, optimizer: Optimizer, **options: Any
-) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """A pmapped ``step(state, keys, lr_scale=1.0) -> (state, stats)``: :func:`train_step`
-    (with its keyword ``options``) on every device."""
-    step = train_step(ansatz, hamiltonian, optimizer, **options)
-    pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None))
-
-    def run_step(state: TrainState, keys: jax.Array, lr_scale: float = 1.0):
-        return pmapped(state, keys, jnp.asarray(lr_scale, jnp.float64))
-
-    return run_step
-
-
 def train_step(
     ansatz: Ansatz,
     hamiltonian: Hamiltonian,
@@ -370,14 +356,6 @@ def train_step(
     return step
 
 
-def make_sample_step(
-    ansatz: Ansatz, **options: Any
-) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
-    """A pmapped burn-in step ``(params, walkers, width, keys) -> (walkers, width, acc)``:
-    :func:`sample_step` (with its keyword ``options``) on every device."""
-    return jax.pmap(sample_step(ansatz, **options), axis_name=AXIS)
-
-
 def sample_step(
     ansatz: Ansatz,
     *,
@@ -402,14 +380,6 @@ def sample_step(
         return walkers, adapt_width(width, acceptance, target_acceptance), acceptance
 
     return step
-
-
-def make_eval_step(
-    ansatz: Ansatz, hamiltonian: Hamiltonian, **options: Any
-) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
-    """A pmapped ``(params, walkers, width, keys) -> (walkers, stats)`` with frozen params:
-    :func:`eval_step` (with its keyword ``options``) on every device."""
-    return jax.pmap(eval_step(ansatz, hamiltonian, **options), axis_name=AXIS)
 
 
 def eval_step(

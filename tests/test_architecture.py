@@ -316,6 +316,44 @@ def test_the_file_check_sees_each_way_in(tmp_path):
     assert sorted(_file_access(path)) == ["AppendLog", "h5py", "io.save_checkpoint", "open"]
 
 
+# Steps are pmapped only where programs are made (nnqmc.programs, from one device's steps of
+# nnqmc.steps and nnqmc.diffusion): the bench times the programs a run executes.
+STEP_ROOMS = ("nnqmc.programs", "nnqmc.steps", "nnqmc.diffusion")
+STEP_MAKER = re.compile(r"make_\w*_step|make_walkers")
+
+
+def _step_makers(path: Path) -> list[str]:
+    """The ``make_*_step`` (or ``make_walkers``) names a file defines, imports or uses."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        name = getattr(node, "id", None) or getattr(node, "attr", None)
+        if isinstance(node, (ast.FunctionDef, ast.alias)):
+            name = node.name
+        if isinstance(name, str) and STEP_MAKER.fullmatch(name):
+            found.append(name)
+    return found
+
+
+def test_the_bench_times_the_runs_programs():
+    modules = module_files(ROOT)
+    for name, path in modules.items():
+        if not _under(name, STEP_ROOMS):
+            assert not _step_makers(path), f"{name} makes its own steps: {_step_makers(path)}"
+    bench = modules["nnqmc.bench"].read_text()
+    for program in ("train_program", "burn_in_program", "eval_program", "dmc_program"):
+        assert f"{program}(run)" in bench, program
+
+
+def test_the_step_check_sees_each_way_in(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text(
+        "from .steps import make_train_step\nstep = diffusion.make_dmc_step(a)\n"
+        "def make_eval_step():\n    pass\nmake_walkers(a)\nmake_run(a)\n"
+    )
+    found = sorted(_step_makers(path))
+    assert found == ["make_dmc_step", "make_eval_step", "make_train_step", "make_walkers"]
+
+
 def test_one_public_surface_and_no_name_shadows_a_module():
     """``nnqmc`` and ``nnqmc.api`` export the same names, one ``__version__``; no public
     name is also a top-level module's name (``nnqmc.train`` the function against a module

@@ -17,6 +17,7 @@ from nnqmc.ansatz import Ansatz
 from nnqmc.estimate import estimate
 from nnqmc.external import HarmonicTrap
 from nnqmc.hamiltonian import MolecularHamiltonian
+from nnqmc.optimize import AXIS
 
 # ---------------------------------------------------------------------------------------------
 # pieces
@@ -101,6 +102,13 @@ def test_extrapolation_recovers_a_line_and_its_error():
 # one electron in a harmonic trap (omega = 1): E_0 = 1.5, E_1 = 2.5 with the node x = 0
 
 
+def pmapped_dmc(ansatz, ham, engine="exact"):
+    """DMC's start and step on every device (as :func:`nnqmc.programs.dmc_program`'s)."""
+    start = jax.pmap(diffusion.walker_start(ansatz, ham, engine), axis_name=AXIS)
+    one = diffusion.dmc_step(ansatz, ham, engine=engine)
+    return start, jax.pmap(one, axis_name=AXIS, in_axes=(0, 0, 0, None, None))
+
+
 def _trap_run(alpha, excited, taus, steps, walkers=256, seed=0, equilibration=300):
     def apply(params, r):
         log_psi = -alpha * jnp.sum(r * r)
@@ -111,9 +119,9 @@ def _trap_run(alpha, excited, taus, steps, walkers=256, seed=0, equilibration=30
     ansatz = Ansatz(init=lambda key: {}, apply=apply, n_up=1, n_down=0)
     ham = MolecularHamiltonian.without_nuclei(1, 0, external=[HarmonicTrap(1.0)])
     r = jax.random.normal(jax.random.PRNGKey(seed), (1, walkers, 1, 3)) / np.sqrt(4 * alpha)
-    walkers_ = diffusion.make_walkers(ansatz, ham, "exact")({}, r)
+    start, step = pmapped_dmc(ansatz, ham)
+    walkers_ = start({}, r)
     signs0 = np.asarray(walkers_.sign)
-    step = diffusion.make_dmc_step(ansatz, ham, engine="exact")
     control = diffusion.initial_control(2.5 if excited else 1.5, 1)
     rows = []
     key = jax.random.PRNGKey(seed + 1)
@@ -168,6 +176,7 @@ _DEVICE_SCRIPT = textwrap.dedent(
     from nnqmc.ansatz import Ansatz
     from nnqmc.external import HarmonicTrap
     from nnqmc.hamiltonian import MolecularHamiltonian
+    from nnqmc.optimize import AXIS
     n = jax.device_count()
     def apply(params, r):
         return jnp.ones(()), -params["a"] * jnp.sum(r * r) + 0.1 * jnp.sum(r[:, 0])
@@ -175,8 +184,9 @@ _DEVICE_SCRIPT = textwrap.dedent(
     ham = MolecularHamiltonian.without_nuclei(2, 0, external=[HarmonicTrap(1.0)])
     r = jax.random.normal(jax.random.PRNGKey(0), (16, 2, 3)).reshape(n, 16 // n, 2, 3)
     params = {"a": jnp.full((n,), 0.3)}
-    walkers = diffusion.make_walkers(ansatz, ham, "exact")(params, r)
-    step = diffusion.make_dmc_step(ansatz, ham, engine="exact")
+    walkers = jax.pmap(diffusion.walker_start(ansatz, ham, "exact"), axis_name=AXIS)(params, r)
+    step = jax.pmap(diffusion.dmc_step(ansatz, ham, engine="exact"), axis_name=AXIS,
+                    in_axes=(0, 0, 0, None, None))
     control = diffusion.initial_control(3.0, n)
     energies = []
     for i in range(20):

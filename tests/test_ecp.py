@@ -414,6 +414,8 @@ def test_t_move_step_does_not_depend_on_how_few_walkers_are_recomputed(monkeypat
     """O with ccECP, HF trial, a large time step so that walkers T-move: the DMC step that
     recomputes only the walkers an earlier electron moved (and only their local jets after
     the sweep) gives the steps of the one that recomputes every walker."""
+    from test_diffusion import pmapped_dmc
+
     from nnqmc import diffusion
     from nnqmc.ansatz import Ansatz
     from nnqmc.hamiltonian import MolecularHamiltonian
@@ -426,8 +428,8 @@ def test_t_move_step_does_not_depend_on_how_few_walkers_are_recomputed(monkeypat
 
     def steps(fraction):
         monkeypatch.setattr(diffusion, "SUBSET_FRACTION", fraction)
-        walkers = diffusion.make_walkers(ansatz, ham, "exact")({}, r)
-        step = diffusion.make_dmc_step(ansatz, ham, engine="exact")
+        start, step = pmapped_dmc(ansatz, ham)
+        walkers = start({}, r)
         control = diffusion.initial_control(-15.7, 1)
         moved = []
         for k in range(4):
@@ -568,12 +570,7 @@ def test_batch_local_energies_take_the_compacted_term_and_keep_their_gradient(mo
     from nnqmc import steps
     from nnqmc.ansatz import Ansatz
     from nnqmc.external import UniformField
-    from nnqmc.hamiltonian import (
-        ExtendedHamiltonian,
-        GeometryHamiltonian,
-        MolecularHamiltonian,
-        batch_nonlocal_of,
-    )
+    from nnqmc.hamiltonian import ExtendedHamiltonian, MolecularHamiltonian, batch_nonlocal_of
 
     atoms = "O 0 0 0\nH 0 1.4311 1.1077\nH 0 -1.4311 1.1077"
     signed, molecule, _ = _hf_psi(atoms, {"O": "ccecp"}, 0, {"O": "ccecp-cc-pvdz", "H": "cc-pvdz"})
@@ -621,8 +618,9 @@ def test_batch_local_energies_take_the_compacted_term_and_keep_their_gradient(mo
         for name, a, b in zip(("log", "grad", "e", "elements", "targets"), got, want, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=name)
         energies.append(got[2])
-    geometry = GeometryHamiltonian(
-        ham.charges, coords, 4, 4, jnp.asarray(ham.constant_energy), ecp=arrays, ecp_points=6
+    constant = jnp.asarray(ham.constant_energy)
+    geometry = MolecularHamiltonian(
+        ham.charges, coords, 4, 4, ecp=arrays, ecp_points=6, constant=constant
     )
     assert batch_nonlocal_of(geometry) is not None
     e = jax.jit(steps.batch_local_energy(ansatz, geometry, "exact"))(params, r, key)

@@ -88,7 +88,8 @@ STEP_SCRIPT = textwrap.dedent(
     from nnqmc import api
     from nnqmc.config import load_config
     from nnqmc.parallel import device_keys, first_replica, replicate, split_walkers
-    from nnqmc.steps import TrainState, make_eval_step, make_train_step
+    from nnqmc.optimize import AXIS
+    from nnqmc.steps import TrainState, eval_step, train_step
 
     h2, tiny = sys.argv[1], sys.argv[2:]
     flat = lambda tree: np.asarray(ravel_pytree(tree)[0]).tolist()
@@ -113,11 +114,13 @@ STEP_SCRIPT = textwrap.dedent(
         walkers = api.initial_walkers(run, jax.random.fold_in(key, 1), 16)
         opt = run.optimizer()
         # no Metropolis sweeps: the walkers stay as given, whatever the device count
-        step = make_train_step(run.ansatz, run.hamiltonian, opt, sweeps=0,
-                               clip_width=cfg.train.clip_width, target_acceptance=0.5,
-                               engine=cfg.train.laplacian)
-        evaluate = make_eval_step(run.ansatz, run.hamiltonian, sweeps=0,
-                                  engine=cfg.train.laplacian)
+        one = train_step(run.ansatz, run.hamiltonian, opt, sweeps=0,
+                         clip_width=cfg.train.clip_width, target_acceptance=0.5,
+                         engine=cfg.train.laplacian)
+        pmapped = jax.pmap(one, axis_name=AXIS, in_axes=(0, 0, None))
+        step = lambda state, keys, p=pmapped: p(state, keys, jnp.asarray(1.0, jnp.float64))
+        evaluate = jax.pmap(eval_step(run.ansatz, run.hamiltonian, sweeps=0,
+                                      engine=cfg.train.laplacian), axis_name=AXIS)
         for d in (1, 2):
             state = TrainState(replicate(params, d), replicate(opt.init(params), d),
                                split_walkers(walkers, d), replicate(jnp.asarray(0.3), d))

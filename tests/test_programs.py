@@ -73,6 +73,27 @@ def test_a_scan_traces_and_compiles_its_steps_once(tmp_path, monkeypatch):
     ]
 
 
+def test_a_scan_with_dmc_builds_its_dmc_programs_once(tmp_path, monkeypatch):
+    """Two geometries with [dmc] at two time steps: DMC's start and step are built, with the
+    other steps, for the first geometry only, and XLA compiles nothing after it."""
+    dmc = "[dmc]\ntimestep = [0.04, 0.02]\nsteps = 3\nequilibration = 2\n"
+    scan = '[scan]\nkind = "bond"\natoms = [0, 1]\nvalues = [1.2, 1.6]\n'
+    (tmp_path / "scan.toml").write_text(TINY + dmc + scan)
+    per_geometry = []
+    real_run = scan_module.api.run
+
+    def counted(*args, **kwargs):
+        built, compiled = programs.compilations(), len(_BACKEND_COMPILES)
+        result = real_run(*args, **kwargs)
+        per_geometry.append((programs.compilations() - built, len(_BACKEND_COMPILES) - compiled))
+        return result
+
+    monkeypatch.setattr(scan_module.api, "run", counted)
+    assert main(["scan", str(tmp_path / "scan.toml"), "--out", str(tmp_path / "out")]) == 0
+    assert per_geometry[0][0] == 5  # burn-in, train, eval, DMC start and step
+    assert per_geometry[1:] == [(0, 0)]
+
+
 def _run_at(bond: float, kind: str, precision: str = "float64"):
     data = {
         "name": "h2",

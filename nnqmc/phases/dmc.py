@@ -1,7 +1,8 @@
 """The diffusion Monte Carlo phase: fixed-node DMC on a trained wavefunction, one block of
 equilibration and production steps per time step, checkpointed and resumable (:func:`dmc`).
 
-The jitted step is :func:`nnqmc.diffusion.make_dmc_step`; this module gives it to the loop
+The compiled step is :func:`nnqmc.programs.dmc_program`'s (one for every geometry of a scan
+and every time step); this module gives it to the loop
 (:class:`nnqmc.driver.Driver`, which logs each step to dmc.h5 and checkpoints) with the
 schedule over time steps, a new key for a retried non-finite step, the energy of each time
 step by a blocking analysis, and the τ -> 0 extrapolation.
@@ -22,17 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..diffusion import (
-    DMCControl,
-    extrapolate_timestep,
-    line_chi2_per_dof,
-    make_dmc_step,
-    make_walkers,
-)
+from ..diffusion import DMCControl, extrapolate_timestep, line_chi2_per_dof
 from ..driver import Driver, NanGuard
 from ..errors import RunError
 from ..estimate import estimate
 from ..parallel import first_replica, gather_walkers, replicate, scatter_walkers
+from ..programs import dmc_program
 from ..run_setup import STREAM_DMC, Run, check_devices
 from ..rundir import Progress, StopCheck, warn
 from ..threads import single_threaded_blas
@@ -142,11 +138,7 @@ def dmc(
     schedule = dmc_schedule(timesteps, equilibration, steps)
     total = len(schedule)
     key = jax.random.fold_in(jax.random.PRNGKey(run.config.train.seed), STREAM_DMC)
-    engine = run.config.train.laplacian
-    start_fn = make_walkers(run.ansatz, run.hamiltonian, engine, cfg.nonlocal_scheme)
-    step_fn = make_dmc_step(
-        run.ansatz, run.hamiltonian, engine=engine, nonlocal_mode=cfg.nonlocal_scheme
-    )
+    start_fn, step_fn = dmc_program(run)
     params_d = replicate(params, n_devices)
     positions = _start_walkers(walkers, n_walkers)
     tag = {
