@@ -18,10 +18,10 @@ from nnqmc.config import ConfigError, load_config
 from nnqmc.errors import Interrupted, RunError
 from nnqmc.molecule import Molecule
 from nnqmc.optimize import AXIS, spring_direction
-from nnqmc.orbital_alignment import AlignmentError, align_scf, match_orbitals, mo_overlap
+from nnqmc.orbital_alignment import AlignmentError, align_scf, mo_overlap, procrustes
 from nnqmc.pes import read_dataset
 from nnqmc.pes.shared import geometry_rows, prepare_shared, train_shared
-from nnqmc.scf import ao_cross_overlap, run_hf
+from nnqmc.scf import _pyscf_mol, ao_cross_overlap, run_hf
 from nnqmc.shared_steps import selection, stacked_rows
 
 SYSTEMS = Path(__file__).parent.parent / "systems"
@@ -36,15 +36,29 @@ def _lih(r: float) -> Molecule:
 
 
 # --------------------------------------------------------------------------- alignment
-def test_match_orbitals_undoes_a_permutation_with_sign_flips():
+def test_procrustes_undoes_a_permutation_with_sign_flips():
     rng = np.random.default_rng(0)
     overlap = np.eye(4) * 0.9 + 0.05 * rng.standard_normal((4, 4))
     order, signs = np.array([2, 0, 3, 1]), np.array([1.0, -1.0, -1.0, 1.0])
     shuffled = np.empty_like(overlap)
     shuffled[:, order] = overlap * signs  # new column order[i] is reference orbital i, flipped
-    match = match_orbitals(shuffled)
-    assert list(match.order) == list(order) and list(match.signs) == list(signs)
-    assert np.allclose(match.overlaps, np.abs(np.diag(overlap)))
+    rotation, sigma = procrustes(shuffled)
+    back = shuffled @ rotation
+    assert np.allclose(back, back.T) and np.all(np.linalg.eigvalsh(back) > 0)
+    expected = np.zeros((4, 4))
+    expected[order, np.arange(4)] = signs  # the signed permutation, up to the small mixing
+    assert np.allclose(rotation, expected, atol=0.15)
+    assert np.allclose(sigma, np.linalg.svd(overlap, compute_uv=False))
+
+
+def _messed(scf, mo):
+    return type(scf)(**{**scf.__dict__, "mo_up": mo, "mo_down": mo})
+
+
+def _determinant(molecule, mo, occupied, points):
+    """The Slater determinant of the ``occupied`` columns of ``mo`` at electron ``points``."""
+    ao = _pyscf_mol(molecule, "sto-3g").eval_gto("GTOval", points)
+    return np.linalg.det(ao @ mo[:, occupied])
 
 
 def test_permuted_and_flipped_lih_orbitals_come_back_aligned():
@@ -55,17 +69,53 @@ def test_permuted_and_flipped_lih_orbitals_come_back_aligned():
     )  # orthonormal MOs: the cross overlap of a geometry with itself is S
     scrambled = new.mo_up.copy()
     scrambled[:, [0, 1]] = new.mo_up[:, [1, 0]] * np.array([-1.0, 1.0])
-    messed = type(new)(**{**new.__dict__, "mo_up": scrambled, "mo_down": scrambled})
-    aligned = align_scf(ref, a, messed, b, "sto-3g")
+    aligned = align_scf(ref, a, _messed(new, scrambled), b, "sto-3g")
     overlap = mo_overlap(ref.mo_up[:, :2], aligned.mo_up[:, :2], ao_cross_overlap(a, b, "sto-3g"))
     assert np.all(np.diag(overlap) > 0.9), overlap  # the same orbital in the same slot, sign +
     assert abs(overlap[0, 1]) < 0.2 and abs(overlap[1, 0]) < 0.2
-    # the aligned orbitals are the unscrambled ones up to their signs
+    # the aligned orbitals are those aligned from the unscrambled ones
     again = align_scf(ref, a, new, b, "sto-3g")
     assert np.allclose(aligned.mo_up[:, :2], again.mo_up[:, :2], atol=1e-12)
     assert np.allclose(aligned.mo_down, aligned.mo_up)
-    with pytest.raises(AlignmentError, match="overlaps its best match"):
+    assert np.array_equal(aligned.mo_up[:, 2:], scrambled[:, 2:])  # virtuals as they were
+    with pytest.raises(AlignmentError, match="with a singular value of"):
         align_scf(ref, a, new, b, "sto-3g", min_overlap=0.9999)
+
+
+def test_occupied_orbitals_mixed_by_a_rotation_come_back_as_the_unmixed_ones():
+    """Degenerate-like mixing: the occupied orbitals of LiH at 3.4 bohr rotated among
+    themselves by a random orthogonal matrix align to the same orbitals as the unmixed
+    ones (overlap with the reference the same symmetric positive matrix), and the HF
+    determinant and energy stay what they were (up to the determinant's sign)."""
+    a, b = _lih(3.0), _lih(3.4)
+    ref, new = run_hf(a, "sto-3g"), run_hf(b, "sto-3g")
+    occ = np.unique(new.occ_up)
+    q, _ = np.linalg.qr(np.random.default_rng(3).standard_normal((occ.size, occ.size)))
+    mixed = new.mo_up.copy()
+    mixed[:, occ] = new.mo_up[:, occ] @ q
+    ao = ao_cross_overlap(a, b, "sto-3g")
+    plain = align_scf(ref, a, new, b, "sto-3g")
+    rotated = align_scf(ref, a, _messed(new, mixed), b, "sto-3g")
+    s_plain = mo_overlap(ref.mo_up[:, occ], plain.mo_up[:, occ], ao)
+    s_rotated = mo_overlap(ref.mo_up[:, occ], rotated.mo_up[:, occ], ao)
+    assert np.allclose(s_rotated, s_plain, atol=1e-10)
+    assert np.allclose(s_rotated, s_rotated.T, atol=1e-10)
+    assert np.all(np.linalg.eigvalsh(s_rotated) > 0.5)
+    assert np.all(np.diag(s_rotated) > 0.9)
+    # the same determinant up to its sign, the same HF energy
+    points = np.random.default_rng(4).standard_normal((occ.size, 3))
+    before = _determinant(b, new.mo_up, occ, points)
+    after = _determinant(b, rotated.mo_up, occ, points)
+    assert abs(after) == pytest.approx(abs(before), rel=1e-10)
+    mol = _pyscf_mol(b, "sto-3g")
+    from pyscf import scf as pyscf_scf
+
+    def hf_energy(mo):
+        dm = 2 * mo[:, occ] @ mo[:, occ].T  # closed shell: both spins in the same orbitals
+        return pyscf_scf.RHF(mol).energy_tot(dm=dm)
+
+    assert hf_energy(rotated.mo_up) == pytest.approx(hf_energy(new.mo_up), abs=1e-10)
+    assert hf_energy(new.mo_up) == pytest.approx(new.energy, abs=1e-7)
 
 
 # --------------------------------------------------------------------------- centring

@@ -4,8 +4,8 @@ The shared training lives in the scan directory's ``shared/`` run directory: its
 checkpoint and log (``train.h5``: a row per step with one energy, variance, acceptance and
 step width per trained geometry, and the geometries' indices), and the aligned mean-field
 reference of every geometry (``reference-NNNN.h5``). Each geometry's SCF is solved on its
-own and its occupied orbitals are matched in order and sign to those of the nearest
-geometry already aligned, starting from geometry 0 (:mod:`nnqmc.orbital_alignment`), so
+own and its occupied orbitals are rotated onto those of the nearest geometry already
+aligned, starting from geometry 0 (:mod:`nnqmc.orbital_alignment`), so
 the shared network sees the same orbital in the same slot. The step itself is
 :mod:`nnqmc.shared_steps`; the loop, checkpoints and resume are :class:`nnqmc.driver.Driver`'s.
 
