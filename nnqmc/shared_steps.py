@@ -53,6 +53,7 @@ from .steps import (
 __all__ = [
     "SharedState",
     "centre_per_geometry",
+    "clip_per_geometry",
     "selection",
     "shared_train_program",
     "stack_geometries",
@@ -87,6 +88,13 @@ def centre_per_geometry(x: jax.Array) -> jax.Array:
     """``x`` (S, W_local, ...) minus its mean over the walkers of each geometry on all
     devices (inside pmap over :data:`AXIS`)."""
     return x - jax.lax.pmean(jnp.mean(x, axis=1, keepdims=True), AXIS)
+
+
+def clip_per_geometry(e: jax.Array, width: float) -> jax.Array:
+    """Local energies ``e`` (S, W_local) clipped around each geometry's own median (over the
+    walkers of that geometry on all devices; inside pmap over :data:`AXIS`): a geometry
+    Hartrees below the others is not clipped against their median."""
+    return jax.vmap(lambda x: clip_local_energies(x, width))(e)
 
 
 def stacked_rows(
@@ -128,7 +136,6 @@ def _shared_step(run: Run) -> Callable[..., tuple[SharedState, dict[str, jax.Arr
             physics.ansatz, hamiltonian, cfg.train.laplacian, cfg.train.local_energy_chunk
         )
         e = energies(params, walkers, jax.random.fold_in(key, ECP_STREAM))
-        e_clipped = clip_local_energies(e, clip_width)
         p, r = params, walkers
         if gradient_dtype is not None:
             p, r = cast_floats(params, gradient_dtype), walkers.astype(gradient_dtype)
@@ -136,17 +143,17 @@ def _shared_step(run: Run) -> Callable[..., tuple[SharedState, dict[str, jax.Arr
         new_width = adapt_width(width, acceptance, cfg.sampler.target_acceptance)
         new_width = jnp.where(jnp.isfinite(new_width), new_width, width)  # no moves: NaN
         mean, variance = _energy_stats(e)
-        return walkers, e, e_clipped, blocks, acceptance, new_width, mean, variance
+        return walkers, e, blocks, acceptance, new_width, mean, variance
 
     def step(geometries, state: SharedState, key, lr_scale, index):
         params = state.params
         chosen = jax.tree_util.tree_map(lambda x: x[index], geometries)
         keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(index)
         per_geometry = jax.vmap(one, in_axes=(None, 0, 0, 0, 0))
-        walkers, e, e_clipped, blocks, acceptance, new_width, mean, variance = per_geometry(
+        walkers, e, blocks, acceptance, new_width, mean, variance = per_geometry(
             params, chosen, state.walkers[index], state.width[index], keys
         )
-        rows, e_rows = stacked_rows(blocks, e_clipped)
+        rows, e_rows = stacked_rows(blocks, clip_per_geometry(e, clip_width))
         new_params, new_opt_state, grad_norm = spring_step(
             params, state.opt_state, rows, e_rows, *settings
         )

@@ -4,15 +4,17 @@ training, a shared scan end to end, and the inputs it refuses (one line, exit 2)
 
 ``ci_slow``: a short shared H2 scan against the exact curve."""
 
+import dataclasses
 from pathlib import Path
 
+import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_pes import TINY
 
-from nnqmc import orbital_alignment
+from nnqmc import io, orbital_alignment
 from nnqmc.cli import main
 from nnqmc.config import ConfigError, load_config
 from nnqmc.errors import Interrupted, RunError
@@ -20,9 +22,10 @@ from nnqmc.molecule import Molecule
 from nnqmc.optimize import AXIS, spring_direction
 from nnqmc.orbital_alignment import AlignmentError, align_scf, mo_overlap, procrustes
 from nnqmc.pes import read_dataset
-from nnqmc.pes.shared import geometry_rows, prepare_shared, train_shared
+from nnqmc.pes.shared import _columns, geometry_rows, hand_off, prepare_shared, train_shared
+from nnqmc.phases import training
 from nnqmc.scf import _pyscf_mol, ao_cross_overlap, run_hf
-from nnqmc.shared_steps import selection, stacked_rows
+from nnqmc.shared_steps import clip_per_geometry, selection, stacked_rows
 
 SYSTEMS = Path(__file__).parent.parent / "systems"
 SHARED = (
@@ -155,6 +158,42 @@ def test_a_constant_added_to_one_geometrys_energies_changes_nothing():
     assert not np.allclose(naive, naive_s, rtol=1e-3)
 
 
+def test_a_constant_added_to_one_geometrys_jacobian_rows_leaves_the_update():
+    """Per-geometry centring of the log-psi Jacobian: a constant added to the rows of one
+    geometry (a parameter whose derivative differs between geometries by an offset, e.g.
+    through the orbitals) leaves the SPRING update as it is; centring all rows together
+    would not."""
+    rng = np.random.default_rng(2)
+    blocks = jnp.asarray(rng.standard_normal((3, 16, 5)))
+    e = jnp.asarray(rng.standard_normal((3, 16)))
+    previous = jnp.asarray(rng.standard_normal(5))
+    delta, grad = _direction(blocks, e, previous)
+    shifted = blocks.at[1].add(jnp.asarray(rng.standard_normal(5)) * 3.0)
+    delta_s, grad_s = _direction(shifted, e, previous)
+    assert np.allclose(delta_s, delta, rtol=1e-10, atol=1e-12)
+    assert np.allclose(grad_s, grad, rtol=1e-10, atol=1e-12)
+    flat = lambda x: [jnp.reshape(x, (48, 5))]  # noqa: E731
+    naive = spring_direction(flat(blocks), e.reshape(-1), previous, 1e-3, 0.5)[0]
+    naive_s = spring_direction(flat(shifted), e.reshape(-1), previous, 1e-3, 0.5)[0]
+    assert not np.allclose(naive, naive_s, rtol=1e-3)
+
+
+def test_local_energies_are_clipped_per_geometry():
+    """A geometry 100 Ha above the others keeps its own spread: clipped around its own
+    median, exactly as it would be alone, not pinned to the others' window."""
+    rng = np.random.default_rng(5)
+    e = rng.standard_normal((3, 32)) - 1.0
+    e[:, 0] += 30.0  # one outlier per geometry, which the clipping cuts
+    shifted = e.copy()
+    shifted[2] += 100.0
+    clip = jax.pmap(lambda x: clip_per_geometry(x, 5.0), axis_name=AXIS)
+    plain, moved = np.asarray(clip(e[None])[0]), np.asarray(clip(shifted[None])[0])
+    assert np.allclose(moved[2], plain[2] + 100.0, rtol=0, atol=1e-10)
+    assert np.array_equal(moved[:2], plain[:2])
+    assert np.all(plain[:, 0] < e[:, 0] - 10.0)  # the outliers were clipped
+    assert np.array_equal(plain[:, 1:], e[:, 1:])  # the rest left alone
+
+
 def test_geometries_per_step_go_round_robin():
     assert list(selection(0, 3, 3)) == [0, 1, 2] and list(selection(5, 3, 10)) == [0, 1, 2]
     seen = np.concatenate([selection(k, 5, 2) for k in range(5)])
@@ -173,46 +212,143 @@ def _runs(tmp_path, text=SHARED, *overrides):
     return configs
 
 
+THREE = SHARED.replace("[1.2, 2.0]", "[1.2, 1.6, 2.0]")
+
+
 def test_shared_training_resumes_bit_identically(tmp_path):
-    configs = _runs(tmp_path, SHARED, "train.steps=4", "train.checkpoint_every=1")
+    """Three geometries, one per step: stopped after step 2 of 4, in the middle of a round
+    robin, and resumed; the same as without the stop. Other settings are refused."""
+    configs = _runs(tmp_path, THREE, "train.steps=4", "train.checkpoint_every=1")
     runs = prepare_shared(configs, tmp_path / "whole", resume=False)
-    whole = train_shared(runs, tmp_path / "whole", per_step=2)
+    whole = train_shared(runs, tmp_path / "whole", per_step=1)
     calls = iter(range(100))
     stop = lambda: 15 if next(calls) == 2 else 0  # noqa: E731  SIGTERM before step 3
     cut = tmp_path / "cut"
     with pytest.raises(Interrupted, match="after shared step 2 of 4"):
-        train_shared(prepare_shared(configs, cut, resume=False), cut, per_step=2, stop=stop)
-    resumed = train_shared(prepare_shared(configs, cut, resume=True), cut, per_step=2, resume=True)
+        train_shared(prepare_shared(configs, cut, resume=False), cut, per_step=1, stop=stop)
+    resumed = train_shared(prepare_shared(configs, cut, resume=True), cut, per_step=1, resume=True)
     leaves = lambda r: jax.tree_util.tree_leaves((r.params, r.opt_state))  # noqa: E731
     assert all(np.array_equal(a, b) for a, b in zip(leaves(whole), leaves(resumed), strict=True))
     assert np.array_equal(whole.walkers, resumed.walkers)
     assert np.array_equal(whole.width, resumed.width)
     for name in ("energy", "geometry", "grad_norm"):
         assert np.array_equal(whole.history[name], resumed.history[name])
-    assert whole.history["energy"].shape == (4, 2) and resumed.steps == 4
-    rows = geometry_rows(whole.history, 1)
-    assert [r["energy"] for r in rows] == list(whole.history["energy"][:, 1])
+    assert whole.history["energy"].shape == (4, 1) and resumed.steps == 4
+    assert list(whole.history["geometry"][:, 0]) == [0, 1, 2, 0]
+    assert whole.mark == resumed.mark
+    # the log's columns as a resume on several processes expects them
+    columns = _columns(1)
+    assert set(columns) == set(whole.history)
+    for name, column in columns.items():
+        row = np.asarray(whole.history[name][0])
+        assert (row.shape, row.dtype) == (column.shape, column.dtype), name
+    assert io.read_table(cut / io.TRAIN_LOG)["energy"].shape == (4, 1)
+    with h5py.File(cut / io.TRAIN_LOG) as f:
+        assert int(f.attrs["rejected_steps"]) == 0
+    # another geometries_per_step, seed or number of walkers: one line, not a traceback
+    again = prepare_shared(configs, cut, resume=True)
+    with pytest.raises(RunError, match="other scan.geometries_per_step; rerun with"):
+        train_shared(again, cut, per_step=2, resume=True)
+    reseeded = _runs(tmp_path, THREE, "train.steps=4", "train.seed=7")
+    with pytest.raises(RunError, match=r"other train.seed; rerun"):
+        train_shared(prepare_shared(reseeded, cut, resume=True), cut, per_step=1, resume=True)
+    # the hand-off: own step count, its share of the wall time, the learning-rate scale
+    rows = geometry_rows(whole.history, 0)
+    assert [r["step"] for r in rows] == [0, 1]
+    assert [r["energy"] for r in rows] == list(whole.history["energy"][[0, 3], 0])
+    share = np.diff(whole.history["wall_time"], prepend=0.0)[[0, 3]].cumsum()
+    assert [r["wall_time"] for r in rows] == pytest.approx(list(share))
+    handed = dataclasses.replace(whole, lr_scale=0.25)
+    geom = tmp_path / "geom-0000"
+    assert hand_off(handed, 0, runs[0], geom) == (2, True)
+    assert hand_off(handed, 0, runs[0], geom) == (2, False)  # this state's: left as it is
+    drive = training._driver(runs[0], geom)
+    key, params, _, opt_state = training.initial_parameters(runs[0])
+    saved = training._resume(runs[0], drive, params, opt_state, key)
+    assert drive.guard.scale == 0.25 and drive.start == 2
+    assert drive.earlier == pytest.approx(share[-1], abs=0.05)
+    assert list(drive.rows()["step"]) == [0, 1]
+    assert np.array_equal(saved["walkers"], whole.walkers[0])
+    later = dataclasses.replace(handed, mark=handed.mark + "0")  # a later shared state
+    assert hand_off(later, 0, runs[0], geom) == (2, True)
 
 
-def test_a_shared_scan_writes_the_dataset_and_each_geometry_its_run(tmp_path):
+def test_a_shared_scan_writes_the_dataset_and_each_geometry_its_run(tmp_path, capsys):
+    """One geometry per shared step (2 each of 4), 2 fine-tune steps each; each geometry's
+    run on its aligned reference, its log going on without a step back; raising
+    train.steps redoes every row from the new end of the shared training."""
     path = tmp_path / "scan.toml"
-    path.write_text(SHARED + "forces = true\nfine_tune_steps = 2\n")
+    path.write_text(SHARED + "forces = true\nfine_tune_steps = 2\ngeometries_per_step = 1\n")
     out = tmp_path / "out"
-    assert main(["scan", str(path), "--out", str(out), "--set", "precision=float64"]) == 0
+    args = ["scan", str(path), "--out", str(out), "--set", "precision=float64"]
+    assert main(args) == 0
     data = read_dataset(out / "scan.h5")
     assert [data.status(k) for k in range(2)] == ["done", "done"]
-    assert list(data.columns["steps"]) == [6, 6]  # 4 shared + 2 of its own
+    assert list(data.columns["steps"]) == [4, 4]  # 2 shared + 2 of its own
+    assert data.attrs["train"] == "shared"
     assert np.all(np.isfinite(data.columns["energy"])) and np.all(data.columns["energy"] < 0)
     assert np.all(np.isfinite(data.columns["forces"]))
-    from nnqmc import io
-
     log = io.read_table(out / "shared" / io.TRAIN_LOG)
-    assert log["energy"].shape == (4, 2)
-    own = io.read_table(out / "geom-0001" / io.TRAIN_LOG)
-    assert list(own["energy"][:4]) == list(log["energy"][:, 1]) and len(own["energy"]) == 6
+    assert log["energy"].shape == (4, 1) and list(log["geometry"][:, 0]) == [0, 1, 0, 1]
+    for k in range(2):
+        own = io.read_table(out / f"geom-{k:04d}" / io.TRAIN_LOG)
+        assert list(own["energy"][:2]) == list(log["energy"][k::2, 0])
+        assert list(own["step"]) == [0, 1, 2, 3]
+        assert np.all(np.diff(own["wall_time"]) >= 0)
+        stored = io.load_reference(out / f"geom-{k:04d}" / io.REFERENCE)
+        aligned = io.load_reference(out / "shared" / f"reference-{k:04d}.h5")
+        assert all(np.array_equal(stored[n], aligned[n], equal_nan=True) for n in aligned)
+        assert io.reference_attrs(out / f"geom-{k:04d}" / io.REFERENCE)["aligned"]
+    assert "fresh SCF differs" not in capsys.readouterr().err
     # run again: nothing left to do, nothing trained
-    assert main(["scan", str(path), "--out", str(out), "--set", "precision=float64"]) == 0
-    assert list(read_dataset(out / "scan.h5").columns["steps"]) == [6, 6]
+    assert main(args) == 0
+    assert list(read_dataset(out / "scan.h5").columns["steps"]) == [4, 4]
+    # more shared steps: both rows redone from the new shared state, none left behind
+    capsys.readouterr()
+    assert main([*args, "train.steps=6"]) == 0
+    assert "geometries [0, 1]: redone from shared step 6" in capsys.readouterr().err
+    data = read_dataset(out / "scan.h5")
+    assert list(data.columns["steps"]) == [5, 5] and data.status(1) == "done"
+    assert len(io.read_table(out / "geom-0001" / io.TRAIN_LOG)["step"]) == 5
+    # the same directory as an independent scan: refused, one line
+    other = tmp_path / "independent.toml"
+    other.write_text(SHARED.replace('train = "shared"\n', ""))
+    assert main(["scan", str(other), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a scan with scan.train = 'shared'" in err
+
+
+def test_an_aligned_reference_is_compared_up_to_a_rotation_of_its_occupied_orbitals(
+    tmp_path, capsys
+):
+    """A geometry's aligned reference (occupied orbitals rotated among themselves) is the
+    fresh SCF's solution: no warning on resume. Without the flag, or with other occupied
+    orbitals (another SCF solution), the warning stays."""
+    from nnqmc.run_setup import prepare
+    from nnqmc.runner import stored_reference
+    from nnqmc.scf import reference_arrays
+
+    config = load_config(SYSTEMS / "lih.toml", ["system.basis=sto-3g", "train.walkers=32"])
+    run = prepare(config)
+    occ = np.unique(run.scf.occ_up)
+    q, _ = np.linalg.qr(np.random.default_rng(6).standard_normal((occ.size, occ.size)))
+    rotated = reference_arrays(run.scf)
+    for spin in ("mo_up", "mo_down"):
+        rotated[spin] = rotated[spin].copy()
+        rotated[spin][:, occ] = rotated[spin][:, occ] @ q
+    swapped = reference_arrays(run.scf)
+    for spin in ("mo_up", "mo_down"):  # the highest occupied orbital for the lowest virtual
+        swapped[spin] = swapped[spin].copy()
+        swapped[spin][:, [occ[-1], occ[-1] + 1]] = swapped[spin][:, [occ[-1] + 1, occ[-1]]]
+    cases = [(rotated, True, False), (rotated, False, True), (swapped, True, True)]
+    for arrays, aligned, warned in cases:
+        capsys.readouterr()
+        io.save_reference(tmp_path / io.REFERENCE, arrays, aligned=aligned)
+        used = stored_reference(run, tmp_path)
+        assert np.array_equal(used.scf.mo_up, arrays["mo_up"])
+        err = capsys.readouterr().err
+        assert ("fresh SCF differs" in err) == warned, (aligned, err)
+        assert ("aligned reference" in err) == (warned and aligned)
 
 
 # --------------------------------------------------------------------------- bad input

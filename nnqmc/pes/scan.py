@@ -166,6 +166,7 @@ def open_dataset(config: Config, text: str, scan_dir: Path, shard: Shard) -> Dat
             "input_toml": text,
             "version": api.__version__,
             "kind": config.scan.kind,
+            "train": config.scan.train,
             "shard": "" if shard.whole else f"{shard.index}/{shard.count}",
             "ecp": _ecp_label(config.system.molecule),
         },
@@ -180,6 +181,12 @@ def open_dataset(config: Config, text: str, scan_dir: Path, shard: Shard) -> Dat
         write_dataset(path, fresh)
         return fresh
     data = read_dataset(path)
+    trained = str(data.attrs.get("train", "independent"))
+    if trained != config.scan.train:  # its geometries' directories hold the other mode's runs
+        raise api.RunError(
+            f"{path} holds a scan with scan.train = {trained!r}, this one has "
+            f"{config.scan.train!r}; use --out DIR"
+        )
     same_ecp = str(data.attrs.get("ecp", "")) == fresh.attrs["ecp"]
     if not same_scan(data, fresh) or set(data.columns) != set(fresh.columns) or not same_ecp:
         raise api.RunError(
@@ -369,17 +376,26 @@ def _run_shared(
     check_steps(data.n, per_step, steps)
     configs = [geometry_config(config, data.positions[k], k, steps) for k in range(data.n)]
     shared_dir = scan_dir / SHARED_DIR
-    resume = (shared_dir / io.CHECKPOINT).exists() or (shared_dir / io.PREVIOUS_CHECKPOINT).exists()
+    resume = any((shared_dir / n).exists() for n in (io.CHECKPOINT, io.PREVIOUS_CHECKPOINT))
     runs = prepare_shared(configs, shared_dir, resume)
     log(f"shared training: {steps} steps of {min(per_step, data.n)} of {data.n} geometries")
     with api.stop_on_signals() as stop:
         shared = train_shared(runs, shared_dir, per_step, resume, progress, stop)
+    handed = [hand_off(shared, k, runs[k], geometry_dir(scan_dir, k)) for k in range(data.n)]
+    stale = [k for k, (_, anew) in enumerate(handed) if anew and data.status(k) == "done"]
+    if stale:  # finished from an earlier end of the shared training (train.steps raised)
+        log(
+            f"geometries {stale}: redone from shared step {shared.steps} (their rows came "
+            "from an earlier end of the shared training)"
+        )
+        for k in stale:
+            data.set_row(k, status="pending")
+        write_dataset(dataset_path(scan_dir, Shard()), data)
     finished: Finished = {}
     for k in range(data.n):
         if data.status(k) == "done":
             continue
-        run_dir = geometry_dir(scan_dir, k)
-        own = hand_off(shared, k, runs[k], run_dir)
+        run_dir, own = geometry_dir(scan_dir, k), handed[k][0]
         cfg = geometry_config(config, data.positions[k], k, own + scan.fine_tune_steps)
         log(f"geometry {k} ({k + 1} of {data.n}): {scan.fine_tune_steps} fine-tune steps")
         run = lambda k=k, cfg=cfg, d=run_dir: geometry_row(  # noqa: E731
