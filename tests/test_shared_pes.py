@@ -252,6 +252,9 @@ def test_shared_training_resumes_bit_identically(tmp_path):
     reseeded = _runs(tmp_path, THREE, "train.steps=4", "train.seed=7")
     with pytest.raises(RunError, match=r"other train.seed; rerun"):
         train_shared(prepare_shared(reseeded, cut, resume=True), cut, per_step=1, resume=True)
+    lowered = _runs(tmp_path, THREE, "train.steps=4", "train.learning_rate=0.01")
+    again = train_shared(prepare_shared(lowered, cut, resume=True), cut, per_step=1, resume=True)
+    assert again.steps == 4  # a lower learning rate, as after rejected steps, goes on
     # the hand-off: own step count, its share of the wall time, the learning-rate scale
     rows = geometry_rows(whole.history, 0)
     assert [r["step"] for r in rows] == [0, 1]

@@ -19,6 +19,7 @@ evaluation, the dataset row.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from ..run_setup import (
     check_devices,
     initial_walkers,
     prepare,
+    program_key,
 )
 from ..rundir import Progress, StopCheck, cannot_write, has_checkpoint, on_main
 from ..scf import reference_arrays, with_reference
@@ -181,7 +183,7 @@ def prepare_shared(configs: list[Config], run_dir: Path, resume: bool) -> list[R
 
 # what each part of the fingerprint is, for the message that refuses another one
 _FINGERPRINT = {
-    "program": "settings (ansatz, training, sampler, basis, precision)",
+    "program": "settings (ansatz, training, sampler, Hamiltonian, basis, precision)",
     "geometries_per_step": "scan.geometries_per_step",
     "seed": "train.seed",
     "walkers": "train.walkers",
@@ -192,12 +194,25 @@ _FINGERPRINT = {
 def fingerprint(runs: list[Run], per_step: int) -> dict[str, Any]:
     """What shapes the shared model besides the number of steps: the program key (settings
     without step counts and seed, atoms, basis, occupations), ``geometries_per_step``, the
-    seed, the walkers and the geometries; the tag of the shared training's checkpoints."""
-    cfg = runs[0].config
+    seed, the walkers and the geometries; the tag of the shared training's checkpoints.
+
+    Left out, as a single point's training lets them change on resume: the learning rate
+    (lowered after rejected steps, as the guard's message suggests), ``max_bad_steps``,
+    ``local_energy_chunk`` and the evaluation's settings."""
+    first = runs[0]
+    cfg = first.config
+    neutral = dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(
+            cfg.train, learning_rate=None, max_bad_steps=1, local_energy_chunk=None
+        ),
+        eval=dataclasses.replace(cfg.eval, decorrelation=1, dipole=False),
+    )
+    key = program_key(neutral, first.molecule, first.scf, first.geometry)
     positions = np.stack([np.asarray(r.molecule.coords, np.float64) for r in runs])
     digest = lambda b: hashlib.sha256(b).hexdigest()[:16]  # noqa: E731
     return {
-        "program": digest(repr(runs[0].program_key).encode()),
+        "program": digest(repr(key).encode()),
         "geometries_per_step": int(min(per_step, len(runs))),
         "seed": int(cfg.train.seed),
         "walkers": int(cfg.train.walkers),
