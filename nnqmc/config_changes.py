@@ -46,7 +46,7 @@ def with_settings(
     as in an input file, cross-checks included (errors name ``source``); None removes a key,
     which then takes its default. ``[system]`` changes through :func:`with_molecule`."""
     sections = section_classes()
-    if section in ("system", "scan") or (section is not None and section not in sections):
+    if section == "system" or (section is not None and section not in sections):
         raise ValueError(f"with_settings: cannot set [{section}] (for [system]: with_molecule)")
     allowed = allowed_keys()[section]
     prefix = "" if section is None else f"{section}."
@@ -60,15 +60,18 @@ def with_settings(
         if value is not None:
             table[name] = _plain(value)
     fail = lambda key, message: ConfigError(source, key, message)  # noqa: E731
+    cls = Config if section is None else sections[section]
+    given = {n: table[n] for n in values if n in table}
+    changed = read_fields(cls, given, prefix, fail, names=list(given))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in set(values) - set(changed):
+        f = fields[name]
+        changed[name] = f.default_factory() if f.default is dataclasses.MISSING else f.default
     if section is None:
-        changed = read_fields(Config, data, "", fail, names=allowed)
-        fields = {f.name: f for f in dataclasses.fields(Config)}
-        for name in set(values) - set(changed):
-            f = fields[name]
-            changed[name] = f.default_factory() if f.default is dataclasses.MISSING else f.default
         config = dataclasses.replace(config, **changed, data=data)
     else:
-        part = sections[section](**read_fields(sections[section], table, prefix, fail))
+        current = getattr(config, section)
+        part = cls(**changed) if current is None else dataclasses.replace(current, **changed)
         config = dataclasses.replace(config, **{section: part}, data=data)
     values_now = {"system": config.system, "ansatz": config.ansatz}
     cross_check({**values_now, "hamiltonian": config.hamiltonian}, fail)
