@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config_changes import cross_check, with_molecule, with_settings
+from .config_changes import check_scan_training, cross_check, with_molecule, with_settings
 from .config_checks import MAX_GEOMETRIES, MAX_NESTING, nesting, shown
 from .config_schema import (
     ANSATZ_KINDS,
@@ -36,6 +36,7 @@ from .config_schema import (
     SCAN_COMMON,
     SCAN_KIND_KEYS,
     SCAN_KINDS,
+    SCAN_SHARED_KEYS,
     UNITS,
     AnsatzConfig,
     Config,
@@ -236,6 +237,7 @@ def _build(
     cross_check(values, fail)
     if "scan" in data:
         values["scan"] = _check_scan(values["scan"], data["scan"], values["system"], base_dir, fail)
+        check_scan_training(values, data["scan"], fail)
     return Config(**values, source=path, data=copy.deepcopy(data))
 
 
@@ -357,7 +359,7 @@ def _check_scan(scan: ScanConfig, table: dict, system, base_dir: Path, fail) -> 
     ``xyz`` is resolved against the TOML file's directory."""
     if scan.kind is None:
         raise fail("scan.kind", f"missing required key (one of {', '.join(SCAN_KINDS)})")
-    used = SCAN_KIND_KEYS[scan.kind] + SCAN_COMMON
+    used = SCAN_KIND_KEYS[scan.kind] + SCAN_COMMON + SCAN_SHARED_KEYS
     for key in table:
         if key not in used:
             raise fail(f"scan.{key}", f"not used with kind = {scan.kind!r}")

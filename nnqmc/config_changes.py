@@ -13,6 +13,7 @@ import numpy as np
 
 from .config_schema import (
     OVERRIDE_SOURCE,
+    SCAN_SHARED_KEYS,
     AnsatzConfig,
     Config,
     ConfigError,
@@ -23,7 +24,7 @@ from .config_schema import (
 )
 from .molecule import MIN_NUCLEAR_DISTANCE, Molecule, closest_overlap
 
-__all__ = ["cross_check", "with_molecule", "with_settings"]
+__all__ = ["check_scan_training", "cross_check", "with_molecule", "with_settings"]
 
 
 def with_molecule(config: Config, molecule: Molecule, source: str = OVERRIDE_SOURCE) -> Config:
@@ -102,6 +103,30 @@ def cross_check(values: dict[str, Any], fail) -> None:
             f"point charge {c + 1} at ({where}) lies {d:.3g} bohr from atom {i + 1} "
             f"({molecule.symbols[i]}); point charges must be at least "
             f"{MIN_NUCLEAR_DISTANCE:g} bohr from every nucleus",
+        )
+
+
+def check_scan_training(values: dict[str, Any], table: dict, fail) -> None:
+    """``[scan] train``: its own keys only with "shared", which needs a fixed set of
+    geometries, SPRING and a single determinant (the orbitals of every geometry are
+    aligned to the others', :mod:`nnqmc.orbital_alignment`, for one determinant only)."""
+    scan = values["scan"]
+    if scan.train != "shared":
+        for key in SCAN_SHARED_KEYS:
+            if key in table:
+                raise fail(f"scan.{key}", 'only used with scan.train = "shared"')
+        return
+    if scan.kind == "adaptive":
+        raise fail("scan.train", '"shared" needs a fixed set of geometries, not kind = "adaptive"')
+    if "steps" in table:
+        raise fail("scan.steps", 'not used with train = "shared" (see scan.fine_tune_steps)')
+    if values["train"].optimizer != "spring":
+        raise fail("scan.train", '"shared" needs train.optimizer = "spring"')
+    if values["ansatz"].cas is not None:
+        raise fail(
+            "scan.train",
+            '"shared" aligns single-determinant orbitals across geometries; '
+            "it does not take ansatz.cas (yet)",
         )
 
 

@@ -56,6 +56,7 @@ BACKFLOW_FORMS = ("exp", "linear", "none")
 PRECISIONS = ("float32", "mixed", "float64")
 PROPOSALS = ("uniform", "nucleus")
 UNITS = ("bohr", "angstrom")
+SCAN_TRAINING = ("independent", "shared")
 SCAN_KINDS = ("bond", "angle", "grid", "normal_modes", "random", "xyz", "adaptive")
 DEFAULT_BASIS = "cc-pvdz"
 OVERRIDE_SOURCE = "--set"
@@ -233,6 +234,11 @@ class ScanConfig:
     zero_bias: bool = True  # with the zero-bias (Pulay) term, exact d log|psi|/dR
     ccsd_t: bool = False  # CCSD(T) baseline in the same basis
     reference: tuple[float, ...] | None = None  # exact energies (Ha), one per geometry
+    # "shared": one network trained on all geometries at once (train.steps shared steps of
+    # geometries_per_step geometries, default all), then fine_tune_steps per geometry
+    train: str = _f("independent", choices=SCAN_TRAINING)
+    geometries_per_step: int | None = _f(None, check=positive, most=MAX_GEOMETRIES)
+    fine_tune_steps: int = _f(0, check=non_negative, most=MAX_STEPS)
 
 
 # Keys of [scan] that each kind reads (the others are always allowed).
@@ -245,7 +251,8 @@ SCAN_KIND_KEYS = {
     "xyz": ("xyz",),
     "adaptive": ("grid_atoms", "ranges", "unit", "initial", "target", "budget"),
 }
-SCAN_COMMON = ("kind", "steps", "forces", "zero_bias", "ccsd_t", "reference")
+SCAN_COMMON = ("kind", "steps", "forces", "zero_bias", "ccsd_t", "reference", "train")
+SCAN_SHARED_KEYS = ("geometries_per_step", "fine_tune_steps")  # only with train = "shared"
 
 
 @dataclass(frozen=True, kw_only=True)

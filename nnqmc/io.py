@@ -337,13 +337,14 @@ def attr_value(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def save_reference(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+def save_reference(path: str | Path, arrays: dict[str, np.ndarray], **attrs: Any) -> None:
     """The mean-field reference a run trains on (``nnqmc.scf.reference_arrays``), written
-    once when its training starts."""
+    once when its training starts; ``attrs``: where it came from (e.g. ``aligned``)."""
 
     def fill(f: h5py.File) -> None:
         for name, value in arrays.items():
             f.create_dataset(name, data=np.asarray(value))
+        f.attrs.update(attrs)
 
     write_checked(path, fill)
 
@@ -351,6 +352,11 @@ def save_reference(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 def load_reference(path: str | Path) -> dict[str, np.ndarray]:
     """A verified reference file; CheckpointError if it is truncated or corrupt."""
     return read_checked(path, lambda f: {k: np.asarray(v) for k, v in f.items()})
+
+
+def reference_attrs(path: str | Path) -> dict[str, Any]:
+    """The attributes :func:`save_reference` was given; CheckpointError if unreadable."""
+    return read_checked(path, lambda f: {k: attr_value(v) for k, v in f.attrs.items()})
 
 
 # --------------------------------------------------------------------------- tables

@@ -289,22 +289,40 @@ def spring(
         return SpringState(jnp.zeros_like(flat), jnp.zeros((), jnp.int32))
 
     def update(params, state, walkers, e_clipped):
-        flat, unravel = ravel_pytree(params)
-        params, walkers = _in_dtype(params, walkers, gradient_dtype)
-        blocks = [gather_devices(b) for b in jacobian_blocks(log_psi, params, walkers)]
+        cast, walkers = _in_dtype(params, walkers, gradient_dtype)
+        blocks = [gather_devices(b) for b in jacobian_blocks(log_psi, cast, walkers)]
         e = gather_devices(e_clipped)
-        dtype = blocks[0].dtype
-        previous = state.direction.astype(dtype)
-        delta, minus_grad = spring_direction(blocks, e, previous, damping, momentum)
-        eta = learning_rate / (1.0 + state.count.astype(dtype) / decay_steps)
-        step = eta * delta
-        norm = jnp.linalg.norm(step)
-        factor = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(dtype).tiny))
-        new_params = unravel(flat + (factor * step).astype(flat.dtype))
-        new_state = SpringState(delta.astype(state.direction.dtype), state.count + 1)
-        return new_params, new_state, jnp.linalg.norm(minus_grad)
+        settings = (learning_rate, decay_steps, damping, momentum, max_norm)
+        return spring_step(params, state, blocks, e, *settings)
 
     return Optimizer(init, update)
+
+
+def spring_step(
+    params: Params,
+    state: SpringState,
+    blocks: Sequence[jax.Array],
+    e: jax.Array,
+    learning_rate: float,
+    decay_steps: float,
+    damping: float,
+    momentum: float,
+    max_norm: float,
+) -> tuple[Params, SpringState, jax.Array]:
+    """One SPRING update (see :func:`spring`) from the Jacobian column blocks and clipped
+    local energies of ALL walkers (as :func:`spring_direction` takes them): ``(params,
+    state, ||grad E||)``. The blocks' dtype is the one the direction is computed in."""
+    flat, unravel = ravel_pytree(params)
+    dtype = blocks[0].dtype
+    previous = state.direction.astype(dtype)
+    delta, minus_grad = spring_direction(blocks, e, previous, damping, momentum)
+    eta = learning_rate / (1.0 + state.count.astype(dtype) / decay_steps)
+    step = eta * delta
+    norm = jnp.linalg.norm(step)
+    factor = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(dtype).tiny))
+    new_params = unravel(flat + (factor * step).astype(flat.dtype))
+    new_state = SpringState(delta.astype(state.direction.dtype), state.count + 1)
+    return new_params, new_state, jnp.linalg.norm(minus_grad)
 
 
 # Per optimizer: (learning rate, max norm) used when the config leaves them unset.
@@ -323,12 +341,17 @@ def make_optimizer(
     max_norm = train_config.max_grad_norm or max_norm
     if name == "adam":
         return adam(log_psi, lr, train_config.lr_decay_steps, max_norm, gradient_dtype)
-    return spring(
-        log_psi,
-        lr,
+    return spring(log_psi, *spring_settings(train_config), gradient_dtype)
+
+
+def spring_settings(train_config) -> tuple[float, float, float, float, float]:
+    """``(learning_rate, decay_steps, damping, momentum, max_norm)`` of SPRING for a
+    ``[train]`` section (unset ones: :data:`DEFAULTS`), in :func:`spring`'s order."""
+    lr, max_norm = DEFAULTS["spring"]
+    return (
+        train_config.learning_rate or lr,
         train_config.lr_decay_steps,
         train_config.damping,
         train_config.momentum,
-        max_norm,
-        gradient_dtype,
+        train_config.max_grad_norm or max_norm,
     )

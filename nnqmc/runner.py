@@ -251,18 +251,19 @@ def stored_reference(run: Run, run_dir: str | Path) -> Run:
         return run
     path = Path(run_dir) / io.REFERENCE
     fresh = reference_arrays(run.scf)
-    stored, error = None, ""
+    stored, error, aligned = None, "", False
     if is_main_process() and path.is_file():
         try:
             loaded = io.load_reference(path)
             stored = {n: np.asarray(loaded[n], fresh[n].dtype) for n in fresh}
             with_reference(run.scf, stored)
+            aligned = bool(io.reference_attrs(path).get("aligned", False))
         except io.CheckpointError as err:
             error = str(err)
         except (KeyError, ValueError) as err:
             error = f"{path}: not a reference of this system ({err})"
     n_det = len(stored["ci"]) if stored is not None else 0
-    flags = broadcast_from_main(np.array([stored is not None, bool(error), n_det]))
+    flags = broadcast_from_main(np.array([stored is not None, bool(error), n_det, aligned]))
     if flags[1]:
         raise RunError(error or f"process 0 could not read {path}")
     if not flags[0]:
@@ -276,17 +277,32 @@ def stored_reference(run: Run, run_dir: str | Path) -> Run:
         for n in ("occ_up", "occ_down"):
             stored[n] = np.zeros((int(flags[2]), *fresh[n].shape[1:]), fresh[n].dtype)
     stored = broadcast_from_main(stored)
-    same = all(
+    if not _same_reference(stored, fresh, aligned=bool(flags[3])):
+        what = "the aligned reference (scan.train = 'shared')" if flags[3] else "the reference"
+        warn(
+            f"a fresh SCF differs from {what} stored in {path}; the stored one, "
+            "which the parameters were trained on, is used"
+        )
+    return prepare(run.config, with_reference(run.scf, stored))
+
+
+def _same_reference(stored: dict[str, Any], fresh: dict[str, Any], aligned: bool) -> bool:
+    """Whether two references are one solution (to 1e-6). ``aligned``: the stored one's
+    occupied orbitals were rotated among themselves (:mod:`nnqmc.orbital_alignment`), so
+    those of each spin are compared by the projector onto their span, which a rotation
+    keeps, and the other orbitals, which the ansatz does not use, not at all."""
+    stored, fresh = dict(stored), dict(fresh)
+    if aligned and np.shape(stored["occ_up"]) == np.shape(fresh["occ_up"]):
+        for spin in ("up", "down"):
+            used = np.unique(fresh[f"occ_{spin}"])
+            for arrays in (stored, fresh):
+                mo = np.asarray(arrays[f"mo_{spin}"])[:, used]
+                arrays[f"mo_{spin}"] = mo @ mo.T
+    return all(
         np.shape(stored[n]) == np.shape(fresh[n])
         and np.allclose(stored[n], fresh[n], rtol=0.0, atol=1e-6, equal_nan=True)
         for n in fresh
     )
-    if not same:
-        warn(
-            f"a fresh SCF differs from the reference stored in {path}; the stored one, "
-            "which the parameters were trained on, is used"
-        )
-    return prepare(run.config, with_reference(run.scf, stored))
 
 
 def _on_main_flag(test: Callable[[], bool]) -> bool:

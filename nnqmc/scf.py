@@ -428,3 +428,11 @@ def ccsd_t_energy(molecule: Molecule, basis: str) -> float:
     ccsd = cc.CCSD(mf)
     ccsd.kernel()
     return float(ccsd.e_tot + ccsd.ccsd_t())
+
+
+def ao_cross_overlap(a: Molecule, b: Molecule, basis: BasisSpec) -> np.ndarray:
+    """``<chi_mu(a) | chi_nu(b)>``: the overlap of the AOs of two geometries of one
+    molecule (PySCF's order, that of :attr:`SCFResult.mo_up`), (n_ao, n_ao)."""
+    from pyscf import gto
+
+    return np.asarray(gto.intor_cross("int1e_ovlp", _pyscf_mol(a, basis), _pyscf_mol(b, basis)))

@@ -30,9 +30,10 @@ message            (n,) str                     why a geometry failed ("" otherw
 =================  ===========================  ============================================
 
 Attributes: ``name``, ``input_toml`` (the input file's text), ``version`` (nnqmc),
-``schema`` (1), ``units``, ``kind`` (scan kind), ``shard`` ("i/n", or "" for a whole scan),
-``has_forces``, ``has_ccsd_t``. Optional columns (forces, CCSD(T), reference, selection) are absent
-when not asked for.
+``schema`` (1), ``units``, ``kind`` (scan kind), ``train`` (``scan.train``, "independent"
+or "shared": a rerun in the same directory must have the same), ``shard`` ("i/n", or "" for a
+whole scan), ``has_forces``, ``has_ccsd_t``. Optional columns (forces, CCSD(T), reference,
+selection) are absent when not asked for.
 A shard file holds every row of the scan; the rows of other shards stay ``pending``.
 """
 

@@ -32,6 +32,7 @@ from .dataset import Dataset, new_dataset, read_dataset, same_scan, write_datase
 from .forces import forces_from_records, nuclear_force_observables
 from .geometry import generate
 from .plot import plot_scan
+from .warm import nearest_done, shift_walkers, transfer_parameters
 
 DATASET = "scan.h5"
 PLOT = "pes.png"
@@ -106,46 +107,6 @@ def geometry_config(config: Config, coords: np.ndarray, k: int, steps: int) -> C
     return with_settings(single, "train", steps=steps, source=source)
 
 
-def nearest_done(data: Dataset, k: int, shard: Shard) -> int | None:
-    """The finished geometry of this shard closest to ``k`` (Euclidean, bohr), else None."""
-    best, best_d = None, np.inf
-    for j in range(data.n):
-        if j == k or not shard.owns(j) or data.status(j) != "done":
-            continue
-        d = float(np.linalg.norm(data.positions[j] - data.positions[k]))
-        if d < best_d:
-            best, best_d = j, d
-    return best
-
-
-def shift_walkers(walkers: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """Each electron moved by the displacement of its nearest nucleus (old geometry)."""
-    d = np.linalg.norm(walkers[:, :, None, :] - old[None, None], axis=-1)
-    nearest = np.argmin(d, axis=-1)  # (n_walkers, n_elec)
-    return walkers + (new - old)[nearest]
-
-
-def transfer_parameters(old: Any, fresh: Any, old_fresh: Any = None) -> Any:
-    """Warm-start parameters from ``old`` (a neighbour's trained ones).
-
-    CI coefficients: the neighbour's training changed each one by a factor
-    c_trained / c_CASSCF (co-adapted with the backflow: a determinant the network switched
-    off must stay off); that factor is applied to this geometry's CASSCF coefficients
-    (``fresh``), which carry the geometry dependence and the signs of this geometry's
-    orbitals. ``old_fresh``: the neighbour's CASSCF parameters (its ``init``); without them,
-    or where a CASSCF coefficient vanishes, the trained magnitude with the new sign."""
-    if not (isinstance(old, dict) and isinstance(fresh, dict) and "ci" in fresh):
-        return old
-    trained, new = np.asarray(old["ci"]), np.asarray(fresh["ci"])
-    sign = np.where(new < 0, -1.0, 1.0)
-    ci = np.abs(trained) * sign
-    if isinstance(old_fresh, dict) and "ci" in old_fresh:
-        reference = np.asarray(old_fresh["ci"])
-        ok = np.abs(reference) > 1e-8
-        ci = np.where(ok, new * trained / np.where(ok, reference, 1.0), ci)
-    return {**old, "ci": ci}
-
-
 # The geometry this process finished last, by its index: its result, from which the next
 # geometry warm-starts without reading its checkpoint back (at most one entry).
 Finished = dict[int, api.RunResult]
@@ -205,6 +166,7 @@ def open_dataset(config: Config, text: str, scan_dir: Path, shard: Shard) -> Dat
             "input_toml": text,
             "version": api.__version__,
             "kind": config.scan.kind,
+            "train": config.scan.train,
             "shard": "" if shard.whole else f"{shard.index}/{shard.count}",
             "ecp": _ecp_label(config.system.molecule),
         },
@@ -219,6 +181,12 @@ def open_dataset(config: Config, text: str, scan_dir: Path, shard: Shard) -> Dat
         write_dataset(path, fresh)
         return fresh
     data = read_dataset(path)
+    trained = str(data.attrs.get("train", "independent"))
+    if trained != config.scan.train:  # its geometries' directories hold the other mode's runs
+        raise api.RunError(
+            f"{path} holds a scan with scan.train = {trained!r}, this one has "
+            f"{config.scan.train!r}; use --out DIR"
+        )
     same_ecp = str(data.attrs.get("ecp", "")) == fresh.attrs["ecp"]
     if not same_scan(data, fresh) or set(data.columns) != set(fresh.columns) or not same_ecp:
         raise api.RunError(
@@ -268,6 +236,24 @@ def _run_geometry(
         source_dir = geometry_dir(scan_dir, source)
         neighbour = finished.get(source)
         initial = _warm_start(config, data, source, source_dir, k, neighbour)
+    warm_from = -1 if source is None else source
+    return geometry_row(config, cfg, k, run_dir, progress, finished, initial, warm_from)
+
+
+def geometry_row(
+    config: Config,
+    cfg: Config,
+    k: int,
+    run_dir: Path,
+    progress: api.Progress | None,
+    finished: Finished,
+    initial: Any = None,
+    warm_from: int = -1,
+) -> dict[str, Any]:
+    """Run geometry ``k`` (its config ``cfg``) in ``run_dir``, from its checkpoint if it
+    has one, else fresh (``initial``: a warm start): training, the evaluation with forces,
+    the dataset values of its row. Keeps its result in ``finished``."""
+    scan, coords = config.scan, cfg.system.molecule.coords
     observables = nuclear_force_observables if scan.forces else None
     resume = any((run_dir / n).exists() for n in (io.CHECKPOINT, io.PREVIOUS_CHECKPOINT))
     t0 = time.perf_counter()
@@ -289,7 +275,7 @@ def _run_geometry(
         "variance": evaluated.variance,
         "hf_energy": result.run.scf.energy,
         "steps": result.trained.steps,
-        "warm_from": -1 if source is None else source,
+        "warm_from": warm_from,
     }
     if scan.forces:
         row["forces"], row["forces_err"] = forces_from_records(
@@ -327,6 +313,10 @@ def run_scan(
             "an adaptive scan chooses each geometry from all finished ones: run it whole "
             "(no --shard)"
         )
+    if config.scan.train == "shared" and not shard.whole:
+        raise api.RunError(
+            "a shared scan trains its geometries together: run it whole (no --shard)"
+        )
     scan_dir = scan_directory(config, out_dir)
     name = lock_name(shard)
     try:
@@ -358,35 +348,78 @@ def _run_shard(
     finished: Finished = {}
     if config.scan.kind == "adaptive":
         _run_adaptive(config, data, scan_dir, cold, progress, log, finished)
+    elif config.scan.train == "shared":
+        _run_shared(config, data, scan_dir, progress, log)
     else:
         mine = [k for k in range(data.n) if shard.owns(k)]
         for number, k in enumerate(mine, start=1):
             if data.status(k) == "done":
                 continue
             log(f"geometry {k} ({number} of {len(mine)} in this shard)")
-            _run_row(config, data, k, scan_dir, shard, cold, progress, log, finished)
+            run = lambda k=k: _run_geometry(  # noqa: E731
+                config, data, k, scan_dir, shard, cold, progress, finished
+            )
+            _run_row(data, k, scan_dir, shard, log, run)
     plot_scan(plot_path(scan_dir, shard), data)
     return data
 
 
+def _run_shared(
+    config: Config, data: Dataset, scan_dir: Path, progress: api.Progress | None, log: Log
+) -> None:
+    """The shared training of all geometries (:mod:`nnqmc.pes.shared`), then each
+    unfinished geometry's fine-tuning and evaluation from its end."""
+    from .shared import SHARED_DIR, check_steps, hand_off, prepare_shared, train_shared
+
+    scan, steps = config.scan, config.train.steps
+    per_step = scan.geometries_per_step or data.n
+    check_steps(data.n, per_step, steps)
+    configs = [geometry_config(config, data.positions[k], k, steps) for k in range(data.n)]
+    shared_dir = scan_dir / SHARED_DIR
+    resume = any((shared_dir / n).exists() for n in (io.CHECKPOINT, io.PREVIOUS_CHECKPOINT))
+    runs = prepare_shared(configs, shared_dir, resume)
+    log(f"shared training: {steps} steps of {min(per_step, data.n)} of {data.n} geometries")
+    with api.stop_on_signals() as stop:
+        shared = train_shared(runs, shared_dir, per_step, resume, progress, stop)
+    handed = [hand_off(shared, k, runs[k], geometry_dir(scan_dir, k)) for k in range(data.n)]
+    stale = [k for k, (_, anew) in enumerate(handed) if anew and data.status(k) == "done"]
+    if stale:  # finished from an earlier end of the shared training (train.steps raised)
+        log(
+            f"geometries {stale}: redone from shared step {shared.steps} (their rows came "
+            "from an earlier end of the shared training)"
+        )
+        for k in stale:
+            data.set_row(k, status="pending")
+        write_dataset(dataset_path(scan_dir, Shard()), data)
+    finished: Finished = {}
+    for k in range(data.n):
+        if data.status(k) == "done":
+            continue
+        run_dir, own = geometry_dir(scan_dir, k), handed[k][0]
+        cfg = geometry_config(config, data.positions[k], k, own + scan.fine_tune_steps)
+        log(f"geometry {k} ({k + 1} of {data.n}): {scan.fine_tune_steps} fine-tune steps")
+        run = lambda k=k, cfg=cfg, d=run_dir: geometry_row(  # noqa: E731
+            config, cfg, k, d, progress, finished
+        )
+        _run_row(data, k, scan_dir, Shard(), log, run)
+
+
 def _run_row(
-    config: Config,
     data: Dataset,
     k: int,
     scan_dir: Path,
     shard: Shard,
-    cold: bool,
-    progress: api.Progress | None,
     log: Log,
-    finished: Finished,
+    run: Callable[[], dict[str, Any]],
     **selection: Any,
 ) -> None:
-    """Run geometry ``k`` and write its row (done or failed) to the dataset file."""
+    """Run geometry ``k`` (``run()``: its row's values) and write its row (done or failed)
+    to the dataset file."""
     path = dataset_path(scan_dir, shard)
     data.set_row(k, status="running", message="", **selection)
     write_dataset(path, data)
     try:
-        row = _run_geometry(config, data, k, scan_dir, shard, cold, progress, finished)
+        row = run()
     except api.RunError as err:
         data.set_row(k, status="failed", message=str(err))
         write_dataset(path, data)
@@ -441,19 +474,10 @@ def _run_adaptive(
             order = selection_count(data)
         std = "" if np.isnan(choice.std) else f", predictive std {choice.std * 1e3:.3f} mHa"
         log(f"geometry {k} (choice {order + 1} of at most {scan.budget}: {choice.reason}{std})")
-        _run_row(
-            config,
-            data,
-            k,
-            scan_dir,
-            Shard(),
-            cold,
-            progress,
-            log,
-            finished,
-            selection=order,
-            selection_std=choice.std,
+        run = lambda k=k: _run_geometry(  # noqa: E731
+            config, data, k, scan_dir, Shard(), cold, progress, finished
         )
+        _run_row(data, k, scan_dir, Shard(), log, run, selection=order, selection_std=choice.std)
 
 
 def _fit_and_save(data: Dataset, scan_dir: Path, log: Log):
