@@ -207,6 +207,13 @@ def _add_pes(sub) -> None:
     scan.add_argument(
         "--cold", action="store_true", help="no warm start: every geometry from scratch"
     )
+    scan.add_argument(
+        "--from",
+        dest="shared_from",
+        metavar="SHARED_DIR",
+        help="start every geometry from the trained model of a shared scan (its --out "
+        "directory) and fine-tune it scan.fine_tune_steps steps",
+    )
     merge = sub.add_parser("merge", help="join the shard datasets of one scan")
     merge.add_argument("out", metavar="OUT.h5", help="merged dataset to write")
     merge.add_argument("shards", nargs="+", metavar="SHARD.h5", help="shard datasets")
@@ -254,11 +261,14 @@ def _scan(args) -> int:
     scan_dir = scan_directory(config, args.out)
     log = lambda message: print(f"nnqmc: {message}", file=sys.stderr, flush=True)
     try:
-        data = run_scan(config, text, args.out, shard, args.cold, ProgressPrinter(), log)
+        data = run_scan(
+            config, text, args.out, shard, args.cold, ProgressPrinter(), log, args.shared_from
+        )
     except Interrupted as err:
         how = f"nnqmc scan {shlex.quote(args.file)} --out {shlex.quote(str(scan_dir))}"
         how += f" --shard {args.shard}" if not shard.whole else ""
         how += " --cold" if args.cold else ""
+        how += f" --from {shlex.quote(args.shared_from)}" if args.shared_from else ""
         sets = " ".join(shlex.quote(s) for s in args.set)
         how += f" --set {sets}" if sets else ""
         return _interrupted(err, how)

@@ -113,7 +113,7 @@ def check_scan_training(values: dict[str, Any], table: dict, fail) -> None:
     scan = values["scan"]
     if scan.train != "shared":
         for key in SCAN_SHARED_KEYS:
-            if key in table:
+            if key in table and key != "fine_tune_steps":  # also for --from (pes.shared_from)
                 raise fail(f"scan.{key}", 'only used with scan.train = "shared"')
         return
     if scan.kind == "adaptive":

@@ -235,7 +235,9 @@ class ScanConfig:
     ccsd_t: bool = False  # CCSD(T) baseline in the same basis
     reference: tuple[float, ...] | None = None  # exact energies (Ha), one per geometry
     # "shared": one network trained on all geometries at once (train.steps shared steps of
-    # geometries_per_step geometries, default all), then fine_tune_steps per geometry
+    # geometries_per_step geometries, default all), then fine_tune_steps per geometry;
+    # fine_tune_steps also with any train and nnqmc scan --from SHARED_DIR (each geometry
+    # from a trained shared model; refused at run time without --from)
     train: str = _f("independent", choices=SCAN_TRAINING)
     geometries_per_step: int | None = _f(None, check=positive, most=MAX_GEOMETRIES)
     fine_tune_steps: int = _f(0, check=non_negative, most=MAX_STEPS)
@@ -252,7 +254,7 @@ SCAN_KIND_KEYS = {
     "adaptive": ("grid_atoms", "ranges", "unit", "initial", "target", "budget"),
 }
 SCAN_COMMON = ("kind", "steps", "forces", "zero_bias", "ccsd_t", "reference", "train")
-SCAN_SHARED_KEYS = ("geometries_per_step", "fine_tune_steps")  # only with train = "shared"
+SCAN_SHARED_KEYS = ("geometries_per_step", "fine_tune_steps")  # train = "shared" (or --from)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,7 +1,7 @@
 """PES datasets for force-field training: geometry scans with warm starts, forces, one
 HDF5 dataset per scan, shards and merging, and exports (extxyz, sGDML npz, ASE db).
 
-    nnqmc scan FILE.toml [--out DIR] [--set k=v ...] [--shard i/n] [--cold]
+    nnqmc scan FILE.toml [--out DIR] [--set k=v ...] [--shard i/n] [--cold] [--from DIR]
     nnqmc merge OUT.h5 SHARD.h5 ...
     nnqmc export DATASET.h5 --format extxyz|npz|db [--out PATH]
     nnqmc bench-scan FILE.toml --cold B,... --warm B,... [--tolerance MHA]

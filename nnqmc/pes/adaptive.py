@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from .dataset import Dataset
+
+FORCEFIELD = "forcefield.h5"  # adaptive scans: the latest fit of the finished rows
 
 # (dataset, candidate rows) -> predictive std of the energy (hartree) at those rows, or
 # None if the finished rows cannot be fitted
@@ -90,3 +93,21 @@ def next_row(
 def selection_count(data: Dataset) -> int:
     """How many rows an adaptive scan has chosen so far."""
     return int(np.sum(data.columns["selection"] >= 0))
+
+
+def fit_and_save(data: Dataset, scan_dir: Path, log: Callable[[str], None]):
+    """The force field of the finished rows (energies and forces, each with its error bar as
+    noise; symmetric under permutations of identical atoms where there are at most
+    ``MAX_PERMUTATIONS``), saved as :data:`FORCEFIELD`; None, with the reason logged, if
+    they cannot be fitted (the adaptive scan then spreads out instead)."""
+    from ..fit import FitError, FitOptions, fit, save_model, training_set
+    from ..fit.descriptor import MAX_PERMUTATIONS, permutation_count
+
+    symmetric = permutation_count(data.atomic_numbers) <= MAX_PERMUTATIONS
+    try:
+        model = fit(training_set(data), FitOptions(symmetric=symmetric))
+    except FitError as err:
+        log(f"warning: no force field from the finished geometries ({err})")
+        return None
+    save_model(scan_dir / FORCEFIELD, model)
+    return model

@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import api, io
 from ..config import Config, ScanConfig, with_molecule, with_settings
+from .adaptive import FORCEFIELD, fit_and_save  # noqa: F401  (FORCEFIELD: where it is)
 from .dataset import Dataset, new_dataset, read_dataset, same_scan, write_dataset
 from .forces import forces_from_records, nuclear_force_observables
 from .geometry import generate
@@ -36,7 +37,6 @@ from .warm import nearest_done, shift_walkers, transfer_parameters
 
 DATASET = "scan.h5"
 PLOT = "pes.png"
-FORCEFIELD = "forcefield.h5"  # adaptive scans: the latest fit of the finished rows
 
 Log = Callable[[str], None]
 
@@ -148,8 +148,12 @@ def _warm_start(
     return initial
 
 
-def open_dataset(config: Config, text: str, scan_dir: Path, shard: Shard) -> Dataset:
-    """The shard's dataset: read back (same geometries required) or created pending."""
+def open_dataset(
+    config: Config, text: str, scan_dir: Path, shard: Shard, training: str | None = None
+) -> Dataset:
+    """The shard's dataset: read back (same geometries required) or created pending;
+    ``training``: its ``train`` attribute (default ``scan.train``)."""
+    training = training or config.scan.train
     coords, labels = generate(config.system.molecule, config.scan, config.system.basis)
     reference = config.scan.reference
     if reference is not None and len(reference) != len(coords):
@@ -166,7 +170,7 @@ def open_dataset(config: Config, text: str, scan_dir: Path, shard: Shard) -> Dat
             "input_toml": text,
             "version": api.__version__,
             "kind": config.scan.kind,
-            "train": config.scan.train,
+            "train": training,
             "shard": "" if shard.whole else f"{shard.index}/{shard.count}",
             "ecp": _ecp_label(config.system.molecule),
         },
@@ -182,10 +186,11 @@ def open_dataset(config: Config, text: str, scan_dir: Path, shard: Shard) -> Dat
         return fresh
     data = read_dataset(path)
     trained = str(data.attrs.get("train", "independent"))
-    if trained != config.scan.train:  # its geometries' directories hold the other mode's runs
+    if trained != training:  # its geometries' directories hold the other mode's runs
+        what = lambda t: "--from" if t == "from-shared" else f"scan.train = {t!r}"  # noqa: E731
         raise api.RunError(
-            f"{path} holds a scan with scan.train = {trained!r}, this one has "
-            f"{config.scan.train!r}; use --out DIR"
+            f"{path} holds a scan with {what(trained)}, this one has {what(training)}; use "
+            "--out DIR"
         )
     same_ecp = str(data.attrs.get("ecp", "")) == fresh.attrs["ecp"]
     if not same_scan(data, fresh) or set(data.columns) != set(fresh.columns) or not same_ecp:
@@ -298,6 +303,7 @@ def run_scan(
     cold: bool = False,
     progress: api.Progress | None = None,
     log: Log | None = None,
+    shared_from: str | Path | None = None,
 ) -> Dataset:
     """Run (or resume) every geometry of this shard; returns its dataset.
 
@@ -305,18 +311,14 @@ def run_scan(
     checkpoints); an adaptive scan (:func:`_run_adaptive`) resumes an interrupted row and
     leaves failed ones. A geometry that fails is marked failed with its message and the scan goes
     on; :class:`nnqmc.api.Interrupted` leaves the row ``running`` and is raised.
+    ``shared_from``: a shared scan's directory, whose trained model each geometry starts
+    from and fine-tunes (:mod:`nnqmc.pes.shared_from`).
     """
+    from .shared_from import check_scan_options
+
     if config.scan.kind is None:
         raise api.RunError(f"{config.source or config.name}: scan: missing section [scan]")
-    if config.scan.kind == "adaptive" and not shard.whole:
-        raise api.RunError(
-            "an adaptive scan chooses each geometry from all finished ones: run it whole "
-            "(no --shard)"
-        )
-    if config.scan.train == "shared" and not shard.whole:
-        raise api.RunError(
-            "a shared scan trains its geometries together: run it whole (no --shard)"
-        )
+    check_scan_options(config, shard.whole, cold, shared_from)
     scan_dir = scan_directory(config, out_dir)
     name = lock_name(shard)
     try:
@@ -328,7 +330,7 @@ def run_scan(
     except OSError as err:
         raise api.RunError(f"cannot write {scan_dir}: {err.strerror or err}") from None
     try:
-        return _run_shard(config, text, scan_dir, shard, cold, progress, log)
+        return _run_shard(config, text, scan_dir, shard, cold, progress, log, shared_from)
     finally:
         io.release_lock(scan_dir, name)
         api.release_compiled()  # the geometries' shared programs
@@ -342,24 +344,37 @@ def _run_shard(
     cold: bool,
     progress: api.Progress | None,
     log: Log | None,
+    source: str | Path | None,
 ) -> Dataset:
-    data = open_dataset(config, text, scan_dir, shard)
+    from .shared_from import FROM_SHARED, from_shared
+
+    data = open_dataset(config, text, scan_dir, shard, source and FROM_SHARED)
     log = log or (lambda message: None)
     finished: Finished = {}
+    start, steps = None, config.scan.fine_tune_steps
+    if source is not None:  # each geometry from the shared model in ``source``
+        dirs = {k: geometry_dir(scan_dir, k) for k in range(data.n) if shard.owns(k)}
+        configure = lambda k: geometry_config(config, data.positions[k], k, steps)  # noqa: E731
+        path = dataset_path(scan_dir, shard)
+        start = from_shared(source, DATASET, data, path, dirs, configure, log)
+
+    def row(k: int) -> dict[str, Any]:
+        if start is None:
+            return _run_geometry(config, data, k, scan_dir, shard, cold, progress, finished)
+        start(k, progress)
+        cfg = geometry_config(config, data.positions[k], k, steps)
+        return geometry_row(config, cfg, k, geometry_dir(scan_dir, k), progress, finished)
+
     if config.scan.kind == "adaptive":
-        _run_adaptive(config, data, scan_dir, cold, progress, log, finished)
-    elif config.scan.train == "shared":
+        _run_adaptive(config, data, scan_dir, progress, log, row)
+    elif config.scan.train == "shared" and source is None:
         _run_shared(config, data, scan_dir, progress, log)
     else:
         mine = [k for k in range(data.n) if shard.owns(k)]
         for number, k in enumerate(mine, start=1):
-            if data.status(k) == "done":
-                continue
-            log(f"geometry {k} ({number} of {len(mine)} in this shard)")
-            run = lambda k=k: _run_geometry(  # noqa: E731
-                config, data, k, scan_dir, shard, cold, progress, finished
-            )
-            _run_row(data, k, scan_dir, shard, log, run)
+            if data.status(k) != "done":
+                log(f"geometry {k} ({number} of {len(mine)} in this shard)")
+                _run_row(data, k, scan_dir, shard, log, lambda k=k: row(k))
     plot_scan(plot_path(scan_dir, shard), data)
     return data
 
@@ -438,14 +453,14 @@ def _run_adaptive(
     config: Config,
     data: Dataset,
     scan_dir: Path,
-    cold: bool,
     progress: api.Progress | None,
     log: Log,
-    finished: Finished,
+    row: Callable[[int], dict[str, Any]],
 ) -> None:
-    """Choose and run rows one at a time (:mod:`nnqmc.pes.adaptive`) until the fit is
-    certain enough or the budget is spent. The fit of the finished rows is saved as
-    ``forcefield.h5`` in the scan directory at each choice and once more at the end."""
+    """Choose and run rows (``row(k)``: its values) one at a time
+    (:mod:`nnqmc.pes.adaptive`) until the fit is certain enough or the budget is spent.
+    The fit of the finished rows is saved as ``forcefield.h5`` in the scan directory at
+    each choice and once more at the end."""
     from .adaptive import next_row, rows_with, selection_count
 
     scan = config.scan
@@ -454,7 +469,7 @@ def _run_adaptive(
     def predict_std(data: Dataset, rows: np.ndarray) -> np.ndarray | None:
         from ..fit import predict
 
-        model = _fit_and_save(data, scan_dir, log)
+        model = fit_and_save(data, scan_dir, log)
         if model is None:
             return None
         fitted[0] = len(rows_with(data, "done"))
@@ -466,7 +481,7 @@ def _run_adaptive(
             log(f"adaptive scan stops: {choice.reason}")
             done = len(rows_with(data, "done"))
             if done >= 2 and done != fitted[0]:
-                _fit_and_save(data, scan_dir, log)  # the last geometry into the saved fit
+                fit_and_save(data, scan_dir, log)  # the last geometry into the saved fit
             return
         k = choice.row
         order = int(data.columns["selection"][k])
@@ -474,25 +489,5 @@ def _run_adaptive(
             order = selection_count(data)
         std = "" if np.isnan(choice.std) else f", predictive std {choice.std * 1e3:.3f} mHa"
         log(f"geometry {k} (choice {order + 1} of at most {scan.budget}: {choice.reason}{std})")
-        run = lambda k=k: _run_geometry(  # noqa: E731
-            config, data, k, scan_dir, Shard(), cold, progress, finished
-        )
+        run = lambda k=k: row(k)  # noqa: E731
         _run_row(data, k, scan_dir, Shard(), log, run, selection=order, selection_std=choice.std)
-
-
-def _fit_and_save(data: Dataset, scan_dir: Path, log: Log):
-    """The force field of the finished rows (energies and forces, each with its error bar as
-    noise; symmetric under permutations of identical atoms where there are at most
-    ``MAX_PERMUTATIONS``), saved as :data:`FORCEFIELD`; None, with the reason logged, if
-    they cannot be fitted (the adaptive scan then spreads out instead)."""
-    from ..fit import FitError, FitOptions, fit, save_model, training_set
-    from ..fit.descriptor import MAX_PERMUTATIONS, permutation_count
-
-    symmetric = permutation_count(data.atomic_numbers) <= MAX_PERMUTATIONS
-    try:
-        model = fit(training_set(data), FitOptions(symmetric=symmetric))
-    except FitError as err:
-        log(f"warning: no force field from the finished geometries ({err})")
-        return None
-    save_model(scan_dir / FORCEFIELD, model)
-    return model

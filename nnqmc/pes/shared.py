@@ -191,6 +191,26 @@ _FINGERPRINT = {
 }
 
 
+def neutral_settings(cfg: Config) -> Config:
+    """``cfg`` without the settings a shared training lets change on resume (the
+    learning rate, ``max_bad_steps``, ``local_energy_chunk``, the evaluation's)."""
+    return dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(
+            cfg.train, learning_rate=None, max_bad_steps=1, local_energy_chunk=None
+        ),
+        eval=dataclasses.replace(cfg.eval, decorrelation=1, dipole=False),
+    )
+
+
+def program_digest(run: Run) -> str:
+    """The ``program`` part of :func:`fingerprint`: what shapes the shared model's
+    parameters and optimizer state (settings, atoms, basis, occupations), not its
+    geometries."""
+    key = program_key(neutral_settings(run.config), run.molecule, run.scf, run.geometry)
+    return hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+
+
 def fingerprint(runs: list[Run], per_step: int) -> dict[str, Any]:
     """What shapes the shared model besides the number of steps: the program key (settings
     without step counts and seed, atoms, basis, occupations), ``geometries_per_step``, the
@@ -199,20 +219,11 @@ def fingerprint(runs: list[Run], per_step: int) -> dict[str, Any]:
     Left out, as a single point's training lets them change on resume: the learning rate
     (lowered after rejected steps, as the guard's message suggests), ``max_bad_steps``,
     ``local_energy_chunk`` and the evaluation's settings."""
-    first = runs[0]
-    cfg = first.config
-    neutral = dataclasses.replace(
-        cfg,
-        train=dataclasses.replace(
-            cfg.train, learning_rate=None, max_bad_steps=1, local_energy_chunk=None
-        ),
-        eval=dataclasses.replace(cfg.eval, decorrelation=1, dipole=False),
-    )
-    key = program_key(neutral, first.molecule, first.scf, first.geometry)
+    cfg = runs[0].config
     positions = np.stack([np.asarray(r.molecule.coords, np.float64) for r in runs])
     digest = lambda b: hashlib.sha256(b).hexdigest()[:16]  # noqa: E731
     return {
-        "program": digest(repr(key).encode()),
+        "program": program_digest(runs[0]),
         "geometries_per_step": int(min(per_step, len(runs))),
         "seed": int(cfg.train.seed),
         "walkers": int(cfg.train.walkers),
@@ -398,7 +409,7 @@ def _handed_off(run_dir: Path, mark: str) -> bool:
         return False
 
 
-def _new_run_directory(run_dir: Path, scf: Any, mark: str) -> None:
+def new_run_directory(run_dir: Path, scf: Any, mark: str) -> None:
     """Process 0: ``run_dir`` emptied of an earlier run, with the aligned reference."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -407,6 +418,22 @@ def _new_run_directory(run_dir: Path, scf: Any, mark: str) -> None:
     except OSError as err:
         raise RunError(cannot_write(run_dir, err)) from None
     _write_reference(run_dir / io.REFERENCE, scf, aligned=True, shared=mark)
+
+
+def handed_driver(run: Run, run_dir: Path, lr_scale: float) -> Driver:
+    """The training Driver that writes a handed-off run's first checkpoint: the shared
+    training's learning-rate scale goes on in it (a guard that takes every replayed row as
+    good, so none of them halves it again)."""
+    guard = NanGuard(
+        run.config.train.max_bad_steps,
+        "train.max_bad_steps",
+        "training",
+        "non-finite local energies, gradient or update",
+        "learning rate",
+        finite=lambda row: True,
+        scale=lr_scale,
+    )
+    return Driver(run_dir, "train", guard=guard)
 
 
 def hand_off(shared: SharedResult, k: int, run: Run, run_dir: Path) -> tuple[int, bool]:
@@ -421,7 +448,7 @@ def hand_off(shared: SharedResult, k: int, run: Run, run_dir: Path) -> tuple[int
         raise RunError(f"geometry {k} took part in no shared step: raise train.steps")
     if _main_flag(lambda: _handed_off(run_dir, shared.mark)):
         return len(rows), False
-    on_main(lambda: _new_run_directory(run_dir, run.scf, shared.mark))
+    on_main(lambda: new_run_directory(run_dir, run.scf, shared.mark))
     content = {
         "params": shared.params,
         "opt_state": shared.opt_state,
@@ -429,18 +456,7 @@ def hand_off(shared: SharedResult, k: int, run: Run, run_dir: Path) -> tuple[int
         "width": float(shared.width[k]),
         "key": np.asarray(jax.random.PRNGKey(run.config.train.seed)),
     }
-    # the shared training's learning-rate scale goes on in the checkpoint (a guard that
-    # takes every replayed row as good, so none of them halves it again)
-    guard = NanGuard(
-        run.config.train.max_bad_steps,
-        "train.max_bad_steps",
-        "training",
-        "non-finite local energies, gradient or update",
-        "learning rate",
-        finite=lambda row: True,
-        scale=shared.lr_scale,
-    )
-    drive = Driver(run_dir, "train", guard=guard)
+    drive = handed_driver(run, run_dir, shared.lr_scale)
     drive.earlier = rows[-1]["wall_time"]  # its share of the shared training's time
     drive.run(
         None,
