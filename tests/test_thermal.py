@@ -16,14 +16,21 @@ from nnqmc.fit import TrainingSet, fit, predict, save_model
 from nnqmc.fit.model import energy_function
 from nnqmc.thermal.flow import FlowOptions, make_flow, train_flow
 from nnqmc.thermal.md import MDOptions
-from nnqmc.thermal.sample import BOLTZMANN, sample
+from nnqmc.thermal.sample import BOLTZMANN, ThermalSample, boltzmann_generator, sample
 from nnqmc.thermal.weights import (
     effective_sample_size,
     free_energy_difference,
     normalised_weights,
     weighted_mean,
 )
-from nnqmc.thermal.zmatrix import cartesian, internal, log_jacobian, zmatrix
+from nnqmc.thermal.zmatrix import (
+    cartesian,
+    check_not_linear,
+    internal,
+    log_jacobian,
+    wrap,
+    zmatrix,
+)
 
 
 def gaussian_log_pdf(x, mu, s):
@@ -101,6 +108,30 @@ def test_zmatrix_volume_element_against_exact_cartesian_samples(n_atoms):
         want = q_exact[:, i].mean()
         error = np.hypot(got.error, q_exact[:, i].std() / np.sqrt(len(q_exact)))
         assert abs(got.mean - want) < 4 * error, (kind, got, want)
+
+
+def test_dihedral_box_is_one_turn_about_a_centre_and_wrap_moves_into_it():
+    x = 1.5 * np.random.default_rng(4).normal(size=(4, 3))
+    z = zmatrix(x)
+    centre = z.reference.copy()
+    centre[5] = 3.0
+    lower, upper = z.bounds(centre)
+    assert lower[5] == pytest.approx(3.0 - np.pi) and upper[5] == pytest.approx(3.0 + np.pi)
+    np.testing.assert_allclose(lower[:5], 0.0)
+    q = np.tile(z.reference, (3, 1))
+    q[:, 5] = [-3.0, 0.0, 3.1]
+    moved = np.asarray(wrap(z, jnp.asarray(q), lower))
+    np.testing.assert_allclose(moved[:, :5], q[:, :5])
+    assert np.all((moved[:, 5] >= lower[5]) & (moved[:, 5] < upper[5]))
+    np.testing.assert_allclose(np.cos(moved[:, 5]), np.cos(q[:, 5]), atol=1e-12)
+
+
+def test_linear_reference_is_refused_naming_the_atoms():
+    linear = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 2.2], [0.0, 0.01, -2.2]])
+    with pytest.raises(ValueError, match="linear at atoms 2-0-1"):
+        check_not_linear(zmatrix(linear), linear)
+    bent = linear + np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.3, 0.0]])
+    check_not_linear(zmatrix(bent), bent)
 
 
 # --------------------------------------------------------------------------- the flow
@@ -181,6 +212,63 @@ def test_double_well_flow_by_reverse_kl_within_a_tenth_of_kt():
     assert ess >= 0.1
     assert abs(dF.mean - double_well_exact()) < 0.1
     assert dF.error < 0.05
+
+
+# --------------------------------------------------------------------------- a torsion
+B_TORSION, D_CIS, STIFF = 4.0, 1.0, 0.05  # kT; kT; bohr and radians
+
+
+def torsion_potential(phi):
+    """Wells at trans (φ = ±π) and cis (φ = 0, raised by D), barriers ≈ B at ±π/2; in kT."""
+    return 0.5 * B_TORSION * (1 - jnp.cos(2 * phi)) + 0.5 * D_CIS * (1 + jnp.cos(phi))
+
+
+def planar_trans():
+    """An H2O2-like planar trans geometry: O-O 2.7, O-H 1.8 bohr, angles 100°."""
+    a = np.radians(100.0)
+    s, c = 1.8 * np.sin(a), 1.8 * np.cos(a)
+    return np.array([[0, 0, 0], [0, 0, 2.7], [s, 0, c], [-s, 0, 2.7 - c]], np.float64)
+
+
+@pytest.mark.ci_slow
+def test_flow_on_a_planar_torsion_reweights_both_wells_on_the_circle():
+    """A planar reference (φ_ref = π, at the old box's edge: NaN weights) with stiff bonds and
+    angles (σ 0.05) and a torsion of barrier 4 kT: the cis/trans ΔF within 0.1 kT of 1-D
+    quadrature of exp(-V(φ)) (exact: bonds, angles and J do not depend on φ), ⟨cos φ⟩
+    within 4σ, the circular mean ±180°. Measured: ESS 86 %, ΔF 0.907 ± 0.024 against 0.910
+    (300 steps, 10 000 samples, 49 s on 2 shared cores)."""
+    z = zmatrix(planar_trans())
+    assert z.reference[5] == pytest.approx(np.pi) and z.labels()[5] == "φ(3-1-0-2)"
+    stiff, ref = jnp.asarray(np.array(z.kinds()) != "dihedral"), jnp.asarray(z.reference)
+
+    def target(q):
+        p = internal(z, cartesian(z, q))
+        bonds_angles = jnp.sum(jnp.where(stiff, (p - ref) ** 2, 0.0)) / (2 * STIFF**2)
+        return -bonds_angles - torsion_potential(p[5]) + log_jacobian(z, q)
+
+    n = 10_000
+    draw = boltzmann_generator(target, z, n, FlowOptions(steps=300))
+    assert np.all(np.isfinite(draw.log_w))
+    w = normalised_weights(draw.log_w)
+    x = np.asarray(jax.vmap(lambda v: cartesian(z, v))(jnp.asarray(draw.q)))
+    coordinates = np.asarray(jax.vmap(lambda v: internal(z, v))(jnp.asarray(x)))
+    phi = coordinates[:, 5]
+    g = np.linspace(-np.pi, np.pi, 360_001)[:-1]
+    p = np.exp(-np.asarray(torsion_potential(g)))
+    cis = np.abs(g) < np.pi / 2
+    exact = -np.log(p[cis].sum() / p[~cis].sum())
+    ess, dF = effective_sample_size(w), free_energy_difference(np.abs(phi) < np.pi / 2, w)
+    cos = weighted_mean(np.cos(phi), w)
+    print(f"torsion: ESS {ess:.3f}, ΔF {dF.mean:.4f} ± {dF.error:.4f} (quadrature {exact:.4f})")
+    assert abs(dF.mean - exact) < 0.1 and ess > 0.3
+    assert abs(cos.mean - p @ np.cos(g) / p.sum()) < 4 * cos.error
+    s = ThermalSample(
+        "flow", 300.0, np.array([8, 8, 1, 1]), x, w, np.zeros(n), np.zeros(n), coordinates,
+        z.labels(), ess, 0, 0.0,
+    )  # fmt: skip
+    mean = s.averages()["φ(3-1-0-2)"]
+    assert 180.0 - abs(mean.mean) < 4 * mean.error + 1e-9 and mean.error < 5.0
+    assert abs(s.averages()["θ(2-0-1)"].mean - 100.0) < 0.5
 
 
 # --------------------------------------------------------------------------- a force field
@@ -302,4 +390,11 @@ def test_cli_sample_bad_input_is_one_line(tmp_path, h2_model, capsys):
         f["atomic_numbers"], f["positions"] = [8, 1, 1], np.zeros((1, 3, 3))
     flow = ["--method", "flow", "--examples", str(water)]
     _fails([str(model), "--temperature", "300", *flow, *out], capsys, "are not the model's")
+    r = np.linspace(1.2, 1.8, 4)  # a linear, symmetric H3: the flow refuses it
+    x = np.zeros((4, 3, 3))
+    x[:, 1, 2], x[:, 2, 2] = r, -r
+    linear = tmp_path / "h3.h5"
+    save_model(linear, fit(TrainingSet([1, 1, 1], x, (r - 1.5) ** 2)))
+    argv = [str(linear), "--temperature", "300", "--method", "flow", *out]
+    _fails(argv, capsys, "linear at atoms 2-0-1")
     assert not (tmp_path / "s.h5").exists()

@@ -11,6 +11,7 @@ standard deviation σ at every geometry; energies hartree, positions bohr.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,18 @@ import numpy as np
 
 from ..estimate import estimate
 from ..fit.model import Model, energy_function, predict
-from .flow import Flow, FlowOptions, make_flow, train_flow
+from .flow import Flow, FlowOptions, defensive_sample, make_flow, train_flow
 from .md import MDOptions, langevin_frames
 from .weights import Average, effective_sample_size, normalised_weights, weighted_mean
-from .zmatrix import ZMatrix, cartesian, internal, log_jacobian, zmatrix
+from .zmatrix import (
+    ZMatrix,
+    cartesian,
+    check_not_linear,
+    internal,
+    log_jacobian,
+    wrap,
+    zmatrix,
+)
 
 BOLTZMANN = 3.166811563455546e-06  # k_B in hartree per kelvin (CODATA 2018)
 METHODS = ("md", "flow")
@@ -55,16 +64,34 @@ class ThermalSample:
 
     def averages(self) -> dict[str, Average]:
         """⟨q_i⟩ per coordinate (bohr, degrees for angles): reweighted with delta-method
-        errors for the flow, blocking errors of the correlated series for MD frames."""
+        errors for the flow, blocking errors of the correlated series for MD frames.
+        Dihedrals by their circular mean atan2(⟨sin φ⟩, ⟨cos φ⟩) in (-180°, 180°] (a trans
+        dihedral averages to ±180°, not 0°), its error that of the mean of
+        sin(φ - ⟨φ⟩)/R, R = |⟨e^{iφ}⟩| (the delta method)."""
         out = {}
         for i, label in enumerate(self.labels):
-            values = self.coordinates[:, i] * (1.0 if label.startswith("r(") else 180 / np.pi)
-            if self.method == "md":
-                e = estimate(values)
-                out[label] = Average(e.mean, e.error)
-            else:
-                out[label] = weighted_mean(values, self.weights)
+            values = self.coordinates[:, i]
+            if label.startswith("φ("):
+                out[label] = self._circular(values)
+                continue
+            values = values * (1.0 if label.startswith("r(") else 180 / np.pi)
+            out[label] = self._mean(values)
         return out
+
+    def _mean(self, values: np.ndarray) -> Average:
+        if self.method == "md":
+            e = estimate(values)
+            return Average(e.mean, e.error)
+        return weighted_mean(values, self.weights)
+
+    def _circular(self, phi: np.ndarray) -> Average:
+        w = self.weights / self.weights.sum()
+        c, s = float(w @ np.cos(phi)), float(w @ np.sin(phi))
+        mean, length = np.arctan2(s, c), np.hypot(c, s)
+        if length == 0.0:
+            return Average(float("nan"), float("nan"))
+        spread = self._mean(np.sin(phi - mean) / length)
+        return Average(float(np.degrees(mean)), float(np.degrees(spread.error)))
 
 
 def reference_geometry(model: Model) -> np.ndarray:
@@ -80,12 +107,35 @@ def log_target(model: Model, z: ZMatrix, kt: float):
     return lambda q: -(energy(cartesian(z, q)) - e_ref) / kt + log_jacobian(z, q)
 
 
+SCAN_POINTS = 72  # a dihedral's 1-D scan that places its box's cut (every 5°)
+
+
+def dihedral_centres(target, z: ZMatrix) -> tuple[np.ndarray, int]:
+    """Where each dihedral's box (one turn) is centred: opposite its cut, the cut placed at
+    the least probable point of a 1-D scan of ``target`` along that dihedral (the others at
+    the reference), i.e. on the torsional barrier, so that no well is split by the box's
+    edges; the centre (d,) (other entries the reference's) and the target evaluations."""
+    centre = np.array(z.reference, np.float64)
+    grid = np.linspace(-np.pi, np.pi, SCAN_POINTS, endpoint=False)
+    evaluations = 0
+    for i in np.flatnonzero(np.array(z.kinds()) == "dihedral"):
+        q = np.repeat(z.reference[None], SCAN_POINTS, axis=0)
+        q[:, i] = grid
+        log_p = np.nan_to_num(np.asarray(jax.vmap(target)(jnp.asarray(q))), nan=-np.inf)
+        evaluations += SCAN_POINTS
+        if log_p.max() - log_p.min() > 1e-6:  # flat: keep the reference in the middle
+            centre[i] = grid[int(np.argmin(log_p))] + np.pi
+    return centre, evaluations
+
+
 def _widths(target, z: ZMatrix, lower: np.ndarray, upper: np.ndarray) -> tuple:
     """loc and width of y = logit((q - lower)/(upper - lower)): the reference, and
-    1/√(curvature of -log p in y), clipped to [0.02, 2]. The curvature by central
-    differences of the gradient: the kernel's third derivative, which a Hessian would need
-    at a training geometry, is not defined (:mod:`nnqmc.fit.kernel`)."""
-    t = (z.reference - lower) / (upper - lower)
+    1/√(curvature of -log p in y), clipped to [0.02, 2], for bonds and angles; width 1 for
+    dihedrals (broad: the flow starts spread over the turn, so that reverse KL finds every
+    torsional well). The curvature by central differences of the gradient: the kernel's
+    third derivative, which a Hessian would need at a training geometry, is not defined
+    (:mod:`nnqmc.fit.kernel`)."""
+    t = (np.asarray(wrap(z, z.reference, lower)) - lower) / (upper - lower)
     loc = jnp.asarray(np.log(t / (1 - t)))
 
     def log_p_y(y):
@@ -96,8 +146,49 @@ def _widths(target, z: ZMatrix, lower: np.ndarray, upper: np.ndarray) -> tuple:
     grad, eps = jax.grad(log_p_y), 1e-3
     step = eps * jnp.eye(len(loc))
     curvature = [-(grad(loc + e)[i] - grad(loc - e)[i]) / (2 * eps) for i, e in enumerate(step)]
-    width = 1.0 / np.sqrt(np.maximum(np.asarray(curvature), 0.25))
-    return np.asarray(loc), np.clip(width, 0.02, 2.0)
+    width = np.clip(1.0 / np.sqrt(np.maximum(np.asarray(curvature), 0.25)), 0.02, 2.0)
+    width = np.where(np.array(z.kinds()) == "dihedral", 1.0, width)
+    return np.asarray(loc), width
+
+
+@dataclass(frozen=True)
+class FlowDraw:
+    """The flow's samples ``q`` (n, d) in the box (``lower``, ``upper``), their log-weights
+    ``log_w`` (n,) against the defensive mixture, the trained ``flow``, ``losses`` per step,
+    ``evaluations`` of the target (training, scan and samples)."""
+
+    q: np.ndarray
+    log_w: np.ndarray
+    flow: Flow
+    losses: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    evaluations: int
+
+
+def boltzmann_generator(
+    target: Callable[[jnp.ndarray], jnp.ndarray],
+    z: ZMatrix,
+    n: int,
+    options: FlowOptions,
+    data: np.ndarray | None = None,
+) -> FlowDraw:
+    """Train a flow on ``target`` (q (d,) -> log p(q) up to a constant, e.g.
+    :func:`log_target`) over the Z-matrix box of ``z`` (dihedrals cut at their barriers,
+    :func:`dihedral_centres`), plus maximum likelihood on ``data`` (m, d) coordinates, and
+    draw n samples of the defensive mixture (:func:`.flow.defensive_sample`)."""
+    centre, scanned = dihedral_centres(target, z)
+    lower, upper = z.bounds(centre)
+    loc, width = _widths(target, z, lower, upper)
+    flow = make_flow(z.dim, loc, width, lower, upper, options)
+    if data is not None:
+        data = np.asarray(wrap(z, jnp.asarray(data), lower))
+    flow, losses = train_flow(flow, target, options, data)
+    key = jax.random.key(options.seed + 2)
+    q, log_q = defensive_sample(flow, key, n, lower, upper, options.defensive)
+    log_w = np.asarray(jax.vmap(target)(q)) - np.asarray(log_q)
+    evaluations = options.steps * options.batch + scanned + n
+    return FlowDraw(np.asarray(q), log_w, flow, losses, lower, upper, evaluations)
 
 
 def _internal(z: ZMatrix, positions: np.ndarray) -> np.ndarray:
@@ -128,20 +219,13 @@ def _by_md(model: Model, start: np.ndarray, temperature: float, n: int, options:
 
 
 def _by_flow(model, z, temperature, n, options: FlowOptions, examples):
+    check_not_linear(z, cartesian(z, jnp.asarray(z.reference)))
     target = log_target(model, z, BOLTZMANN * temperature)
-    lower, upper = z.bounds()
-    loc, width = _widths(target, z, lower, upper)
-    flow = make_flow(z.dim, loc, width, lower, upper, options)
-    data = None
-    if examples is not None:
-        data = _internal(z, examples)
-    flow, losses = train_flow(flow, target, options, data)
-    q, log_q = flow.sample_and_log_prob(jax.random.key(options.seed + 2), n)
-    log_w = np.asarray(jax.vmap(target)(q)) - np.asarray(log_q)
-    positions = np.asarray(jax.vmap(lambda v: cartesian(z, v))(q))
-    settings = {**asdict(options), "final_loss": float(np.mean(losses[-50:]))}
-    evaluations = options.steps * options.batch + n
-    return positions, normalised_weights(log_w), evaluations, settings, flow
+    data = None if examples is None else _internal(z, examples)
+    draw = boltzmann_generator(target, z, n, options, data)
+    positions = np.asarray(jax.vmap(lambda v: cartesian(z, v))(jnp.asarray(draw.q)))
+    settings = {**asdict(options), "final_loss": float(np.mean(draw.losses[-50:]))}
+    return positions, normalised_weights(draw.log_w), draw.evaluations, settings, draw.flow
 
 
 def sample(
