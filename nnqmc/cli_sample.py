@@ -44,6 +44,14 @@ def _summary(s, out: str) -> str:
     for label, a in s.averages().items():
         unit = "bohr" if label.startswith("r(") else "degrees"
         lines.append(f"  <{label}> = {a.mean:.4f} ± {a.error:.4f} {unit}")
+    d = s.diagnostics
+    box = (
+        f"  flow's box (bonds < 3 r_ref): {100 * d.get('outside_box', 0.0):.1f} % of samples "
+        f"outside, weight {100 * d.get('edge_weight', 0.0):.2f} % within 5 % of a bond's edge"
+    )
+    if "examples" in d:
+        box += f"; {d['examples_dropped']} example frames outside it dropped, {d['examples']} used"
+    lines.append(box)
     std = 1e3 * s.energy_std
     lines.append(
         f"  force-field σ: mean {float(s.weights @ std):.3f} mHa (reweighted), "

@@ -5,6 +5,8 @@ diatomic force field against quadrature, the double well, and the command's bad 
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import jax
 import jax.numpy as jnp
@@ -343,6 +345,28 @@ def test_flow_reproduces_the_radial_density_of_the_bond(h2_model):
     np.testing.assert_allclose(s.energy_std[:5], std)
 
 
+def test_box_report_counts_frames_outside_and_weight_at_the_edges():
+    from nnqmc.thermal.sample import box_report
+
+    z = zmatrix(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.4]]))  # box (0, 4.2)
+    r = np.array([[1.4], [4.1], [4.5], [0.1]])
+    d = box_report(z, r, np.array([0.4, 0.3, 0.2, 0.1]))
+    assert d["outside_box"] == pytest.approx(0.25)
+    assert d["edge_weight"] == pytest.approx(0.6)  # 4.1 and 0.1 near an edge, 4.5 beyond it
+
+
+def test_flow_drops_example_frames_outside_its_box_before_maximum_likelihood(h2_model):
+    """An example frame beyond the box (r > 3 r_ref = 4.2) has log p_flow = NaN; kept, it
+    made the loss NaN and every weight NaN. It is dropped and counted."""
+    r = np.concatenate([np.random.default_rng(3).normal(R0, 0.1, 49), [5.0]])
+    examples = harmonic_h2(r)[0]
+    options = FlowOptions(steps=40, data_weight=1.0)
+    s = sample(h2_model, 2000.0, "flow", 400, flow=options, examples=examples)
+    assert s.diagnostics["examples_dropped"] == 1 and s.diagnostics["examples"] == 49
+    assert np.isfinite(s.settings["final_loss"]) and np.all(np.isfinite(s.weights))
+    assert s.ess > 0.3 and s.diagnostics["outside_box"] == 0.0
+
+
 # --------------------------------------------------------------------------- the command
 def test_cli_sample_writes_the_file_the_picture_and_a_summary(tmp_path, h2_model, capsys):
     save_model(tmp_path / "m.h5", h2_model)
@@ -352,9 +376,11 @@ def test_cli_sample_writes_the_file_the_picture_and_a_summary(tmp_path, h2_model
     assert main(["sample", *argv, *md]) == 0
     printed = capsys.readouterr().out
     assert "20 geometries by md at 500 K" in printed and "<r(1-0)> = 1.4" in printed
+    assert "0.0 % of samples outside" in printed
     with h5py.File(out) as f:
         assert f.attrs["method"] == "md" and f["positions"].shape == (20, 2, 3)
         assert f["weights"].shape == f["energy_std"].shape == (20,)
+        assert json.loads(f.attrs["diagnostics"])["outside_box"] == 0.0
     assert (tmp_path / "s.png").stat().st_size > 1000
     from ase.io import read
 

@@ -45,7 +45,9 @@ class ThermalSample:
     for MD), the force field's ``energy`` and ``energy_std`` (n,) hartree, the Z-matrix
     ``coordinates`` (n, d) named by ``labels``; ``ess`` (1 for MD frames: their
     correlation shows in the errors of :meth:`averages` instead); ``evaluations``: energy
-    evaluations spent (training included); ``settings``: the method's options."""
+    evaluations spent (training included); ``settings``: the method's options;
+    ``diagnostics``: the box checks of :func:`box_report` (and, for the flow, the example
+    frames dropped outside the box)."""
 
     method: str
     temperature: float
@@ -61,6 +63,7 @@ class ThermalSample:
     wall_time: float
     settings: dict[str, Any] = field(default_factory=dict)
     flow: Flow | None = None
+    diagnostics: dict[str, float | int] = field(default_factory=dict)
 
     def averages(self) -> dict[str, Average]:
         """⟨q_i⟩ per coordinate (bohr, degrees for angles): reweighted with delta-method
@@ -155,7 +158,8 @@ def _widths(target, z: ZMatrix, lower: np.ndarray, upper: np.ndarray) -> tuple:
 class FlowDraw:
     """The flow's samples ``q`` (n, d) in the box (``lower``, ``upper``), their log-weights
     ``log_w`` (n,) against the defensive mixture, the trained ``flow``, ``losses`` per step,
-    ``evaluations`` of the target (training, scan and samples)."""
+    ``evaluations`` of the target (training, scan and samples), ``dropped`` example frames
+    outside the box (their log p_flow is not defined: left out of maximum likelihood)."""
 
     q: np.ndarray
     log_w: np.ndarray
@@ -164,6 +168,7 @@ class FlowDraw:
     lower: np.ndarray
     upper: np.ndarray
     evaluations: int
+    dropped: int = 0
 
 
 def boltzmann_generator(
@@ -181,14 +186,38 @@ def boltzmann_generator(
     lower, upper = z.bounds(centre)
     loc, width = _widths(target, z, lower, upper)
     flow = make_flow(z.dim, loc, width, lower, upper, options)
+    dropped = 0
     if data is not None:
         data = np.asarray(wrap(z, jnp.asarray(data), lower))
+        inside = np.all((data > lower) & (data < upper), axis=1)
+        dropped = int(np.sum(~inside))
+        data = data[inside]
+        if not len(data) and options.data_weight > 0:
+            raise ValueError(f"none of the {dropped} example frames is inside the flow's box")
     flow, losses = train_flow(flow, target, options, data)
     key = jax.random.key(options.seed + 2)
     q, log_q = defensive_sample(flow, key, n, lower, upper, options.defensive)
     log_w = np.asarray(jax.vmap(target)(q)) - np.asarray(log_q)
     evaluations = options.steps * options.batch + scanned + n
-    return FlowDraw(np.asarray(q), log_w, flow, losses, lower, upper, evaluations)
+    return FlowDraw(np.asarray(q), log_w, flow, losses, lower, upper, evaluations, dropped)
+
+
+EDGE = 0.05  # a bond within this fraction of its box's width from an edge is "at the edge"
+
+
+def box_report(z: ZMatrix, coordinates: np.ndarray, weights: np.ndarray) -> dict[str, float | int]:
+    """Where the samples lie against the flow's box (bonds (0, 3 r_ref); angles and
+    dihedrals cannot leave theirs): ``outside_box``, the fraction of samples with a bond
+    outside it (MD frames, which do not see the box), and ``edge_weight``, the weight of
+    samples with a bond within 5 % of the box's width of an edge (mass the box cuts off or
+    nearly does, for the flow)."""
+    bond = np.array(z.kinds()) == "bond"
+    r = np.asarray(coordinates)[:, bond]
+    top = 3.0 * z.reference[bond]
+    outside = np.any((r <= 0) | (r >= top), axis=1)
+    edge = np.any((r < EDGE * top) | (r > (1 - EDGE) * top), axis=1)
+    w = np.asarray(weights, np.float64) / np.sum(weights)
+    return {"outside_box": float(np.mean(outside)), "edge_weight": float(w @ edge)}
 
 
 def _internal(z: ZMatrix, positions: np.ndarray) -> np.ndarray:
@@ -225,7 +254,11 @@ def _by_flow(model, z, temperature, n, options: FlowOptions, examples):
     draw = boltzmann_generator(target, z, n, options, data)
     positions = np.asarray(jax.vmap(lambda v: cartesian(z, v))(jnp.asarray(draw.q)))
     settings = {**asdict(options), "final_loss": float(np.mean(draw.losses[-50:]))}
-    return positions, normalised_weights(draw.log_w), draw.evaluations, settings, draw.flow
+    diagnostics = {}
+    if data is not None:
+        diagnostics = {"examples": len(data) - draw.dropped, "examples_dropped": draw.dropped}
+    weights = normalised_weights(draw.log_w)
+    return positions, weights, draw.evaluations, settings, draw.flow, diagnostics
 
 
 def sample(
@@ -250,7 +283,7 @@ def sample(
     start = reference_geometry(model)
     z = zmatrix(start)
     t0 = time.perf_counter()
-    trained = None
+    trained, diagnostics = None, {}
     if method == "md":
         positions, weights, evaluations, settings = _by_md(
             model, start, temperature, n, md or MDOptions()
@@ -261,7 +294,7 @@ def sample(
                 f"the example geometries are {np.shape(examples)[1:]}, not the model's "
                 f"({model.n_atoms}, 3)"
             )
-        positions, weights, evaluations, settings, trained = _by_flow(
+        positions, weights, evaluations, settings, trained, diagnostics = _by_flow(
             model, z, temperature, n, flow or FlowOptions(), examples
         )
     energy, _, std = predict(model, positions)
@@ -281,4 +314,5 @@ def sample(
         time.perf_counter() - t0,
         settings,
         trained,
+        {**box_report(z, coordinates, weights), **diagnostics},
     )
