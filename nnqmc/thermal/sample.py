@@ -83,8 +83,7 @@ class ThermalSample:
 
     def _mean(self, values: np.ndarray) -> Average:
         if self.method == "md":
-            e = estimate(values)
-            return Average(e.mean, e.error)
+            return correlated_mean(values)
         return weighted_mean(values, self.weights)
 
     def _circular(self, phi: np.ndarray) -> Average:
@@ -95,6 +94,14 @@ class ThermalSample:
             return Average(float("nan"), float("nan"))
         spread = self._mean(np.sin(phi - mean) / length)
         return Average(float(np.degrees(mean)), float(np.degrees(spread.error)))
+
+
+def correlated_mean(values: np.ndarray) -> Average:
+    """The mean of a correlated series (MD frames) with the larger of its blocking error
+    and √(var τ/n), τ the integrated autocorrelation time (:mod:`nnqmc.estimate`): blocking
+    alone can come out low on a few hundred frames."""
+    e = estimate(values)
+    return Average(e.mean, max(e.error, float(np.sqrt(e.variance * max(e.tau, 1.0) / e.n))))
 
 
 def reference_geometry(model: Model) -> np.ndarray:
