@@ -52,6 +52,8 @@ def _summary(s, out: str) -> str:
     if "examples" in d:
         box += f"; {d['examples_dropped']} example frames outside it dropped, {d['examples']} used"
     lines.append(box)
+    if d.get("nan_weights"):
+        lines.append(f"  {d['nan_weights']} samples with a NaN log-weight were given weight 0")
     std = 1e3 * s.energy_std
     lines.append(
         f"  force-field σ: mean {float(s.weights @ std):.3f} mHa (reweighted), "

@@ -28,6 +28,7 @@ from nnqmc.thermal.sample import (
 from nnqmc.thermal.weights import (
     effective_sample_size,
     free_energy_difference,
+    nan_count,
     normalised_weights,
     weighted_mean,
 )
@@ -74,6 +75,16 @@ def test_equal_weights_and_free_energy_of_a_known_split():
     assert free_energy_difference(x > 99.0, w).mean == np.inf
     with pytest.raises(ValueError, match="no sample has a finite"):
         normalised_weights(np.full(3, -np.inf))
+
+
+def test_non_finite_log_weights_are_counted_or_refused():
+    with pytest.warns(RuntimeWarning, match="2 of 4 log-weights are NaN"):
+        w = normalised_weights(np.array([0.0, np.nan, np.log(3.0), np.nan]))
+    np.testing.assert_allclose(w, [0.25, 0.0, 0.75, 0.0])
+    assert nan_count(np.array([np.nan, -np.inf, 1.0])) == 1
+    with pytest.raises(ValueError, match="1 of 3 samples have an infinite importance weight"):
+        normalised_weights(np.array([0.0, np.inf, 1.0]))
+    np.testing.assert_allclose(normalised_weights(np.array([0.0, -np.inf])), [1.0, 0.0])
 
 
 # --------------------------------------------------------------------------- coordinates

@@ -24,7 +24,13 @@ from ..estimate import estimate
 from ..fit.model import Model, energy_function, predict
 from .flow import Flow, FlowOptions, defensive_sample, make_flow, train_flow
 from .md import MDOptions, langevin_frames
-from .weights import Average, effective_sample_size, normalised_weights, weighted_mean
+from .weights import (
+    Average,
+    effective_sample_size,
+    nan_count,
+    normalised_weights,
+    weighted_mean,
+)
 from .zmatrix import (
     ZMatrix,
     cartesian,
@@ -261,9 +267,10 @@ def _by_flow(model, z, temperature, n, options: FlowOptions, examples):
     draw = boltzmann_generator(target, z, n, options, data)
     positions = np.asarray(jax.vmap(lambda v: cartesian(z, v))(jnp.asarray(draw.q)))
     settings = {**asdict(options), "final_loss": float(np.mean(draw.losses[-50:]))}
-    diagnostics = {}
+    diagnostics = {"nan_weights": nan_count(draw.log_w)}
     if data is not None:
-        diagnostics = {"examples": len(data) - draw.dropped, "examples_dropped": draw.dropped}
+        diagnostics["examples"] = len(data) - draw.dropped
+        diagnostics["examples_dropped"] = draw.dropped
     weights = normalised_weights(draw.log_w)
     return positions, weights, draw.evaluations, settings, draw.flow, diagnostics
 
