@@ -444,3 +444,52 @@ def test_cli_sample_bad_input_is_one_line(tmp_path, h2_model, capsys):
     argv = [str(linear), "--temperature", "300", "--method", "flow", *out]
     _fails(argv, capsys, "linear at atoms 2-0-1")
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_cli_sample_refuses_colliding_outputs_and_examples_with_md(tmp_path, h2_model, capsys):
+    model = tmp_path / "m.h5"
+    save_model(model, h2_model)
+    base = [str(model), "--temperature", "300"]
+    png = str(tmp_path / "x.png")
+    _fails([*base, "--out", png], capsys, "--plot and --out name the same file")
+    out = ["--out", str(tmp_path / "s.h5")]
+    _fails([*base, *out, "--xyz", str(tmp_path / "s.h5")], capsys, "name the same file")
+    _fails([*base, *out, "--plot", str(tmp_path / "s.h5")], capsys, "name the same file")
+    _fails([*base, *out, "--examples", str(model)], capsys, "--examples is for --method flow")
+    assert list(tmp_path.iterdir()) == [model]
+
+
+def test_cli_sample_import_error_names_the_pip_package(tmp_path, h2_model, capsys, monkeypatch):
+    import nnqmc.thermal.sample as module
+
+    model = tmp_path / "m.h5"
+    save_model(model, h2_model)
+    argv = [str(model), "--temperature", "300", "--method", "flow", "--out", str(tmp_path / "s.h5")]
+    for name in ("flowjax.bijections", "equinox", "paramax"):
+
+        def missing(*args, name=name, **kwargs):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+        monkeypatch.setattr(module, "sample", missing)
+        _fails(argv, capsys, "pip install flowjax")
+
+
+def _tiny_md(tmp_path, h2_model):
+    save_model(tmp_path / "m.h5", h2_model)
+    argv = [str(tmp_path / "m.h5"), "--temperature", "500", "--n", "10", "--out"]
+    return [*argv, str(tmp_path / "s.h5"), "--equilibration", "5", "--stride", "2"]
+
+
+def test_cli_sample_picture_failure_after_the_file_is_a_warning(
+    tmp_path, h2_model, capsys, monkeypatch
+):
+    import nnqmc.thermal.plot as plot
+
+    def broken(path, s):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(plot, "plot_sample", broken)
+    assert main(["sample", *_tiny_md(tmp_path, h2_model)]) == 0
+    captured = capsys.readouterr()
+    assert "warning: the picture" in captured.err and "no fonts" in captured.err
+    assert "10 geometries by md" in captured.out and (tmp_path / "s.h5").is_file()

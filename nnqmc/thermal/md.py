@@ -22,8 +22,12 @@ diatomic's bond variance came out twice too large with it), and the energy ignor
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 
 @dataclass(frozen=True)
@@ -61,15 +65,27 @@ class MDOptions:
         return 1 + self.equilibration + n * self.stride
 
 
-def langevin_frames(atoms, n: int, temperature: float, options: MDOptions) -> np.ndarray:
+def _thermalize(atoms: Atoms, temperature: float, rng: np.random.Generator) -> None:
+    """Maxwell–Boltzmann momenta: ``thermalize_momenta`` (ASE ≥ 3.29, which deprecates
+    ``MaxwellBoltzmannDistribution``), else the older name."""
+    try:
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+        return
+    thermalize_momenta(atoms, temperature, rng=rng)
+
+
+def langevin_frames(atoms: Atoms, n: int, temperature: float, options: MDOptions) -> np.ndarray:
     """n frames (n, n_atoms, 3), Å, of Langevin dynamics at ``temperature`` (K) of ``atoms``
     (an ``ase.Atoms`` with its calculator attached; moved in place)."""
     from ase import units
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     rng = np.random.default_rng(options.seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    _thermalize(atoms, temperature, rng)
     dyn = Langevin(
         atoms,
         options.timestep * units.fs,

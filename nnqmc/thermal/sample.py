@@ -116,7 +116,7 @@ def reference_geometry(model: Model) -> np.ndarray:
     return candidates[int(np.argmin(predict(model, candidates)[0]))]
 
 
-def log_target(model: Model, z: ZMatrix, kt: float):
+def log_target(model: Model, z: ZMatrix, kt: float) -> Callable[[jnp.ndarray], jnp.ndarray]:
     """q ↦ -(E(x(q)) - E_ref)/kT + log J(q), one point (JAX)."""
     energy = energy_function(model)
     e_ref = float(energy(jnp.asarray(cartesian(z, jnp.asarray(z.reference)))))

@@ -144,7 +144,7 @@ def _unit(v):
     return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def internal(z: ZMatrix, x) -> jnp.ndarray:
+def internal(z: ZMatrix, x: np.ndarray | jnp.ndarray) -> jnp.ndarray:
     """q of one geometry x (n_atoms, 3) (JAX or numpy)."""
     x = jnp.asarray(x)
     q = []
