@@ -493,3 +493,42 @@ def test_cli_sample_picture_failure_after_the_file_is_a_warning(
     captured = capsys.readouterr()
     assert "warning: the picture" in captured.err and "no fonts" in captured.err
     assert "10 geometries by md" in captured.out and (tmp_path / "s.h5").is_file()
+
+
+def test_a_write_failing_part_way_leaves_no_partial_file(tmp_path, h2_model, capsys, monkeypatch):
+    """The HDF5's datasets are written, then its attributes fail (a full disk): no s.h5,
+    no temporary file, from the library and through the command (one line, exit 2)."""
+    import types
+
+    import nnqmc.thermal.store as store
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "json", types.SimpleNamespace(dumps=full))
+    s = sample(h2_model, 500.0, "md", 5, md=MDOptions(equilibration=5, stride=2))
+    with pytest.raises(OSError):
+        store.write_sample(tmp_path / "s.h5", s)
+    assert list(tmp_path.iterdir()) == []
+    _fails(_tiny_md(tmp_path, h2_model), capsys, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
+
+
+def test_same_seed_gives_identical_md_frames(h2_model):
+    run = lambda seed: sample(h2_model, 800.0, "md", 8, md=MDOptions(10, 0.05, 5, 3, seed))
+    a, b, c = run(3), run(3), run(4)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(a.energy, b.energy)
+    assert not np.array_equal(a.positions, c.positions)
+
+
+def test_same_seed_gives_an_identical_flow_draw():
+    z = zmatrix(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.4]]))
+    target = lambda q: -0.5 * ((q[0] - 1.4) / 0.1) ** 2 + 2 * jnp.log(q[0])
+    options = lambda seed: FlowOptions(steps=5, batch=16, seed=seed)
+    draw = lambda seed: boltzmann_generator(target, z, 40, options(seed))
+    a, b, c = draw(1), draw(1), draw(2)
+    np.testing.assert_array_equal(a.q, b.q)
+    np.testing.assert_array_equal(a.log_w, b.log_w)
+    np.testing.assert_array_equal(a.losses, b.losses)
+    assert not np.array_equal(a.q, c.q)
