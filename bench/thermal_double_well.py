@@ -1,7 +1,7 @@
 """The double well of docs/thermal.md: the flow (reverse KL) against ASE Langevin MD
 started in one well, at an equal number of energy evaluations.
 
-    python bench/thermal_double_well.py [--steps 1000] [--n 20000]
+    python bench/thermal_double_well.py [--steps 1000] [--n 20000] [--stride 60]
 
 u(x, y) = 5 (x² - 1)² + 0.5 x + y²/(2·0.5²) in kT (x, y in Å for MD, which also has a
 harmonic z of the same width), wells at x ≈ ±1, barrier ≈ 5 kT; ΔF = -kT log(P(x>0)/P(x<0))."""
@@ -77,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--n", type=int, default=20_000)
-    parser.add_argument("--stride", type=int, default=20)
+    parser.add_argument("--stride", type=int, default=MDOptions().stride)
     args = parser.parse_args()
     print(f"quadrature: ΔF = {exact():.4f} kT")
     dF, err, ess, evals, wall = by_flow(args.steps, args.n)
@@ -88,7 +88,8 @@ def main() -> None:
     dF, err, evals, crossings, wall = by_md(evals, args.stride)
     print(
         f"MD:   ΔF = {dF:.4f} ± {err:.4f} kT (blocking), {crossings} well changes between "
-        f"frames, {evals} evaluations, {wall:.0f} s"
+        f"frames, {evals} evaluations ({MDOptions().friction:g}/fs, stride {args.stride}), "
+        f"{wall:.0f} s"
     )
 
 

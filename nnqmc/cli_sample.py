@@ -4,10 +4,15 @@ parsing and printing only (the work is :func:`nnqmc.thermal.sample.sample`)."""
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
+# The pip package that provides each module nnqmc sample imports on first use.
+PACKAGES = {"flowjax": "flowjax", "equinox": "flowjax", "paramax": "flowjax", "ase": "ase"}
 
-def add_sample(sub) -> None:
+
+def add_sample(sub: argparse._SubParsersAction) -> None:
     """The ``sample`` subcommand's arguments."""
     p = sub.add_parser(
         "sample", help="thermal geometries exp(-E/kT) of a fitted force field (MD or a flow)"
@@ -22,9 +27,9 @@ def add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="(0)")
     md = p.add_argument_group("md", "Langevin dynamics (ASE) through nnqmc.ForceField")
     md.add_argument("--timestep", type=float, default=0.5, metavar="FS", help="fs (0.5)")
-    md.add_argument("--friction", type=float, default=0.01, metavar="G", help="1/fs (0.01)")
+    md.add_argument("--friction", type=float, default=0.05, metavar="G", help="1/fs (0.05)")
     md.add_argument("--equilibration", type=int, default=2000, metavar="STEPS", help="(2000)")
-    md.add_argument("--stride", type=int, default=20, metavar="STEPS", help="between frames (20)")
+    md.add_argument("--stride", type=int, default=60, metavar="STEPS", help="between frames (60)")
     flow = p.add_argument_group("flow", "a normalizing flow trained by reverse KL (flowjax)")
     flow.add_argument("--steps", type=int, default=1500, help="training steps (1500)")
     flow.add_argument("--batch", type=int, default=256, help="samples per step (256)")
@@ -44,6 +49,16 @@ def _summary(s, out: str) -> str:
     for label, a in s.averages().items():
         unit = "bohr" if label.startswith("r(") else "degrees"
         lines.append(f"  <{label}> = {a.mean:.4f} ± {a.error:.4f} {unit}")
+    d = s.diagnostics
+    box = (
+        f"  flow's box (bonds < 3 r_ref): {100 * d.get('outside_box', 0.0):.1f} % of samples "
+        f"outside, weight {100 * d.get('edge_weight', 0.0):.2f} % within 5 % of a bond's edge"
+    )
+    if "examples" in d:
+        box += f"; {d['examples_dropped']} example frames outside it dropped, {d['examples']} used"
+    lines.append(box)
+    if d.get("nan_weights"):
+        lines.append(f"  {d['nan_weights']} samples with a NaN log-weight were given weight 0")
     std = 1e3 * s.energy_std
     lines.append(
         f"  force-field σ: mean {float(s.weights @ std):.3f} mHa (reweighted), "
@@ -52,8 +67,27 @@ def _summary(s, out: str) -> str:
     return "\n".join(lines)
 
 
-def run_sample(args: argparse.Namespace, fail) -> int:
-    """Sample, write the file(s), print the summary; ``fail(message)`` for bad input."""
+def _collision(args: argparse.Namespace) -> str | None:
+    """The message if two of the output files (--out, --xyz, the picture) are one path."""
+    paths = {"--out": args.out, "--plot": _picture(args)}
+    if args.xyz:
+        paths["--xyz"] = args.xyz
+    seen: dict[Path, str] = {}
+    for option, path in paths.items():
+        key = Path(path).resolve()
+        if key in seen:
+            return f"{path}: {option} and {seen[key]} name the same file"
+        seen[key] = option
+    return None
+
+
+def _picture(args: argparse.Namespace) -> str:
+    return args.plot or str(Path(args.out).with_suffix(".png"))
+
+
+def run_sample(args: argparse.Namespace, fail: Callable[[str], int]) -> int:
+    """Sample, write the file(s), print the summary; ``fail(message)`` for bad input. Once
+    the HDF5 is written, a failed picture is a warning (exit 0), not an error."""
     from .fit import FitError, load_model
     from .thermal.flow import FlowOptions
     from .thermal.md import MDOptions
@@ -67,6 +101,11 @@ def run_sample(args: argparse.Namespace, fail) -> int:
         return fail(f"--n must be positive, got {args.n}")
     if not Path(args.out).resolve().parent.is_dir():
         return fail(f"{args.out}: the directory {Path(args.out).parent} does not exist")
+    if args.examples and args.method != "flow":
+        return fail("--examples is for --method flow (maximum likelihood on its frames)")
+    collision = _collision(args)
+    if collision:
+        return fail(collision)
     try:
         from .thermal.plot import plot_sample
         from .thermal.store import read_positions, write_extxyz, write_sample
@@ -84,12 +123,21 @@ def run_sample(args: argparse.Namespace, fail) -> int:
         write_sample(args.out, s, str(args.model))
         if args.xyz:
             write_extxyz(args.xyz, s)
-        plot_sample(args.plot or str(Path(args.out).with_suffix(".png")), s)
     except (FitError, ValueError) as err:
         return fail(str(err))
     except ImportError as err:
-        return fail(f"nnqmc sample needs {err.name}: pip install {err.name}")
+        module = (err.name or "flowjax").split(".")[0]
+        package = PACKAGES.get(module, module)
+        return fail(f"nnqmc sample needs {module}: pip install {package}")
     except OSError as err:
         return fail(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
+    try:
+        plot_sample(_picture(args), s)
+    except Exception as err:  # the sample is written: say so, do not fail
+        print(
+            f"nnqmc: warning: the picture {_picture(args)} was not written ({err}); "
+            f"the sample {args.out} was",
+            file=sys.stderr,
+        )
     print(_summary(s, args.out))
     return 0

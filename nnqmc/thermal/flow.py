@@ -11,9 +11,16 @@ reverse KL divergence, up to the unknown log Z,
 
 is minimised by Adam on fresh batches of z; optionally plus ``data_weight`` times the
 negative log-likelihood -E_data[log p_flow(q)] of example coordinates (maximum likelihood
-on MD frames). Samples are then reweighted exactly (:mod:`.weights`):
-log w = log_target(q) - log p_flow(q). flowjax (with equinox and paramax) is imported on
-first use, not with ``nnqmc``.
+on MD frames).
+
+Samples are then reweighted exactly (:mod:`.weights`) against a defensive mixture
+(:func:`defensive_sample`): q_mix = (1 - ε) p_flow + ε U, U uniform on the box, a fraction ε
+(``FlowOptions.defensive``, 0.05) of the samples drawn from U, log w = log_target(q) -
+log q_mix(q). A flow's density on a box goes to zero at the box's edges (the logistic map),
+where the target need not (a dihedral's box is a cut circle), so p/p_flow is unbounded and
+the weights' variance may be infinite; with the mixture w ≤ p/(ε U) is bounded and the
+ESS loses at most the fraction ε. flowjax (a core dependency, with equinox and paramax) is
+imported when a flow is first built, not with ``import nnqmc``.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ class FlowOptions:
     """The flow's shape (``layers`` autoregressive layers of splines with ``knots`` knots on
     [-``interval``, ``interval``], conditioners of one hidden layer of ``width``) and its
     training (``steps`` of Adam at ``learning_rate``, cosine-decayed, on ``batch`` samples;
-    ``data_weight``: weight of maximum likelihood on example frames, 0 for none)."""
+    ``data_weight``: weight of maximum likelihood on example frames, 0 for none);
+    ``defensive``: the uniform share ε of the proposal (:func:`defensive_sample`)."""
 
     layers: int = 4
     width: int = 32
@@ -45,6 +53,7 @@ class FlowOptions:
     learning_rate: float = 3e-3
     data_weight: float = 0.0
     seed: int = 0
+    defensive: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("layers", "width", "knots", "steps", "batch"):
@@ -52,6 +61,8 @@ class FlowOptions:
                 raise ValueError(f"flow option {name} must be positive, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.interval <= 0 or self.data_weight < 0:
             raise ValueError("flow options: learning_rate and interval > 0, data_weight >= 0")
+        if not 0.0 <= self.defensive < 1.0:
+            raise ValueError(f"flow option defensive must be in [0, 1), got {self.defensive}")
 
 
 class Flow:
@@ -162,3 +173,28 @@ def train_flow(
         show_progress=False,
     )
     return Flow(dist), np.asarray(losses)
+
+
+def defensive_sample(
+    flow: Flow,
+    key: jax.Array,
+    n: int,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    epsilon: float,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """n samples q (n, d) of the mixture (1 - ε) p_flow + ε U(lower, upper) and its log
+    density: round(ε n) of them uniform in the box (last), the rest from the flow; the
+    weights p/q_mix of this stratified draw give a consistent self-normalised estimate."""
+    lo, hi = jnp.asarray(lower, jnp.float64), jnp.asarray(upper, jnp.float64)
+    n_uniform = round(epsilon * n)
+    k_flow, k_uniform = jax.random.split(key)
+    q = flow.sample(k_flow, n - n_uniform)
+    if n_uniform:
+        t = jax.random.uniform(k_uniform, (n_uniform, len(lo)), jnp.float64)
+        q = jnp.concatenate([q, lo + (hi - lo) * t])
+    log_flow = flow.log_prob(q)
+    if epsilon == 0:
+        return q, log_flow
+    log_uniform = -jnp.sum(jnp.log(hi - lo))
+    return q, jnp.logaddexp(np.log1p(-epsilon) + log_flow, np.log(epsilon) + log_uniform)

@@ -4,8 +4,8 @@ optionally an extxyz of the same frames (eV, Å; needs ASE).
 Datasets ``atomic_numbers``, ``positions`` (n, n_atoms, 3) bohr, ``weights`` (n,)
 (normalised), ``energy``, ``energy_std`` (n,) hartree, ``coordinates`` (n, d) (bohr,
 radians); attributes ``kind = "nnqmc-thermal-sample"``, ``method``, ``temperature`` (K),
-``ess``, ``evaluations``, ``wall_time`` (s), ``model`` (its path), ``labels`` and
-``settings`` (JSON), ``version``, ``units``.
+``ess``, ``evaluations``, ``wall_time`` (s), ``model`` (its path), ``labels``,
+``settings`` and ``diagnostics`` (JSON), ``version``, ``units``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def write_sample(path: str | Path, s: ThermalSample, model: str = "") -> None:
             model=model,
             labels=json.dumps(s.labels),
             settings=json.dumps(s.settings),
+            diagnostics=json.dumps(s.diagnostics),
             version=__version__,
             units=UNITS,
         )

@@ -11,15 +11,34 @@ with the delta-method standard error of the self-normalised mean,
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 
+def nan_count(log_w: np.ndarray) -> int:
+    """How many log-weights are NaN (given weight 0 by :func:`normalised_weights`)."""
+    return int(np.sum(np.isnan(np.asarray(log_w, np.float64))))
+
+
 def normalised_weights(log_w: np.ndarray) -> np.ndarray:
-    """w̄ = exp(log w - max) / Σ exp(log w - max); non-finite log-weights get weight 0."""
+    """w̄ = exp(log w - max) / Σ exp(log w - max). A log-weight of -inf (zero target
+    density) is weight 0; NaN ones are weight 0 too, with a RuntimeWarning counting them
+    (:func:`nan_count` for the number); +inf (a proposal density of 0 where the target is
+    not) is a ValueError: no finite reweighting exists."""
     a = np.asarray(log_w, np.float64).reshape(-1)
-    a = np.where(np.isfinite(a), a, -np.inf)
+    if np.any(a == np.inf):
+        raise ValueError(
+            f"{int(np.sum(a == np.inf))} of {len(a)} samples have an infinite importance "
+            "weight (proposal density 0 where the target is not)"
+        )
+    nan = nan_count(a)
+    if nan:
+        warnings.warn(
+            f"{nan} of {len(a)} log-weights are NaN: given weight 0", RuntimeWarning, stacklevel=2
+        )
+    a = np.where(np.isnan(a), -np.inf, a)
     if not np.isfinite(a).any():
         raise ValueError("no sample has a finite importance weight")
     w = np.exp(a - a.max())

@@ -17,8 +17,10 @@ The Boltzmann density of Cartesian geometries, exp(-u(x)) d^{3n}x, is therefore 
 
     p(q) ∝ exp(-u(x(q))) J(q),   log J(q) = Σ_{k≥1} 2 log r_k + Σ_{k≥2} log sin θ_k,
 
-e.g. r² exp(-u(r)) for a diatomic (the radial density in 3-D). Linear references (three
-collinear atoms in a dihedral's chain) are not supported.
+e.g. r² exp(-u(r)) for a diatomic (the radial density in 3-D). Dihedrals live on a circle:
+a box for them is any interval of length 2π, and :func:`wrap` maps a dihedral into it.
+Linear references (an angle within 1° of 180°, in an angle or a dihedral's chain) are
+refused by :func:`check_not_linear`: their Z-matrix coordinates are singular.
 """
 
 from __future__ import annotations
@@ -64,12 +66,53 @@ class ZMatrix:
                 out.append(f"φ({k}-{b}-{a}-{t})")
         return out
 
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """The box q is sampled in: bonds (0, 3 r_ref), angles (0, π), dihedrals (-π, π)."""
+    def bounds(self, centre: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The box q is sampled in: bonds (0, 3 r_ref), angles (0, π), dihedrals one turn
+        (c - π, c + π) about ``centre`` (d,) (only its dihedral entries are read; default
+        the reference's dihedrals)."""
         kinds = np.array(self.kinds())
-        lower = np.where(kinds == "dihedral", -np.pi, 0.0)
-        upper = np.where(kinds == "bond", 3.0 * self.reference, np.pi)
+        c = self.reference if centre is None else np.asarray(centre, np.float64)
+        dihedral = kinds == "dihedral"
+        lower = np.where(dihedral, c - np.pi, 0.0)
+        upper = np.where(dihedral, c + np.pi, np.pi)
+        upper = np.where(kinds == "bond", 3.0 * self.reference, upper)
         return lower, upper
+
+
+def wrap(z: ZMatrix, q, lower: np.ndarray):
+    """q (..., d) with each dihedral moved by a multiple of 2π into [lower, lower + 2π)
+    (the box of :meth:`ZMatrix.bounds`); other coordinates unchanged (JAX or numpy)."""
+    dihedral = np.array(z.kinds()) == "dihedral"
+    if not dihedral.any():
+        return q
+    lo = jnp.asarray(lower)
+    return jnp.where(dihedral, lo + jnp.mod(q - lo, 2 * np.pi), q)
+
+
+LINEAR_DEGREES = 1.0  # an angle closer than this to 180° makes the reference linear
+
+
+def _angle_degrees(x: np.ndarray, i: int, j: int, k: int) -> float:
+    u, v = x[i] - x[j], x[k] - x[j]
+    cos = np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v))
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+def check_not_linear(z: ZMatrix, x: np.ndarray) -> None:
+    """ValueError naming the atoms if an angle k-b-a of the Z-matrix, or a-b-... in a
+    dihedral's chain t-a-b, is within ``LINEAR_DEGREES`` of 180° in geometry x (bohr)."""
+    x = np.asarray(x, np.float64)
+    for k in range(2, z.n_atoms):
+        b, a, t = int(z.bond[k]), int(z.angle[k]), int(z.dihedral[k])
+        triples = [(k, b, a)] + ([(b, a, t)] if k >= 3 else [])
+        for i, j, m in triples:
+            angle = _angle_degrees(x, i, j, m)
+            if angle > 180.0 - LINEAR_DEGREES:
+                raise ValueError(
+                    f"the reference geometry is linear at atoms {i}-{j}-{m} (angle "
+                    f"{angle:.2f}°): the flow's Z-matrix coordinates do not support linear "
+                    "molecules (use --method md)"
+                )
 
 
 def _nearest(x: np.ndarray, to: int, among: list[int]) -> int:
@@ -101,7 +144,7 @@ def _unit(v):
     return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def internal(z: ZMatrix, x) -> jnp.ndarray:
+def internal(z: ZMatrix, x: np.ndarray | jnp.ndarray) -> jnp.ndarray:
     """q of one geometry x (n_atoms, 3) (JAX or numpy)."""
     x = jnp.asarray(x)
     q = []
