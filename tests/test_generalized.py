@@ -105,11 +105,12 @@ def test_antisymmetry(system, variant, request):
 @pytest.mark.parametrize(
     "system, variant",
     [
-        ("lih", "full-copies"),
+        # the two slowest in the CI's slow set, keeping the default suite under 20 minutes
+        pytest.param("lih", "full-copies", marks=pytest.mark.ci_slow),
         ("lih", "blocks"),
         ("be_triplet", "full"),
         ("h_atom", "full"),
-        ("lih_two_dets", "full"),
+        pytest.param("lih_two_dets", "full", marks=pytest.mark.ci_slow),
     ],
 )
 def test_forward_laplacian_matches_exact(system, variant, request):

@@ -326,6 +326,7 @@ def test_jax_energy_is_the_models(h2_model):
     )
 
 
+@pytest.mark.ci_slow
 def test_md_reproduces_mean_and_variance_of_the_bond(h2_model):
     """ASE Langevin on the fitted force field at 2000 K against quadrature of r² exp(-E/kT):
     1000 frames, 15 fs = 1.5/γ apart (γ = 0.1/fs, the defaults' ratio at half their cost:
