@@ -166,6 +166,7 @@ def test_a_directory_that_is_no_finished_shared_scan_is_one_line_exit_2(shared, 
         assert err.count("\n") == 1 and message in err, err
 
     refused(tmp_path / "nowhere", "no such directory")
+    assert not (tmp_path / "o" / "scan.h5").exists()  # a mistyped --from writes nothing
     (tmp_path / "empty").mkdir()
     refused(tmp_path / "empty", "not a shared scan (no readable scan.h5")
     independent = tmp_path / "independent"
@@ -204,3 +205,32 @@ def test_options_that_do_not_go_with_from_are_one_line_exit_2(shared, tmp_path, 
     assert main(["scan", str(path), "--out", str(tmp_path / "i")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and 'only used with scan.train = "shared" or --from' in err
+
+
+def test_a_geometry_in_another_frame_is_one_line_exit_2(shared, tmp_path, capsys):
+    """The same H2 along x instead of z: the nearest shared geometry by shape is found, and
+    the turn of 90 degrees against it is refused rather than aligned in the wrong frame."""
+    turned = NEW.replace("H 0 0 0\nH 0 0 1.4", "H 0 0 0\nH 1.4 0 0")
+    assert turned != NEW
+    assert _scan(tmp_path, turned, "o", shared) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "geometry 0 is turned by 90 degrees against shared geometry 1" in err, err
+
+
+def test_the_nearest_shared_geometry_is_the_nearest_in_shape():
+    """A shifted copy of one geometry is nearest to it, not to a closer-placed other one;
+    the superposition angle sees turns, not shifts or stretches."""
+    from nnqmc.pes.shared_from import SharedModel, superposition_angle
+
+    model = SharedModel.__new__(SharedModel)
+    model.dataset = type("D", (), {})()
+    model.dataset.positions = np.array([[[0, 0, 0], [0, 0, 1.2]], [[0, 0, 0], [0, 0, 2.0]]])
+    assert SharedModel.n.fget(model) == 2
+    assert model.nearest(np.array([[0, 0, -0.85], [0, 0, 0.85]])) == 1
+    assert model.nearest(np.array([[5, 5, 5], [5, 5, 6.1]])) == 0
+    x = np.array([[0.0, 0, 0], [0, 0, 1.4], [1.1, 0, -0.4]])
+    turn = np.radians(30)
+    rz = np.array([[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]])
+    assert abs(superposition_angle(x, x @ rz.T + 2.0) - 30.0) < 1e-6
+    assert superposition_angle(x, 1.1 * x) < 1e-4

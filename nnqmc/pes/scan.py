@@ -346,8 +346,10 @@ def _run_shard(
     log: Log | None,
     source: str | Path | None,
 ) -> Dataset:
-    from .shared_from import FROM_SHARED, from_shared
+    from .shared_from import FROM_SHARED, SharedModel, from_shared
 
+    if source is not None:  # bad --from: one line before anything is written
+        SharedModel.open(source, DATASET, config.system.molecule.atomic_numbers)
     data = open_dataset(config, text, scan_dir, shard, source and FROM_SHARED)
     log = log or (lambda message: None)
     finished: Finished = {}

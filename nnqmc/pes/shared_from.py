@@ -45,6 +45,7 @@ from ..scf import with_reference
 from .dataset import Dataset, DatasetError, read_dataset, write_dataset
 from .shared import (
     SHARED_DIR,
+    _main_flag,
     _reference_path,
     handed_driver,
     neutral_settings,
@@ -84,6 +85,26 @@ def check_scan_options(config: Config, whole: bool, cold: bool, shared_from: Any
             "--from needs scan.fine_tune_steps >= 1 (a run trains at least one step; 1 is "
             "the nearest to the shared model as it is)"
         )
+
+
+MAX_TURN = 15.0
+
+
+def superposition_angle(reference: np.ndarray, coords: np.ndarray) -> float:
+    """The rotation angle (degrees) of the best superposition of ``coords`` onto
+    ``reference`` (both (n_atoms, 3), centred first): Kabsch, H = Xᵀ Y = U S Vᵀ,
+    R = V diag(1, 1, d) Uᵀ with d = sign det(V Uᵀ), angle = arccos((tr R − 1)/2); for a
+    linear molecule the angle between the first-to-last atom vectors."""
+    x = coords - coords.mean(axis=0)
+    y = reference - reference.mean(axis=0)
+    if np.linalg.matrix_rank(x, tol=1e-6) <= 1:  # linear: only the axis is defined
+        a, b = x[-1] - x[0], y[-1] - y[0]
+        cos = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+        return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+    u, _, vt = np.linalg.svd(x.T @ y)
+    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
+    rotation = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    return float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0))))
 
 
 def _symbols(z: np.ndarray) -> str:
@@ -204,9 +225,24 @@ class SharedModel:
             )
 
     def nearest(self, coords: np.ndarray) -> int:
-        """The shared geometry closest to ``coords`` (Euclidean, bohr)."""
-        d = np.linalg.norm((self.dataset.positions - coords[None]).reshape(self.n, -1), axis=1)
+        """The shared geometry closest to ``coords`` in shape: the smallest difference of
+        the interatomic distance matrices (bohr), blind to where the molecule sits."""
+        shape = lambda x: np.linalg.norm(x[..., :, None, :] - x[..., None, :, :], axis=-1)  # noqa: E731
+        d = np.linalg.norm(
+            (shape(self.dataset.positions) - shape(coords)).reshape(self.n, -1), axis=1
+        )
         return int(np.argmin(d))
+
+    def check_frame(self, coords: np.ndarray, j: int, k: int) -> None:
+        """RunError when geometry ``k`` is turned by more than :data:`MAX_TURN` degrees
+        against its nearest shared geometry ``j`` (best superposition): its orbitals would
+        be compared, and its walkers moved, in another frame than the model's."""
+        turn = superposition_angle(self.dataset.positions[j], coords)
+        if turn > MAX_TURN:
+            raise RunError(
+                f"--from {self.path}: geometry {k} is turned by {turn:.0f} degrees against "
+                f"shared geometry {j}; give the geometries in the shared scan's frame"
+            )
 
     @property
     def n(self) -> int:
@@ -216,6 +252,7 @@ class SharedModel:
         """``run`` (geometry ``k`` of this scan, fresh SCF) on its SCF's occupied orbitals
         aligned to those of the nearest shared geometry; RunError if they cannot be."""
         j = self.nearest(np.asarray(run.molecule.coords))
+        self.check_frame(np.asarray(run.molecule.coords), j, k)
         try:
             arrays = io.load_reference(_reference_path(self.path / SHARED_DIR, j))
             reference = with_reference(run.scf, arrays)
@@ -259,7 +296,7 @@ class SharedModel:
         """Make ``run_dir`` geometry ``run``'s run (aligned, :meth:`aligned`) at step 0
         from the shared model (see the module doc), unless it already holds one started
         from this shared state; returns whether it was started now."""
-        if on_main(lambda: _mark(run_dir)) == self.mark:
+        if _main_flag(lambda: _mark(run_dir) == self.mark):  # every process the same answer
             return False
         state = self.load(run)
         cfg = run.config
