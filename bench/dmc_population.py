@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from nnqmc.api import prepare, stored_reference, trained_state
+from nnqmc.api import prepare_stored, trained_state
 from nnqmc.config import load_config
 from nnqmc.phases.dmc import dmc
 
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--equilibration", type=int, default=300)
     args = parser.parse_args()
     config = load_config(f"{args.run_dir}/config.toml")
-    run = stored_reference(prepare(config), args.run_dir)
+    run = prepare_stored(config, args.run_dir)
     params, walkers = trained_state(run, args.run_dir)
     ref = config.reference_energy
     for item in args.sizes.split(","):

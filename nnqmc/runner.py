@@ -17,11 +17,12 @@ from . import io, programs
 from .config import Config, load_config, to_toml, with_settings
 from .errors import RunError
 from .estimate import training_slope
-from .parallel import broadcast_from_main, global_device_count, is_main_process, process_count
+from .parallel import broadcast_from_main, global_device_count, process_count
 from .phases.dmc import DMCResult, dmc
 from .phases.evaluation import EvalResult, evaluate
 from .phases.training import StepHook, TrainResult, saved_training, train
 from .plot import plot_training
+from .reference_file import read_reference
 from .run_setup import Run, check_devices, prepare
 from .rundir import (
     Progress,
@@ -36,7 +37,7 @@ from .rundir import (
     stop_on_signals,
     warn,
 )
-from .scf import reference_arrays, with_reference
+from .scf import reference_arrays
 from .version import __version__
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "correlation_fraction",
     "dmc_run",
     "evaluate_run",
+    "prepare_stored",
     "release_compiled",
     "run",
     "stored_reference",
@@ -221,12 +223,12 @@ def run(
     path = run_directory(config, out_dir)
     check_devices(config.train.walkers)
     on_main(lambda: check_run_directory(path, resume, force))
-    prepared = prepare(config)
     continued = resume and not force and bool(_on_main_flag(lambda: has_checkpoint(path)))
+    prepared = None if continued else prepare(config)
     try:
         on_main(lambda: open_run_directory(path, config, resume, force))
         if continued:
-            prepared = stored_reference(prepared, path)
+            prepared = prepare_stored(config, path)
         else:
             on_main(lambda: _save_reference(path, prepared))
         with stop_on_signals() as stop:
@@ -242,48 +244,47 @@ def run(
     return result
 
 
+def prepare_stored(config: Config, run_dir: str | Path) -> Run:
+    """The prepared run on the mean-field reference stored in ``run_dir`` (what its
+    parameters were trained on), built without an SCF; for a directory written before
+    references were stored, a fresh SCF with a warning."""
+    if config.system is None:
+        return prepare(config)  # its one-line error
+    stored = read_reference(config, Path(run_dir) / io.REFERENCE)
+    if stored is None:
+        _warn_no_reference(run_dir)
+        return prepare(config)
+    return prepare(config, stored[0])
+
+
 def stored_reference(run: Run, run_dir: str | Path) -> Run:
-    """``run`` on the mean-field reference stored in ``run_dir`` (what its parameters were
-    trained on), with a warning where a fresh SCF found another solution; ``run`` itself,
-    with a warning, for a directory written before references were stored, and for a run
-    without a molecule (nothing to store)."""
+    """``run`` (prepared with a fresh SCF) on the mean-field reference stored in
+    ``run_dir``, with a warning where that SCF found another solution; ``run`` itself, with
+    a warning, for a directory written before references were stored, and for a run
+    without a molecule (nothing to store). Without a prepared run at hand,
+    :func:`prepare_stored` builds the same without solving an SCF."""
     if run.scf is None:
         return run
     path = Path(run_dir) / io.REFERENCE
-    fresh = reference_arrays(run.scf)
-    stored, error, aligned = None, "", False
-    if is_main_process() and path.is_file():
-        try:
-            loaded = io.load_reference(path)
-            stored = {n: np.asarray(loaded[n], fresh[n].dtype) for n in fresh}
-            with_reference(run.scf, stored)
-            aligned = bool(io.reference_attrs(path).get("aligned", False))
-        except io.CheckpointError as err:
-            error = str(err)
-        except (KeyError, ValueError) as err:
-            error = f"{path}: not a reference of this system ({err})"
-    n_det = len(stored["ci"]) if stored is not None else 0
-    flags = broadcast_from_main(np.array([stored is not None, bool(error), n_det, aligned]))
-    if flags[1]:
-        raise RunError(error or f"process 0 could not read {path}")
-    if not flags[0]:
-        warn(
-            f"{run_dir} holds no {io.REFERENCE}: its mean-field reference is computed anew "
-            "and may not be the one its parameters were trained on"
-        )
+    stored = read_reference(run.config, path)
+    if stored is None:
+        _warn_no_reference(run_dir)
         return run
-    if stored is None:  # another process: a template with the stored number of determinants
-        stored = {**fresh, "ci": np.zeros(int(flags[2]), fresh["ci"].dtype)}
-        for n in ("occ_up", "occ_down"):
-            stored[n] = np.zeros((int(flags[2]), *fresh[n].shape[1:]), fresh[n].dtype)
-    stored = broadcast_from_main(stored)
-    if not _same_reference(stored, fresh, aligned=bool(flags[3])):
-        what = "the aligned reference (scan.train = 'shared')" if flags[3] else "the reference"
+    scf, aligned = stored
+    if not _same_reference(reference_arrays(scf), reference_arrays(run.scf), aligned):
+        what = "the aligned reference (scan.train = 'shared')" if aligned else "the reference"
         warn(
             f"a fresh SCF differs from {what} stored in {path}; the stored one, "
             "which the parameters were trained on, is used"
         )
-    return prepare(run.config, with_reference(run.scf, stored))
+    return prepare(run.config, scf)
+
+
+def _warn_no_reference(run_dir: str | Path) -> None:
+    warn(
+        f"{run_dir} holds no {io.REFERENCE}: its mean-field reference is computed anew "
+        "and may not be the one its parameters were trained on"
+    )
 
 
 def _same_reference(stored: dict[str, Any], fresh: dict[str, Any], aligned: bool) -> bool:
@@ -394,7 +395,7 @@ def _continue(
     config = config if settings is None else settings(config)
     check_devices(config.train.walkers)
     on_main(lambda: check_run_directory(path, resume=True))
-    prepared = stored_reference(prepare(config), path)
+    prepared = prepare_stored(config, path)
     try:
         on_main(lambda: lock_directory(path))
         trained = _trained(path, prepared)

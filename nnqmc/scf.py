@@ -125,6 +125,55 @@ def with_reference(scf: SCFResult, arrays: dict[str, Any]) -> SCFResult:
     )
 
 
+def _methods(molecule: Molecule, cas: tuple[int, int] | None) -> dict[str, str]:
+    """``method`` and ``hf_method`` of the SCFResult that :func:`run_scf` returns."""
+    if cas is not None:
+        return {"method": "CASSCF", "hf_method": "RHF" if molecule.spin == 0 else "ROHF"}
+    return {"method": "RHF" if molecule.spin == 0 else "UHF"}
+
+
+def stored_scf(
+    molecule: Molecule,
+    basis: BasisSpec,
+    arrays: dict[str, Any],
+    cas: tuple[int, int] | None = None,
+) -> SCFResult:
+    """The SCFResult of stored :func:`reference_arrays` of ``molecule`` in ``basis``, built
+    without solving: what :func:`run_scf` with ``cas`` would return on that solution.
+    ValueError where the arrays cannot be this system's: other shapes, occupations out of
+    range, or orbitals that are not orthonormal in its basis (``C^T S C = 1``)."""
+    mol = _pyscf_mol(molecule, basis)
+    overlap = np.asarray(mol.intor_symmetric("int1e_ovlp"))
+    mos = {n: np.asarray(arrays[n], np.float64) for n in ("mo_up", "mo_down")}
+    for name, mo in mos.items():
+        if mo.ndim != 2 or mo.shape[0] != mol.nao or mo.shape != mos["mo_up"].shape:
+            raise ValueError(f"{name} has shape {mo.shape}, this basis {mol.nao} functions")
+        if not np.allclose(mo.T @ overlap @ mo, np.eye(mo.shape[1]), rtol=0.0, atol=1e-6):
+            raise ValueError(f"{name}: the orbitals are not orthonormal in this basis")
+    ci = np.asarray(arrays["ci"], np.float64).reshape(-1)
+    occ = {
+        "occ_up": (np.asarray(arrays["occ_up"], np.int64), molecule.n_up),
+        "occ_down": (np.asarray(arrays["occ_down"], np.int64), molecule.n_down),
+    }
+    n_mo = mos["mo_up"].shape[1]
+    for name, (o, n_elec) in occ.items():
+        if o.shape != (len(ci), n_elec):
+            raise ValueError(f"{name} has shape {o.shape}, not {len(ci)} determinants of {n_elec}")
+        if o.size and not 0 <= o.min() <= o.max() < n_mo:
+            raise ValueError(f"{name} occupies orbitals outside the {n_mo} of this basis")
+    cas_energy = float(arrays["cas_energy"])
+    return SCFResult(
+        basis=gaussian_basis(mol),
+        **mos,
+        occ_up=occ["occ_up"][0],
+        occ_down=occ["occ_down"][0],
+        ci=ci,
+        energy=float(arrays["energy"]),
+        cas_energy=None if np.isnan(cas_energy) else cas_energy,
+        **_methods(molecule, cas),
+    )
+
+
 def _pyscf_mol(molecule: Molecule, basis: BasisSpec):
     from pyscf import gto
 

@@ -459,12 +459,58 @@ def test_a_continued_run_keeps_the_reference_it_was_trained_on(
     (unpinned / io.REFERENCE).unlink()
     capsys.readouterr()
     assert extend(pinned) == 0
-    assert "differs from the reference stored" in capsys.readouterr().err
+    assert "differs from the reference stored" not in capsys.readouterr().err  # no new SCF
     assert extend(unpinned) == 0
     assert f"holds no {io.REFERENCE}" in capsys.readouterr().err
     energy = lambda run: io.read_table(run / io.EVAL_LOG)["energy"][EVAL_STEPS:]
     np.testing.assert_array_equal(energy(pinned), energy(as_trained))
     assert not np.allclose(energy(unpinned), energy(as_trained))
+
+
+def test_a_continued_run_solves_no_scf(reference, tmp_path, monkeypatch, capsys):
+    """With reference.h5 in the directory, an evaluation and a resume build the reference
+    from it: PySCF's SCF solver is never called."""
+    from pyscf.scf import hf
+
+    def no_solver(*args, **kwargs):
+        raise AssertionError("an SCF was solved")
+
+    monkeypatch.setattr(run_setup, "run_scf", no_solver)
+    monkeypatch.setattr(hf.SCF, "kernel", no_solver)
+    run = _copy(reference, tmp_path)
+    resumed = api.run(load_config(H2, TINY), run, resume=True)
+    assert resumed.run.scf.method == "RHF" and resumed.evaluated.steps == EVAL_STEPS
+    np.testing.assert_array_equal(
+        resumed.run.scf.mo_up, io.load_reference(reference / io.REFERENCE)["mo_up"]
+    )
+    assert main(["eval", str(run), "--steps", str(EVAL_STEPS + 2)]) == 0
+    assert "holds no" not in capsys.readouterr().err
+
+
+def test_every_process_builds_the_stored_reference(reference, monkeypatch):
+    """Process 0 reads reference.h5 and sends it; another process, which sees no file,
+    receives it into arrays of the same shapes and dtypes and builds the same reference."""
+    from nnqmc import reference_file
+
+    config, path = load_config(reference / io.CONFIG_COPY), reference / io.REFERENCE
+    sent: list = []
+    monkeypatch.setattr(reference_file, "broadcast_from_main", lambda t: sent.append(t) or t)
+    on_main, _ = reference_file.read_reference(config, path)
+    received = iter(sent)
+
+    def receive(template):
+        value = next(received)
+        like = lambda a, b: (np.shape(a), np.asarray(a).dtype) == (np.shape(b), np.asarray(b).dtype)
+        assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(like, template, value)))
+        return value
+
+    monkeypatch.setattr(reference_file, "broadcast_from_main", receive)
+    monkeypatch.setattr(reference_file, "is_main_process", lambda: False)
+    elsewhere, aligned = reference_file.read_reference(config, path)
+    assert len(sent) == 2 and not aligned
+    for name in ("mo_up", "mo_down", "occ_up", "occ_down", "ci"):
+        np.testing.assert_array_equal(getattr(elsewhere, name), getattr(on_main, name))
+    assert (elsewhere.energy, elsewhere.method) == (on_main.energy, on_main.method)
 
 
 def _exit_code(argv: list[str]) -> int:

@@ -236,3 +236,24 @@ def test_invalid_active_space(molecule, basis, cas, match):
 def test_invalid_determinant_count():
     with pytest.raises(ValueError, match="at least one determinant"):
         scf.run_casscf(H2, "sto-3g", 2, 2, 0)
+
+
+@pytest.mark.parametrize(
+    "molecule, cas", [(H2, None), (BEH, None), (BEH, (3, 3))], ids=["rhf", "uhf", "casscf"]
+)
+def test_stored_scf_rebuilds_the_solved_result(molecule, cas):
+    """The stored arrays of a solution rebuild its SCFResult (basis, method, energies)
+    without solving; another geometry's orbitals or other shapes are refused."""
+    solved = _casscf(molecule, "sto-3g", *cas, 2) if cas else scf.run_hf(molecule, "sto-3g")
+    arrays = scf.reference_arrays(solved)
+    rebuilt = scf.stored_scf(molecule, "sto-3g", arrays, cas)
+    for name in ("method", "hf_method", "energy", "cas_energy"):
+        assert getattr(rebuilt, name) == getattr(solved, name), name
+    for name in scf.REFERENCE_ARRAYS[:5]:
+        np.testing.assert_array_equal(getattr(rebuilt, name), getattr(solved, name))
+    assert repr(rebuilt.basis) == repr(solved.basis)
+    moved = molecule.with_coords(molecule.coords * 1.3)
+    with pytest.raises(ValueError, match="not orthonormal"):
+        scf.stored_scf(moved, "sto-3g", arrays, cas)
+    with pytest.raises(ValueError, match="shape"):
+        scf.stored_scf(molecule, "sto-3g", {**arrays, "ci": arrays["ci"][:0]}, cas)
