@@ -44,6 +44,7 @@ from ..parallel import (
     scatter_walkers,
 )
 from ..phases.training import _burn_in, initial_parameters, train_log_attrs
+from ..reference_file import read_reference
 from ..run_setup import (
     STREAM_BURN_IN,
     STREAM_TRAIN,
@@ -55,7 +56,7 @@ from ..run_setup import (
     program_key,
 )
 from ..rundir import Progress, StopCheck, cannot_write, has_checkpoint, on_main
-from ..scf import reference_arrays, with_reference
+from ..scf import reference_arrays
 from ..shared_steps import SharedState, selection, shared_train_program, stack_geometries
 
 __all__ = ["SHARED_DIR", "SharedResult", "hand_off", "prepare_shared", "train_shared"]
@@ -86,11 +87,11 @@ def _reference_path(run_dir: Path, k: int) -> Path:
     return run_dir / f"reference-{k:04d}.h5"
 
 
-def _check_same_system(runs: list[Run]) -> None:
-    """RunError unless every geometry has the atoms, electrons and program of the first."""
-    first = runs[0].molecule
-    for k, run in enumerate(runs[1:], start=1):
-        mol = run.molecule
+def _check_same_system(configs: list[Config]) -> None:
+    """RunError unless every geometry has the atoms and electrons of the first."""
+    first = configs[0].system.molecule
+    for k, config in enumerate(configs[1:], start=1):
+        mol = config.system.molecule
         if tuple(mol.symbols) != tuple(first.symbols) or (mol.n_up, mol.n_down) != (
             first.n_up,
             first.n_down,
@@ -140,38 +141,27 @@ def _write_reference(path: Path, scf: Any, **attrs: Any) -> None:
         raise RunError(cannot_write(path, err)) from None
 
 
-def _stored_references(runs: list[Run], stored: list[Path], run_dir: Path) -> list[Any]:
-    """The aligned references in ``stored``, read by process 0 and sent to all."""
-    fresh = [reference_arrays(r.scf) for r in runs]
-
-    def read() -> list[dict[str, np.ndarray]]:
-        try:
-            return [
-                {n: np.asarray(loaded[n], like[n].dtype) for n in like}
-                for like, loaded in zip(fresh, map(io.load_reference, stored), strict=True)
-            ]
-        except (io.CheckpointError, KeyError) as err:
-            raise RunError(f"{run_dir}: unusable aligned reference ({err})") from None
-
-    arrays = on_main(read)  # None on the other processes: the template
-    arrays = broadcast_from_main(fresh if arrays is None else arrays)
-    try:
-        return [with_reference(r.scf, a) for r, a in zip(runs, arrays, strict=True)]
-    except ValueError as err:
-        raise RunError(f"{run_dir}: unusable aligned reference ({err})") from None
+def _stored_references(configs: list[Config], stored: list[Path], run_dir: Path) -> list[Any]:
+    """The aligned references in ``stored``, built without an SCF (process 0 reads them)."""
+    scfs = []
+    for config, path in zip(configs, stored, strict=True):
+        found = read_reference(config, path)
+        if found is None:
+            raise RunError(f"{run_dir}: unusable aligned reference ({path.name} is missing)")
+        scfs.append(found[0])
+    return scfs
 
 
 def prepare_shared(configs: list[Config], run_dir: Path, resume: bool) -> list[Run]:
     """The prepared runs of the geometries on aligned references: read back from
-    ``run_dir`` when resuming and all are there, else computed and written there (by
-    process 0)."""
+    ``run_dir`` when resuming and all are there (no SCF solved), else computed and written
+    there (by process 0)."""
+    _check_same_system(configs)
     stored = [_reference_path(run_dir, k) for k in range(len(configs))]
-    runs = [prepare(c) for c in configs]
-    _check_same_system(runs)
     if resume and _main_flag(lambda: all(p.is_file() for p in stored)):
-        scfs = _stored_references(runs, stored, run_dir)
+        scfs = _stored_references(configs, stored, run_dir)
     else:
-        scfs = _aligned(runs, configs[0].system.basis)
+        scfs = _aligned([prepare(c) for c in configs], configs[0].system.basis)
         for path, scf in zip(stored, scfs, strict=True):
             on_main(lambda path=path, scf=scf: _write_reference(path, scf, aligned=True))
     runs = [prepare(c, s) for c, s in zip(configs, scfs, strict=True)]
