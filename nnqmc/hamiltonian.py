@@ -139,6 +139,12 @@ class MolecularHamiltonian:
     electron repulsion plus the ``external`` terms (e.g. a harmonic trap: Hooke's atom).
     ``coords`` may be a JAX array, also a traced one (one compiled program for every
     geometry of a scan), with the energy without electrons then given as ``constant``.
+
+    ``constant`` is that energy *at* ``coords`` (nuclear repulsion plus the external terms'
+    energy with the nuclei), not an offset: with concrete ``coords`` it must equal the one
+    computed from them, so one left over from other positions
+    (``dataclasses.replace(h, coords=...)``) is refused; pass ``constant=None`` with new
+    ``coords`` to have it computed.
     """
 
     charges: np.ndarray
@@ -158,6 +164,20 @@ class MolecularHamiltonian:
             _check_external(self.external, *nuclei(self))
         if self.ecp is not None:
             quadrature(self.ecp_points)  # an unknown rule fails here
+        if self.constant is not None:
+            self._check_constant()
+
+    def _check_constant(self) -> None:
+        """ValueError unless ``constant`` is the energy without electrons at ``coords``
+        (unchecked where either is traced)."""
+        if any(isinstance(x, jax.core.Tracer) for x in (self.coords, self.constant)):
+            return
+        computed = self._energy_without_electrons()
+        if not np.allclose(self.constant, computed, rtol=1e-10, atol=1e-10):
+            raise ValueError(
+                f"constant = {float(self.constant)!r} is not the energy without electrons at "
+                f"these nuclei ({computed!r}): left over from other coords? Give constant=None"
+            )
 
     @classmethod
     def without_nuclei(
@@ -179,6 +199,9 @@ class MolecularHamiltonian:
         nuclear repulsion plus the external terms' energy with the nuclei."""
         if self.constant is not None:
             return self.constant
+        return self._energy_without_electrons()
+
+    def _energy_without_electrons(self) -> float:
         charges, coords = nuclei(self)
         return self.nuclear_repulsion + sum(
             (t.nuclear_energy(charges, coords) for t in self.external), 0.0

@@ -7,6 +7,7 @@ Default tests check values on fixed configurations and that everything passes th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -57,6 +58,21 @@ def test_uniform_field_potential_and_nuclear_term():
     field = nnqmc.MolecularHamiltonian(CHARGES, COORDS, 1, 1, (term,))
     expected = f @ (np.asarray(R).sum(0) - CHARGES @ COORDS)
     assert float(field.potential(R) - plain.potential(R)) == pytest.approx(expected, abs=1e-14)
+
+
+def test_a_constant_energy_left_over_from_other_nuclei_is_refused():
+    """``constant`` is the energy without electrons at ``coords``: replacing the nuclei
+    but keeping it is refused; with ``constant=None`` it follows the nuclei."""
+    field = (nnqmc.UniformField(np.array([0.01, -0.02, 0.03])),)
+    h = nnqmc.MolecularHamiltonian(CHARGES, COORDS, 1, 1, field)
+    pinned = dataclasses.replace(h, constant=h.constant_energy)
+    assert float(pinned.potential(R)) == float(h.potential(R))
+    moved = COORDS * 1.5
+    with pytest.raises(ValueError, match="not the energy without electrons"):
+        dataclasses.replace(pinned, coords=moved)
+    followed = dataclasses.replace(pinned, coords=moved, constant=None)
+    own = nnqmc.MolecularHamiltonian(CHARGES, moved, 1, 1, field)
+    assert followed.constant_energy == own.constant_energy != h.constant_energy
 
 
 def test_point_charges_potential():
