@@ -1,4 +1,4 @@
-"""``nnqmc bench``: compile time, seconds per training step and per part of it (Metropolis
+"""``nnqmc bench``: compile (or load) time, seconds per training step and per part of it (Metropolis
 sampling, local energies, per-walker parameter gradients, SPRING solve; the rest is the
 update and the step's bookkeeping),
 peak memory and parameter count for one system, as numbers (not a timed test).
@@ -17,10 +17,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from . import executables
 from .config import LAPLACIANS
 from .diffusion import initial_control
 from .hamiltonian import batch_nonlocal_of, nonlocal_energy, nonlocal_of
-from .optimize import cast_floats, jacobian_blocks, spring_direction
+from .optimize import Optimizer, cast_floats, jacobian_blocks, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
 from .programs import (
     burn_in_program,
@@ -158,8 +159,24 @@ def default_device_counts(n_devices: int, walkers: int) -> list[int]:
     return [k for k in counts if walkers % k == 0]
 
 
-def _time_steps(run: Run, optimizer, params, r, n_devices: int, steps: int, key):
-    """(first step seconds, median seconds per step) on the first ``n_devices`` devices."""
+FIRST_STEP = ("compile_seconds", "load_seconds")
+"""What the first step costs beyond a timed one: its program traced and compiled, or loaded
+from the executable store (:mod:`nnqmc.executables`; compiled through the compilation
+cache)."""
+
+
+def time_steps(
+    run: Run,
+    optimizer: Optimizer,
+    params: Any,
+    r: jax.Array,
+    n_devices: int,
+    steps: int,
+    key: jax.Array,
+) -> dict[str, Any]:
+    """One row of :func:`benchmark`'s ``scaling`` on the first ``n_devices`` devices: the
+    median seconds per step after a first one, whose extra seconds are ``compile_seconds``
+    or, where its program came from the executable store, ``load_seconds``."""
     cfg = run.config
     state = TrainState(
         replicate(params, n_devices),
@@ -168,17 +185,25 @@ def _time_steps(run: Run, optimizer, params, r, n_devices: int, steps: int, key)
         replicate(jnp.asarray(cfg.sampler.initial_width, run.dtype), n_devices),
     )
     step = train_program(run)
+    loaded = executables.loaded()
     t0 = time.perf_counter()
     state, stats = step(state, device_keys(key, 0, n_devices))
     jax.block_until_ready(stats)
     first = time.perf_counter() - t0
+    label = "load_seconds" if executables.loaded() > loaded else "compile_seconds"
     times = []
     for k in range(1, steps + 1):
         t0 = time.perf_counter()
         state, stats = step(state, device_keys(key, k, n_devices))
         jax.block_until_ready(stats)
         times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+    per_step = statistics.median(times)
+    return {
+        "devices": n_devices,
+        "walkers_per_device": r.shape[0] // n_devices,
+        "seconds_per_step": per_step,
+        label: first - per_step,
+    }
 
 
 @single_threaded_blas
@@ -189,7 +214,8 @@ def benchmark(
     devices: Sequence[int] | None = None,
     laplacians: bool = False,
 ) -> dict[str, Any]:
-    """Time ``steps`` training steps after one warm-up (compile) step, for each device count.
+    """Time ``steps`` training steps after one warm-up step (which compiles or loads the
+    program: :func:`time_steps`), for each device count.
 
     ``devices``: the numbers of local devices to time (default 1, 2, 4, ..., all); the
     top-level numbers are those of the largest, ``scaling`` has one row per count.
@@ -211,22 +237,10 @@ def benchmark(
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
     optimizer = run.optimizer()
     r = initial_walkers(run, key, walkers)
-    scaling = []
-    for n in sorted(set(counts)):
-        first, per_step = _time_steps(run, optimizer, params, r, n, steps, key)
-        scaling.append(
-            {
-                "devices": n,
-                "walkers_per_device": walkers // n,
-                "seconds_per_step": per_step,
-                "compile_seconds": first - per_step,
-            }
-        )
+    scaling = [time_steps(run, optimizer, params, r, n, steps, key) for n in sorted(set(counts))]
     for row in scaling:
         row["speedup"] = scaling[0]["seconds_per_step"] / row["seconds_per_step"]
     n_devices = scaling[-1]["devices"]
-    first = scaling[-1]["compile_seconds"] + scaling[-1]["seconds_per_step"]
-    per_step = scaling[-1]["seconds_per_step"]
 
     parts = step_parts(run, params, r[: walkers // n_devices])
     if laplacians:
@@ -243,8 +257,8 @@ def benchmark(
         "devices": n_devices,
         "backend": jax.default_backend(),
         "parameters": int(n_params),
-        "compile_seconds": first - per_step,
-        "seconds_per_step": per_step,
+        **{k: v for k, v in scaling[-1].items() if k in FIRST_STEP},
+        "seconds_per_step": scaling[-1]["seconds_per_step"],
         **parts,
         "peak_memory_mb": _peak_memory_bytes() / 2**20,
         "timed_steps": steps,
@@ -261,11 +275,12 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{k:<{width}}  {text}")
     if result.get("scaling"):
         lines.append("")
-        lines.append("devices  walkers/device  s/step    speedup  compile s")
+        lines.append("devices  walkers/device  s/step    speedup  first step s")
         for row in result["scaling"]:
+            (label,) = (k for k in FIRST_STEP if k in row)
             lines.append(
                 f"{row['devices']:>7}  {row['walkers_per_device']:>14}  "
                 f"{row['seconds_per_step']:<8.4g}  {row['speedup']:<7.3g}  "
-                f"{row['compile_seconds']:.3g}"
+                f"{row[label]:.3g} ({label.split('_')[0]})"
             )
     return "\n".join(lines)

@@ -152,3 +152,27 @@ def test_inside_a_trace_the_step_is_called_as_it_is_and_nothing_is_kept(store):
     assert not program._calls and not list(store.glob(f"*{SUFFIX}"))
     program(*_args())
     assert len(program._calls) == 1 and len(list(store.glob(f"*{SUFFIX}"))) == 1
+
+
+def test_the_bench_calls_a_first_step_from_the_store_a_load(store):
+    """``nnqmc bench``'s first step costs ``compile_seconds`` where its program was traced
+    and compiled, ``load_seconds`` where it came from the store; the table says which."""
+    from pathlib import Path
+
+    from nnqmc import api, bench, programs
+    from nnqmc.config import load_config
+
+    h2 = Path(__file__).parent.parent / "systems" / "h2.toml"
+    tiny = ["system.basis=sto-3g", "ansatz.kind=jastrow", "train.optimizer=adam"]
+    run = api.prepare(load_config(h2, [*tiny, "train.walkers=8"]))
+    key = jax.random.PRNGKey(0)
+    params, r = run.ansatz.init(key), api.initial_walkers(run, key, 8)
+    rows = []
+    for _ in range(2):
+        programs.clear()  # a new process's programs: the second finds the stored step
+        rows.append(bench.time_steps(run, run.optimizer(), params, r, 1, 1, key))
+    assert set(rows[0]) & set(bench.FIRST_STEP) == {"compile_seconds"}
+    assert set(rows[1]) & set(bench.FIRST_STEP) == {"load_seconds"}
+    scaling = [{**row, "speedup": 1.0} for row in rows]
+    table = bench.format_table({"system": "h2", "scaling": scaling})
+    assert "(compile)" in table and "(load)" in table
