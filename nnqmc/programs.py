@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from .diffusion import DMCControl, DMCWalkers, dmc_step, walker_start
 from .executables import StoredProgram
 from .external import standard_observables
+from .hamiltonian import nonlocal_of
 from .optimize import AXIS
 from .run_setup import Run, with_nuclei
 from .steps import NucleiLogPsi, TrainState, eval_step, sample_step, train_step
@@ -224,9 +225,11 @@ def dmc_program(run: Run) -> tuple[Callable[..., DMCWalkers], Callable[..., Any]
     """``(start, step)`` of fixed-node DMC with ``dmc.nonlocal_scheme``: ``start(params, r)
     -> walkers`` (:func:`nnqmc.diffusion.walker_start`) and ``step(params, walkers, control,
     key, tau) -> (walkers, control, stats)`` (:func:`nnqmc.diffusion.dmc_step`). The time
-    step is an argument: every τ of a series runs the same program."""
+    step is an argument: every τ of a series runs the same program. The scheme names the
+    programs only where there is a nonlocal term (an ECP) for it to act on."""
     engine, scheme = run.config.train.laplacian, run.config.dmc.nonlocal_scheme
     physics_of = run.physics
+    start_name, step_name = _dmc_names(run)
 
     def make_start() -> Callable[..., Any]:
         def start(geometry, params, r):
@@ -234,7 +237,7 @@ def dmc_program(run: Run) -> tuple[Callable[..., DMCWalkers], Callable[..., Any]
             return walker_start(physics.ansatz, physics.hamiltonian, engine, scheme)(params, r)
 
         pmapped = jax.pmap(start, axis_name=AXIS, in_axes=(None, 0, 0))
-        return StoredProgram(pmapped, _key(run, ("dmc-start", scheme)))
+        return StoredProgram(pmapped, _key(run, start_name))
 
     def make_step() -> Callable[..., Any]:
         def step(geometry, params, walkers, control, key, tau):
@@ -244,7 +247,7 @@ def dmc_program(run: Run) -> tuple[Callable[..., DMCWalkers], Callable[..., Any]
 
         in_axes = (None, 0, 0, 0, None, None)
         pmapped = StoredProgram(
-            jax.pmap(step, axis_name=AXIS, in_axes=in_axes), _key(run, ("dmc", scheme))
+            jax.pmap(step, axis_name=AXIS, in_axes=in_axes), _key(run, step_name)
         )
 
         def run_step(geometry, params, walkers: DMCWalkers, control: DMCControl, key, tau):
@@ -252,5 +255,14 @@ def dmc_program(run: Run) -> tuple[Callable[..., DMCWalkers], Callable[..., Any]
 
         return run_step
 
-    start = _shared(run, ("dmc-start", scheme), make_start)
-    return start, _shared(run, ("dmc", scheme), make_step)
+    start = _shared(run, start_name, make_start)
+    return start, _shared(run, step_name, make_step)
+
+
+def _dmc_names(run: Run) -> tuple[Hashable, Hashable]:
+    """The names of DMC's start and step programs: with ``dmc.nonlocal_scheme`` where the
+    run has a nonlocal term, else without (the scheme changes nothing there)."""
+    if nonlocal_of(run.hamiltonian) is None:
+        return ("dmc-start",), ("dmc",)
+    scheme = run.config.dmc.nonlocal_scheme
+    return ("dmc-start", scheme), ("dmc", scheme)

@@ -226,3 +226,22 @@ def test_a_second_process_loads_its_steps_whole_and_repeats_the_run_bitwise(tmp_
         a = np.asarray(read_table(tmp_path / "run0" / name)["energy"])
         b = np.asarray(read_table(tmp_path / "run1" / name)["energy"])
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_nonlocal_scheme_names_the_dmc_programs_only_with_an_ecp():
+    """Two runs that differ only in dmc.nonlocal_scheme share their DMC programs without
+    an ECP (the scheme changes nothing there) and build their own with one."""
+    with_ecp = {"atoms": "Be 0 0 0", "basis": "ccecp-cc-pvdz", "ecp": "ccecp"}
+    systems = {"h2": ({"atoms": "H 0 0 0\nH 0 0 1.4", "basis": "sto-3g"}, 0), "be": (with_ecp, 2)}
+    for name, (system, built) in systems.items():
+        programs.clear()
+        for scheme in ("tmoves", "locality"):
+            data = {
+                "name": name,
+                "system": {**system, "unit": "bohr"},
+                "ansatz": {"kind": "jastrow"},
+                "dmc": {"nonlocal_scheme": scheme},
+            }
+            before = programs.compilations()
+            programs.dmc_program(prepare(config_from_dict(data)))
+        assert programs.compilations() - before == built, name
