@@ -39,7 +39,7 @@ from .optimize import (
 )
 from .programs import training_hamiltonian
 from .run_setup import Run
-from .sampler import adapt_width, sample
+from .sampler import adapt_width
 from .steps import (
     ECP_STREAM,
     _energy_stats,
@@ -48,6 +48,7 @@ from .steps import (
     _tree_all_finite,
     batch_local_energy,
     batch_log_psi,
+    metropolis,
 )
 
 __all__ = [
@@ -122,16 +123,9 @@ def _shared_step(run: Run) -> Callable[..., tuple[SharedState, dict[str, jax.Arr
         physics = physics_of(geometry)
         hamiltonian = training_hamiltonian(physics.hamiltonian, cfg.train.ecp_points)
         log_psi = batch_log_psi(physics.ansatz)
-        walkers, _, acceptance = sample(
-            lambda r: log_psi(params, r),
-            walkers,
-            log_psi(params, walkers),
-            key,
-            width,
-            sweeps,
-            physics.step_scale,
+        walkers, acceptance = metropolis(
+            log_psi, params, walkers, width, key, sweeps, physics.step_scale
         )
-        acceptance = jax.lax.pmean(acceptance, AXIS)
         energies = batch_local_energy(
             physics.ansatz, hamiltonian, cfg.train.laplacian, cfg.train.local_energy_chunk
         )

@@ -312,16 +312,9 @@ def train_step(
 
     def step(state: TrainState, key: jax.Array, lr_scale: jax.Array):
         params = state.params
-        walkers, _, acceptance = sample(
-            lambda r: log_psi(params, r),
-            state.walkers,
-            log_psi(params, state.walkers),
-            key,
-            state.width,
-            sweeps,
-            step_scale,
+        walkers, acceptance = metropolis(
+            log_psi, params, state.walkers, state.width, key, sweeps, step_scale
         )
-        acceptance = jax.lax.pmean(acceptance, AXIS)
         e = energies(params, walkers, jax.random.fold_in(key, ECP_STREAM))
         e_clipped = clip_local_energies(e, clip_width)
         new_params, new_opt_state, grad_norm = optimizer.update(
@@ -356,6 +349,29 @@ def train_step(
     return step
 
 
+def metropolis(
+    log_psi: Callable[[Any, jax.Array], jax.Array],
+    params: Any,
+    walkers: jax.Array,
+    width: jax.Array,
+    key: jax.Array,
+    sweeps: int,
+    step_scale: StepScale | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """``sweeps`` Metropolis sweeps of one device's walkers under ``|psi(params)|^2``
+    (``log_psi``: batched), and the acceptance averaged over all devices."""
+    walkers, _, acceptance = sample(
+        lambda r: log_psi(params, r),
+        walkers,
+        log_psi(params, walkers),
+        key,
+        width,
+        sweeps,
+        step_scale,
+    )
+    return walkers, jax.lax.pmean(acceptance, AXIS)
+
+
 def sample_step(
     ansatz: Ansatz,
     *,
@@ -367,16 +383,7 @@ def sample_step(
     log_psi = batch_log_psi(ansatz)
 
     def step(params, walkers, width, key):
-        walkers, _, acceptance = sample(
-            lambda r: log_psi(params, r),
-            walkers,
-            log_psi(params, walkers),
-            key,
-            width,
-            sweeps,
-            step_scale,
-        )
-        acceptance = jax.lax.pmean(acceptance, AXIS)
+        walkers, acceptance = metropolis(log_psi, params, walkers, width, key, sweeps, step_scale)
         return walkers, adapt_width(width, acceptance, target_acceptance), acceptance
 
     return step
@@ -413,20 +420,12 @@ def eval_step(
     energies = batch_local_energy(ansatz, hamiltonian, engine, chunk)
 
     def step(params, walkers, width, key):
-        walkers, _, acceptance = sample(
-            lambda r: log_psi(params, r),
-            walkers,
-            log_psi(params, walkers),
-            key,
-            width,
-            sweeps,
-            step_scale,
-        )
+        walkers, acceptance = metropolis(log_psi, params, walkers, width, key, sweeps, step_scale)
         e = energies(params, walkers, jax.random.fold_in(key, ECP_STREAM))
         stats = {
             "energy": jax.lax.pmean(jnp.mean(e), AXIS),
             "energy_sq": jax.lax.pmean(jnp.mean(e**2), AXIS),
-            "acceptance": jax.lax.pmean(acceptance, AXIS),
+            "acceptance": acceptance,
             "n_nonfinite": jax.lax.psum(jnp.sum(~jnp.isfinite(e)), AXIS),
         }
         if nuclei is not None:
