@@ -38,12 +38,17 @@ from ..orbital_alignment import AlignmentError, align_scf
 from ..parallel import (
     broadcast_from_main,
     device_keys,
-    first_replica,
     gather_walkers,
     replicate,
     scatter_walkers,
 )
-from ..phases.training import _burn_in, initial_parameters, train_log_attrs
+from ..phases.training import (
+    _burn_in,
+    checkpoint_contents,
+    drive_training,
+    initial_parameters,
+    train_log_attrs,
+)
 from ..reference_file import read_reference
 from ..run_setup import (
     STREAM_BURN_IN,
@@ -327,26 +332,18 @@ def train_shared(
         return state, row
 
     def saved_state(state: SharedState) -> dict[str, Any]:
-        return {
-            "params": first_replica(state.params),
-            "opt_state": first_replica(state.opt_state),
-            "walkers": np.stack([gather_walkers(state.walkers[:, g]) for g in range(n_geom)]),
-            "width": np.asarray(state.width[0]),
-            "key": np.asarray(key),
-        }
+        walkers = np.stack([gather_walkers(state.walkers[:, g]) for g in range(n_geom)])
+        return checkpoint_contents(state, walkers, np.asarray(state.width[0]), key)
 
-    state = drive.run(
+    state = drive_training(
+        drive,
         SharedState(replicate(params, n_devices), replicate(opt_state, n_devices), walkers, width),
         step,
         saved_state,
-        total=cfg.train.steps,
-        every=cfg.train.checkpoint_every,
+        cfg.train,
         label="shared step",
         stop=stop,
         progress=progress,
-        first_checkpoint=True,
-        timed=True,
-        log_attrs=train_log_attrs,
     )
     end = saved_state(state)
     steps = max(drive.start, cfg.train.steps)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import io
+from ..config import TrainConfig
 from ..driver import Driver, NanGuard
 from ..errors import RunError
 from ..parallel import device_keys, first_replica, gather_walkers, replicate, scatter_walkers
@@ -163,6 +164,49 @@ def trained_state(run: Run, run_dir: str | Path) -> tuple[Any, np.ndarray]:
     return saved.params, np.asarray(saved.walkers)
 
 
+def checkpoint_contents(state: Any, walkers: Any, width: Any, key: jax.Array) -> dict[str, Any]:
+    """What a training checkpoint holds: the parameters and optimizer state of ``state``'s
+    first replica, the (gathered) ``walkers``, the step ``width`` and the run's ``key``."""
+    return {
+        "params": first_replica(state.params),
+        "opt_state": first_replica(state.opt_state),
+        "walkers": walkers,
+        "width": width,
+        "key": np.asarray(key),
+    }
+
+
+def drive_training(
+    drive: Driver,
+    state: Any,
+    step: Callable[[Any, int], tuple[Any, dict[str, Any]]],
+    saved_state: Callable[[Any], dict[str, Any]],
+    settings: TrainConfig,
+    *,
+    label: str,
+    stop: StopCheck | None,
+    progress: Progress | None,
+    after: Callable[[int, Any], None] | None = None,
+) -> Any:
+    """``drive.run`` of a training (one geometry's or a shared one): ``settings.steps``
+    steps, timed, checkpointed before the first, every ``settings.checkpoint_every`` and at
+    the end, the log with :func:`train_log_attrs`; returns the last state."""
+    return drive.run(
+        state,
+        step,
+        saved_state,
+        total=settings.steps,
+        every=settings.checkpoint_every,
+        label=label,
+        stop=stop,
+        progress=progress,
+        after=after,
+        first_checkpoint=True,
+        timed=True,
+        log_attrs=train_log_attrs,
+    )
+
+
 # --------------------------------------------------------------------------- the loop
 @single_threaded_blas
 def train(
@@ -227,27 +271,19 @@ def train(
         return state, {**_float_stats(stats), "step": k, "lr_scale": guard.scale}
 
     def saved_state(state: TrainState) -> dict[str, Any]:
-        return {
-            "params": first_replica(state.params),
-            "opt_state": first_replica(state.opt_state),
-            "walkers": gather_walkers(state.walkers),  # collective: every process
-            "width": float(state.width[0]),
-            "key": np.asarray(key),
-        }
+        walkers = gather_walkers(state.walkers)  # collective: every process
+        return checkpoint_contents(state, walkers, float(state.width[0]), key)
 
-    state = drive.run(
+    state = drive_training(
+        drive,
         TrainState(replicate(params, n_devices), replicate(opt_state, n_devices), walkers, width),
         step,
         saved_state,
-        total=cfg.train.steps,
-        every=cfg.train.checkpoint_every,
+        cfg.train,
         label="step",
         stop=stop,
         progress=progress,
         after=(lambda done, state: on_step(done, first_replica(state.params))) if on_step else None,
-        first_checkpoint=True,
-        timed=True,
-        log_attrs=train_log_attrs,
     )
     return TrainResult(
         params=first_replica(state.params),
