@@ -323,7 +323,7 @@ class SharedModel:
             "width": float(width[0]),
             "key": np.asarray(key),
         }
-        on_main(lambda: new_run_directory(run_dir, run.scf, self.mark))
+        on_main(lambda: new_run_directory(run_dir, run, self.mark))
         drive.run(
             None,
             lambda s, i: (s, {}),
