@@ -148,11 +148,13 @@ def read_reference(config: Config, path: Path) -> tuple[SCFResult, bool] | None:
             error = f"{path}: not a reference of this system ({err})"
         except RunError as err:
             error = str(err)
+        except Exception as err:  # anything else: the other processes wait for the answer
+            error = f"{path}: cannot build its reference ({type(err).__name__}: {err})"
     shape = np.shape(scf.mo_up) if scf is not None else (0, 0)
     n_det = len(scf.ci) if scf is not None else 0
     flags = broadcast_from_main(np.array([scf is not None, bool(error), n_det, aligned, *shape]))
     if flags[1]:
-        raise RunError(error or f"process 0 could not read {path}")
+        raise RunError(" ".join(error.split()) or f"process 0 could not read {path}")
     if not flags[0]:
         return None
     if scf is None:  # another process

@@ -513,6 +513,26 @@ def test_every_process_builds_the_stored_reference(reference, monkeypatch):
     assert (elsewhere.energy, elsewhere.method) == (on_main.energy, on_main.method)
 
 
+def test_any_error_of_process_0_building_the_reference_reaches_every_process(
+    reference, monkeypatch
+):
+    """Whatever fails while process 0 builds the stored reference (here PySCF) is sent to
+    the others, which would otherwise wait in the broadcast, and raised as one line."""
+    from nnqmc import reference_file
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("PySCF failed\nin two lines")
+
+    sent: list = []
+    monkeypatch.setattr(reference_file, "stored_scf", broken)
+    monkeypatch.setattr(reference_file, "broadcast_from_main", lambda t: sent.append(t) or t)
+    config = load_config(reference / io.CONFIG_COPY)
+    with pytest.raises(api.RunError) as raised:
+        reference_file.read_reference(config, reference / io.REFERENCE)
+    assert "(RuntimeError: PySCF failed in two lines)" in str(raised.value)
+    assert len(sent) == 1 and sent[0][1]  # the flags, with the error's
+
+
 def test_an_input_edited_since_the_reference_was_solved_is_refused(reference, tmp_path, capsys):
     """reference.h5 records what its SCF depended on: a resume with another field or
     active space, and an eval or dmc of a config.toml edited so, are refused in one line
