@@ -175,8 +175,9 @@ class MolecularHamiltonian:
         computed = self._energy_without_electrons()
         if not np.allclose(self.constant, computed, rtol=1e-10, atol=1e-10):
             raise ValueError(
-                f"constant = {float(self.constant)!r} is not the energy without electrons at "
-                f"these nuclei ({computed!r}): left over from other coords? Give constant=None"
+                f"constant = {np.asarray(self.constant).tolist()!r} is not the energy without "
+                f"electrons at these nuclei ({computed!r}): left over from other coords? "
+                "Give constant=None"
             )
 
     @classmethod

@@ -1,10 +1,17 @@
 """A run directory's mean-field reference (``reference.h5``): the orbitals, determinants, CI
 weights and energies its parameters were trained on, read back as an :class:`SCFResult`
-without solving the SCF again (:func:`read_reference`)."""
+without solving the SCF again (:func:`read_reference`).
+
+The file also records, as the attribute ``scf_inputs`` (:func:`input_attrs`), every setting
+the SCF was solved with (:func:`scf_inputs`): a run continued with an input edited since
+(another field, active space, ECP, ...) is refused instead of going on silently with
+orbitals and an HF energy of the old input. Files written before that skip the check."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +22,90 @@ from .parallel import broadcast_from_main, is_main_process
 from .pseudopotentials import ECPError
 from .scf import SCFResult, reference_arrays, stored_scf
 
-__all__ = ["read_reference"]
+__all__ = ["SCF_INPUTS", "input_attrs", "read_reference", "scf_inputs"]
+
+SCF_INPUTS = "scf_inputs"
+"""The attribute of a reference file that holds :func:`scf_inputs` (JSON)."""
+
+GEOMETRY_TOLERANCE = 1e-8  # bohr: nuclear positions that differ by less are the same
+
+
+def scf_inputs(config: Config) -> dict[str, str]:
+    """Every setting of ``config`` that the SCF of its reference depends on (what
+    :func:`nnqmc.run_setup.prepare` passes to :func:`nnqmc.scf.run_scf`), by key, each as
+    JSON: the atoms and their positions, charge, spin, basis, ECPs, the active space and
+    the determinants kept from it, and the ``[hamiltonian]`` terms (which enter the SCF's
+    core Hamiltonian and its energy)."""
+    system, ansatz, terms = config.system, config.ansatz, config.hamiltonian
+    molecule = system.molecule
+    atoms = [
+        [s, *map(float, xyz)] for s, xyz in zip(molecule.symbols, molecule.coords, strict=True)
+    ]
+    inputs = {
+        "system.atoms": json.dumps(atoms),
+        "system.charge": json.dumps(int(molecule.charge)),
+        "system.spin": json.dumps(int(molecule.spin)),
+        "system.basis": json.dumps(system.basis_label),
+        "system.ecp": json.dumps(sorted(molecule.ecp)),
+        "ansatz.cas": json.dumps(ansatz.cas),
+        "hamiltonian.field": json.dumps(terms.field),
+        "hamiltonian.point_charges": json.dumps(terms.point_charges),
+        "hamiltonian.harmonic": json.dumps(terms.harmonic),
+    }
+    if ansatz.cas is not None:  # without an active space there is one determinant
+        inputs["ansatz.determinants"] = json.dumps(int(ansatz.determinants))
+    if terms.harmonic is not None:
+        inputs["hamiltonian.harmonic_center"] = json.dumps(terms.harmonic_center)
+    return inputs
+
+
+def input_attrs(config: Config) -> dict[str, str]:
+    """The attributes of ``config``'s reference file that :func:`read_reference` checks."""
+    return {SCF_INPUTS: json.dumps(scf_inputs(config), sort_keys=True)}
+
+
+def _same(key: str, stored: str, ours: str) -> bool:
+    if key != "system.atoms":
+        return stored == ours
+    a, b = json.loads(stored), json.loads(ours)
+    if [row[0] for row in a] != [row[0] for row in b]:
+        return False
+    positions = lambda rows: np.array([row[1:] for row in rows], np.float64)  # noqa: E731
+    return np.allclose(positions(a), positions(b), rtol=0.0, atol=GEOMETRY_TOLERANCE)
+
+
+def changed_input(stored: dict[str, str], config: Config) -> str | None:
+    """The first setting (by key) that differs between ``stored`` (:func:`scf_inputs` of
+    the run that wrote a reference) and ``config``, else None."""
+    ours = scf_inputs(config)
+    for key in sorted(set(stored) | set(ours)):
+        if key not in stored or key not in ours or not _same(key, stored[key], ours[key]):
+            return key
+    return None
+
+
+def _check_inputs(config: Config, path: Path, attrs: dict[str, Any]) -> None:
+    """RunError, one line, where ``config`` differs from the input ``path`` was solved with
+    in a setting the SCF depends on; nothing for a file without that record."""
+    text = attrs.get(SCF_INPUTS)
+    if text is None:
+        return
+    try:
+        stored = dict(json.loads(text))
+    except (TypeError, ValueError):
+        raise RunError(f"{path}: unreadable {SCF_INPUTS} attribute") from None
+    key = changed_input(stored, config)
+    if key is None:
+        return
+    if key == "system.atoms":
+        what = "atoms or nuclear positions"
+    else:
+        theirs, ours = stored.get(key, "unset"), scf_inputs(config).get(key, "unset")
+        what = f"{key} ({theirs} there, {ours} here)"
+    raise RunError(
+        f"{path}: its mean-field reference was solved with another {what}; a changed "
+        "input needs a new run (--force, or another --out)"
+    )
 
 
 def _template(config: Config, n_det: int, n_ao: int, n_mo: int) -> dict[str, np.ndarray]:
@@ -40,24 +130,31 @@ def _scf(config: Config, arrays: dict[str, np.ndarray]) -> SCFResult:
 def read_reference(config: Config, path: Path) -> tuple[SCFResult, bool] | None:
     """The reference in ``path`` as an SCFResult of ``config``'s system, and whether its
     occupied orbitals were aligned across geometries (``scan.train = 'shared'``); None
-    where there is no such file. Process 0 reads it and sends it to all; RunError if it is
-    unreadable or not a reference of this system."""
+    where there is no such file. Process 0 reads it and sends it to all; RunError (one
+    line, on every process) if it is unreadable, not a reference of this system, or was
+    solved with other settings than ``config``'s (:func:`scf_inputs`)."""
     scf, error, aligned = None, "", False
     if is_main_process() and path.is_file():
         try:
+            attrs = io.reference_attrs(path)
+            _check_inputs(config, path, attrs)
             scf = _scf(config, io.load_reference(path))
-            aligned = bool(io.reference_attrs(path).get("aligned", False))
+            aligned = bool(attrs.get("aligned", False))
         except io.CheckpointError as err:
             error = str(err)
         except ECPError as err:
             error = f"system.ecp: {err}"
         except (KeyError, ValueError) as err:
             error = f"{path}: not a reference of this system ({err})"
+        except RunError as err:
+            error = str(err)
+        except Exception as err:  # anything else: the other processes wait for the answer
+            error = f"{path}: cannot build its reference ({type(err).__name__}: {err})"
     shape = np.shape(scf.mo_up) if scf is not None else (0, 0)
     n_det = len(scf.ci) if scf is not None else 0
     flags = broadcast_from_main(np.array([scf is not None, bool(error), n_det, aligned, *shape]))
     if flags[1]:
-        raise RunError(error or f"process 0 could not read {path}")
+        raise RunError(" ".join(error.split()) or f"process 0 could not read {path}")
     if not flags[0]:
         return None
     if scf is None:  # another process

@@ -197,21 +197,25 @@ def geometry_arrays(
 
 def with_nuclei(geometry: dict[str, Any], coords: Any) -> dict[str, Any]:
     """:func:`geometry_arrays`' output with the nuclei, and the orbitals' centres with them,
-    at ``coords`` (n_atoms, 3); MO and cusp coefficients and the constant energy unchanged.
-    Differentiating the ansatz built from it with respect to ``coords`` gives
-    d log|psi|/dR at frozen parameters (the Pulay term of the forces)."""
+    at ``coords`` (n_atoms, 3); MO and cusp coefficients unchanged. The constant energy,
+    which belongs to the old nuclei, is left out: the Hamiltonian built from the result
+    computes its own at ``coords`` where asked (concrete ``coords`` only). Differentiating
+    the ansatz built from it with respect to ``coords`` gives d log|psi|/dR at frozen
+    parameters (the Pulay term of the forces)."""
     for arrays in geometry["orbitals"].values():
         if np.shape(arrays["centers"]) != np.shape(geometry["coords"]):
             raise ValueError("the basis has centres other than the nuclei: cannot move them")
     orbitals = {spin: {**a, "centers": coords} for spin, a in geometry["orbitals"].items()}
-    return {**geometry, "coords": coords, "orbitals": orbitals}
+    moved = {name: value for name, value in geometry.items() if name != "constant"}
+    return {**moved, "coords": coords, "orbitals": orbitals}
 
 
 def physics_builder(
     config: Config, molecule: Molecule, scf: SCFResult, hamiltonian: MolecularHamiltonian
 ) -> Callable[[Any], Physics]:
     """``geometry -> Physics``: what :func:`prepare` builds, from :func:`geometry_arrays`'
-    output of this or another geometry of the same molecule (possibly traced)."""
+    output of this or another geometry of the same molecule (possibly traced), or from
+    :func:`with_nuclei`'s (no constant energy: the Hamiltonian's own at its nuclei)."""
 
     def build(geometry: Any) -> Physics:
         coords, orbitals = geometry["coords"], geometry["orbitals"]
@@ -220,7 +224,7 @@ def physics_builder(
         if config.precision == "mixed":
             gradient = ansatz_from_arrays(config, molecule, scf, orbitals, coords, jnp.float32)
         h = dataclasses.replace(
-            hamiltonian, coords=coords, ecp=geometry.get("ecp"), constant=geometry["constant"]
+            hamiltonian, coords=coords, ecp=geometry.get("ecp"), constant=geometry.get("constant")
         )
         uniform = config.sampler.proposal == "uniform"
         return Physics(ansatz, h, gradient, None if uniform else nucleus_step_scale(coords))

@@ -22,7 +22,7 @@ from .phases.dmc import DMCResult, dmc
 from .phases.evaluation import EvalResult, evaluate
 from .phases.training import StepHook, TrainResult, saved_training, train
 from .plot import plot_training
-from .reference_file import read_reference
+from .reference_file import input_attrs, read_reference
 from .run_setup import Run, check_devices, prepare
 from .rundir import (
     Progress,
@@ -224,12 +224,12 @@ def run(
     check_devices(config.train.walkers)
     on_main(lambda: check_run_directory(path, resume, force))
     continued = resume and not force and bool(_on_main_flag(lambda: has_checkpoint(path)))
-    prepared = None if continued else prepare(config)
+    # before the input is copied in: an input that the stored reference refuses leaves
+    # the directory as it was
+    prepared = prepare_stored(config, path) if continued else prepare(config)
     try:
         on_main(lambda: open_run_directory(path, config, resume, force))
-        if continued:
-            prepared = prepare_stored(config, path)
-        else:
+        if not continued:
             on_main(lambda: _save_reference(path, prepared))
         with stop_on_signals() as stop:
             start = None
@@ -313,7 +313,7 @@ def _on_main_flag(test: Callable[[], bool]) -> bool:
 
 def _save_reference(path: Path, run: Run) -> None:
     try:
-        io.save_reference(path / io.REFERENCE, reference_arrays(run.scf))
+        io.save_reference(path / io.REFERENCE, reference_arrays(run.scf), **input_attrs(run.config))
     except OSError as err:
         raise RunError(cannot_write(path / io.REFERENCE, err)) from None
 

@@ -73,6 +73,35 @@ def test_a_constant_energy_left_over_from_other_nuclei_is_refused():
     followed = dataclasses.replace(pinned, coords=moved, constant=None)
     own = nnqmc.MolecularHamiltonian(CHARGES, moved, 1, 1, field)
     assert followed.constant_energy == own.constant_energy != h.constant_energy
+    with pytest.raises(ValueError, match=r"constant = \[.*\] is not the energy"):
+        dataclasses.replace(pinned, coords=moved, constant=np.full(2, h.constant_energy))
+
+
+def test_log_psi_at_other_nuclei_carries_no_stale_constant():
+    """``log_psi_at(R, r)`` as a NuclearObservable gets it (docs/api.md), at concrete nuclei
+    R other than the run's: log|psi| there, the same as under jit, and the Hamiltonian
+    built with those nuclei has their energy without electrons, not the run's."""
+    from nnqmc.programs import _nuclei
+    from nnqmc.run_setup import with_nuclei
+
+    molecule = nnqmc.Molecule(("H", "H"), np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.4]]))
+    config = nnqmc.settings(
+        molecule=molecule,
+        basis="sto-3g",
+        precision="float64",
+        ansatz={"kind": "jastrow"},
+        hamiltonian={"field": [0.0, 0.0, 0.01]},
+    )
+    run = nnqmc.prepare(config)
+    params = run.ansatz.init(jax.random.PRNGKey(0))
+    moved = np.array([[0.0, 0.1, 0.0], [0.0, 0.0, 1.8]])
+    _, log_psi_at = _nuclei(run.physics, run.geometry)
+    value = log_psi_at(params, moved, R)  # concrete nuclei and geometry
+    traced = jax.jit(log_psi_at)(params, jnp.asarray(moved), R)
+    assert np.isfinite(value) and float(value) == pytest.approx(float(traced), rel=1e-12)
+    h = run.physics(with_nuclei(run.geometry, moved)).hamiltonian
+    own = nnqmc.MolecularHamiltonian(molecule.charges, moved, 1, 1, run.hamiltonian.external)
+    assert h.constant_energy == own.constant_energy != run.hamiltonian.constant_energy
 
 
 def test_point_charges_potential():

@@ -513,6 +513,71 @@ def test_every_process_builds_the_stored_reference(reference, monkeypatch):
     assert (elsewhere.energy, elsewhere.method) == (on_main.energy, on_main.method)
 
 
+def test_any_error_of_process_0_building_the_reference_reaches_every_process(
+    reference, monkeypatch
+):
+    """Whatever fails while process 0 builds the stored reference (here PySCF) is sent to
+    the others, which would otherwise wait in the broadcast, and raised as one line."""
+    from nnqmc import reference_file
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("PySCF failed\nin two lines")
+
+    sent: list = []
+    monkeypatch.setattr(reference_file, "stored_scf", broken)
+    monkeypatch.setattr(reference_file, "broadcast_from_main", lambda t: sent.append(t) or t)
+    config = load_config(reference / io.CONFIG_COPY)
+    with pytest.raises(api.RunError) as raised:
+        reference_file.read_reference(config, reference / io.REFERENCE)
+    assert "(RuntimeError: PySCF failed in two lines)" in str(raised.value)
+    assert len(sent) == 1 and sent[0][1]  # the flags, with the error's
+
+
+def test_an_input_edited_since_the_reference_was_solved_is_refused(reference, tmp_path, capsys):
+    """reference.h5 records what its SCF depended on: a resume with another field or
+    active space, and an eval or dmc of a config.toml edited so, are refused in one line
+    naming the setting (the directory left as it was), instead of going on with the old
+    orbitals and HF energy."""
+    run = _copy(reference, tmp_path)
+    before = {name: (run / name).read_bytes() for name in (io.CONFIG_COPY, io.RESULT)}
+    for setting, key in [
+        ("hamiltonian.field=[0.0, 0.0, 0.01]", "hamiltonian.field"),
+        ("ansatz.cas=[2, 2]", "ansatz.cas"),
+        ("hamiltonian.harmonic=0.5", "hamiltonian.harmonic"),
+    ]:
+        assert main([*_run_args(run, "--resume"), setting]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"solved with another {key}" in err and "a new run" in err, err
+        assert {name: (run / name).read_bytes() for name in before} == before
+    edited = before[io.CONFIG_COPY].decode() + "\n[hamiltonian]\nfield = [0.0, 0.0, 0.01]\n"
+    (run / io.CONFIG_COPY).write_text(edited)
+    for argv in (["eval", str(run), "--steps", str(EVAL_STEPS + 2)], ["dmc", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "solved with another hamiltonian.field" in err
+    assert (run / io.RESULT).read_bytes() == before[io.RESULT]
+
+
+def test_a_reference_without_its_inputs_is_read_as_before(reference, tmp_path):
+    """A reference.h5 written before the inputs were recorded (no ``scf_inputs``
+    attribute) is read without the check; with the record, another input is refused."""
+    from nnqmc import reference_file
+
+    path = _copy(reference, tmp_path) / io.REFERENCE
+    config = load_config(reference / io.CONFIG_COPY)
+    assert io.reference_attrs(path)[reference_file.SCF_INPUTS]
+    assert reference_file.read_reference(config, path) is not None
+    other = dataclasses.replace(
+        config, hamiltonian=dataclasses.replace(config.hamiltonian, harmonic=0.5)
+    )
+    with pytest.raises(api.RunError, match="solved with another hamiltonian.harmonic "):
+        reference_file.read_reference(other, path)
+    io.save_reference(path, io.load_reference(path))  # as written before the record
+    scf, _ = reference_file.read_reference(other, path)
+    np.testing.assert_array_equal(scf.mo_up, io.load_reference(reference / io.REFERENCE)["mo_up"])
+
+
 def _exit_code(argv: list[str]) -> int:
     try:
         return main(argv)

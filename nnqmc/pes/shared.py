@@ -49,7 +49,7 @@ from ..phases.training import (
     initial_parameters,
     train_log_attrs,
 )
-from ..reference_file import read_reference
+from ..reference_file import input_attrs, read_reference
 from ..run_setup import (
     STREAM_BURN_IN,
     STREAM_TRAIN,
@@ -137,11 +137,12 @@ def _main_flag(test) -> bool:
     return bool(broadcast_from_main(np.array(bool(on_main(test)))))
 
 
-def _write_reference(path: Path, scf: Any, **attrs: Any) -> None:
-    """Process 0: ``scf``'s reference arrays in ``path``; RunError if it cannot."""
+def _write_reference(path: Path, scf: Any, config: Config, **attrs: Any) -> None:
+    """Process 0: ``scf``'s reference arrays in ``path``, with the settings of ``config``
+    it was solved with (:func:`~nnqmc.reference_file.input_attrs`); RunError if it cannot."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        io.save_reference(path, reference_arrays(scf), **attrs)
+        io.save_reference(path, reference_arrays(scf), **input_attrs(config), **attrs)
     except OSError as err:
         raise RunError(cannot_write(path, err)) from None
 
@@ -167,8 +168,10 @@ def prepare_shared(configs: list[Config], run_dir: Path, resume: bool) -> list[R
         scfs = _stored_references(configs, stored, run_dir)
     else:
         scfs = _aligned([prepare(c) for c in configs], configs[0].system.basis)
-        for path, scf in zip(stored, scfs, strict=True):
-            on_main(lambda path=path, scf=scf: _write_reference(path, scf, aligned=True))
+        for path, scf, config in zip(stored, scfs, configs, strict=True):
+            on_main(
+                lambda path=path, scf=scf, c=config: _write_reference(path, scf, c, aligned=True)
+            )
     runs = [prepare(c, s) for c, s in zip(configs, scfs, strict=True)]
     keys = {r.program_key for r in runs}
     if len(keys) != 1:
@@ -396,15 +399,15 @@ def _handed_off(run_dir: Path, mark: str) -> bool:
         return False
 
 
-def new_run_directory(run_dir: Path, scf: Any, mark: str) -> None:
-    """Process 0: ``run_dir`` emptied of an earlier run, with the aligned reference."""
+def new_run_directory(run_dir: Path, run: Run, mark: str) -> None:
+    """Process 0: ``run_dir`` emptied of an earlier run, with ``run``'s aligned reference."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in io.RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
     except OSError as err:
         raise RunError(cannot_write(run_dir, err)) from None
-    _write_reference(run_dir / io.REFERENCE, scf, aligned=True, shared=mark)
+    _write_reference(run_dir / io.REFERENCE, run.scf, run.config, aligned=True, shared=mark)
 
 
 def handed_driver(run: Run, run_dir: Path, lr_scale: float) -> Driver:
@@ -435,7 +438,7 @@ def hand_off(shared: SharedResult, k: int, run: Run, run_dir: Path) -> tuple[int
         raise RunError(f"geometry {k} took part in no shared step: raise train.steps")
     if _main_flag(lambda: _handed_off(run_dir, shared.mark)):
         return len(rows), False
-    on_main(lambda: new_run_directory(run_dir, run.scf, shared.mark))
+    on_main(lambda: new_run_directory(run_dir, run, shared.mark))
     content = {
         "params": shared.params,
         "opt_state": shared.opt_state,

@@ -39,6 +39,7 @@ from ..molecule import ELEMENTS
 from ..orbital_alignment import AlignmentError, align_scf
 from ..parallel import gather_walkers, replicate, scatter_walkers
 from ..phases.training import _burn_in, initial_parameters, train_log_attrs
+from ..reference_file import read_reference
 from ..run_setup import STREAM_BURN_IN, Run, check_devices, prepare
 from ..rundir import Progress, has_checkpoint, on_main
 from ..scf import with_reference
@@ -323,7 +324,7 @@ class SharedModel:
             "width": float(width[0]),
             "key": np.asarray(key),
         }
-        on_main(lambda: new_run_directory(run_dir, run.scf, self.mark))
+        on_main(lambda: new_run_directory(run_dir, run, self.mark))
         drive.run(
             None,
             lambda s, i: (s, {}),
@@ -376,9 +377,12 @@ def from_shared(
 ) -> Callable[[int, Progress | None], None]:
     """Everything of a ``--from`` scan before its rows run: the shared model in ``source``
     (:meth:`SharedModel.open`), rows started from an earlier state of it set pending
-    again, and every unfinished geometry of ``run_dirs`` (its config ``configure(k)``)
-    checked and aligned, so that bad input is one line before any training. Returns
-    ``start(k, progress)``, which makes geometry ``k``'s run directory (:meth:`start`)."""
+    again, and every unfinished geometry of ``run_dirs`` (its config ``configure(k)``) not
+    yet started from this state checked and aligned (its own SCF), so that bad input is
+    one line before any training. A geometry started from it before resumes on its stored
+    reference and solves no SCF: one that landed on another solution could fail to align
+    and stop it. Returns ``start(k, progress)``, which makes geometry ``k``'s run
+    directory (:meth:`start`) unless it was started before."""
     model = SharedModel.open(source, dataset_name, data.atomic_numbers)
     stale = model.stale(run_dirs)
     if stale:
@@ -387,14 +391,28 @@ def from_shared(
             data.set_row(k, status="pending")
     data.attrs.update(shared_from=str(model.path), shared_model=model.mark)
     write_dataset(dataset_file, data)
-    runs = {k: prepare(configure(k)) for k in run_dirs if data.status(k) != "done"}
+    unfinished = [k for k in run_dirs if data.status(k) != "done"]
+    started = [k for k in unfinished if _main_flag(lambda d=run_dirs[k]: _mark(d) == model.mark)]
+    runs = {k: prepare(configure(k)) for k in unfinished if k not in started}
     if runs:
         model.check(next(iter(runs.values())))
+    elif started:  # checked on its stored reference: no SCF for a geometry that resumes
+        model.check(_stored_run(configure(started[0]), run_dirs[started[0]]))
     runs = {k: model.aligned(run, k) for k, run in runs.items()}
-    if runs:
+    if unfinished:
         log(f"from the shared model in {model.path} (shared step {model.step})")
 
     def start(k: int, progress: Progress | None) -> None:
-        model.start(runs[k], run_dirs[k], progress)
+        if k in runs:  # the others were started from this model before: they resume
+            model.start(runs[k], run_dirs[k], progress)
 
     return start
+
+
+def _stored_run(config: Config, run_dir: Path) -> Run:
+    """``config``'s run on the reference stored in ``run_dir`` (a geometry started from
+    the shared model), without an SCF."""
+    found = read_reference(config, run_dir / io.REFERENCE)
+    if found is None:
+        raise RunError(f"{run_dir}: its {io.REFERENCE} is missing")
+    return prepare(config, found[0])
