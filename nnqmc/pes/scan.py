@@ -177,6 +177,7 @@ def open_dataset(
         ccsd_t=config.scan.ccsd_t,
         reference=None if reference is None else np.asarray(reference),
         adaptive=config.scan.kind == "adaptive",
+        thermal=config.scan.kind == "thermal",
     )
     path = dataset_path(scan_dir, shard)
     if not path.exists():
@@ -192,7 +193,8 @@ def open_dataset(
             "--out DIR"
         )
     same_ecp = str(data.attrs.get("ecp", "")) == fresh.attrs["ecp"]
-    if not same_scan(data, fresh) or set(data.columns) != set(fresh.columns) or not same_ecp:
+    grown = same_scan(data, fresh, prefix=config.scan.kind == "thermal")  # rounds append
+    if not grown or set(data.columns) != set(fresh.columns) or not same_ecp:
         raise api.RunError(
             f"{path} holds another scan (other geometries or settings); use --out DIR"
         )
@@ -307,17 +309,19 @@ def run_scan(
     """Run (or resume) every geometry of this shard; returns its dataset.
 
     Finished rows are skipped, failed and interrupted ones run again (from their
-    checkpoints); an adaptive scan (:func:`.adaptive.run_adaptive`) resumes an interrupted
-    row and leaves failed ones. A geometry that fails is marked failed with its message and
-    the scan goes on;
+    checkpoints); an adaptive scan (:func:`.adaptive.run_adaptive`) and a thermal one
+    (:func:`.thermal_scan.run_thermal`) resume an interrupted row and leave failed ones. A
+    geometry that fails is marked failed with its message and the scan goes on;
     :class:`nnqmc.api.Interrupted` leaves the row ``running`` and is raised.
     ``shared_from``: a shared scan's directory, whose trained model each geometry starts
     from and fine-tunes (:mod:`nnqmc.pes.shared_from`).
     """
     from .shared_from import check_scan_options
+    from .thermal_scan import check_thermal_options
 
     if config.scan.kind is None:
         raise api.RunError(f"{config.source or config.name}: scan: missing section [scan]")
+    check_thermal_options(config, shard.whole, shared_from)
     check_scan_options(config, shard.whole, cold, shared_from)
     scan_dir = scan_directory(config, out_dir)
     name = lock_name(shard)
@@ -372,6 +376,11 @@ def _run_shard(
 
     if config.scan.kind == "adaptive":
         run_adaptive(config.scan, data, scan_dir, log, label)
+    elif config.scan.kind == "thermal":
+        from .thermal_scan import run_thermal
+
+        save = lambda: write_dataset(dataset_path(scan_dir, shard), data)  # noqa: E731
+        run_thermal(config.scan, data, config.system.molecule.coords, scan_dir, save, log, label)
     elif config.scan.train == "shared" and source is None:
         _run_shared(config, data, scan_dir, progress, log)
     else:
