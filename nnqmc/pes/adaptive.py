@@ -126,14 +126,6 @@ def label_count(data: Dataset) -> int:
     return len(rows_with(data, "done")) + len(rows_with(data, "failed"))
 
 
-def refit_at_end(data: Dataset, scan_dir: Path, fitted: int, log: Callable[[str], None]) -> None:
-    """Save the fit of the finished rows unless the saved one (of ``fitted`` rows) has them
-    all: the last geometries into ``forcefield.h5`` when a scan stops."""
-    done = len(rows_with(data, "done"))
-    if done >= 2 and done != fitted:
-        fit_and_save(data, scan_dir, log)
-
-
 def run_adaptive(
     scan: ScanConfig, data: Dataset, scan_dir: Path, log: Callable[[str], None], label: Label
 ) -> None:
@@ -155,7 +147,9 @@ def run_adaptive(
         choice = next_row(data, scan.initial, scan.target, scan.budget, predict_std)
         if choice.row is None:
             log(f"adaptive scan stops: {choice.reason}")
-            refit_at_end(data, scan_dir, fitted[0], log)
+            done = len(rows_with(data, "done"))
+            if done >= 2 and done != fitted[0]:
+                fit_and_save(data, scan_dir, log)  # the last geometry into the saved fit
             return
         k = choice.row
         order = int(data.columns["selection"][k])

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..api import RunError
-from .adaptive import Label, fit_and_save, label_count, refit_at_end, rows_with, selection_count
+from .adaptive import Label, fit_and_save, label_count, rows_with, selection_count
 from .dataset import Dataset, append_rows
 
 if TYPE_CHECKING:
@@ -114,23 +114,26 @@ def draw(model: Any, scan: ScanConfig, number: int) -> ThermalSample:
 @dataclass(frozen=True)
 class Pick:
     """A round's choice: the candidate (None: stop, ``reason`` says why), its geometry, its
-    predictive std σ (hartree) and its weight times the number of candidates."""
+    predictive std σ (hartree), its weight times the number of candidates, the round."""
 
     index: int | None
     reason: str
     positions: np.ndarray | None = None
     std: float = np.nan
     weight: float = np.nan
+    number: int = 0
 
 
-def pick(candidates: ThermalSample, target: float) -> Pick:
-    """The candidate of largest p·σ², or a stop when every σ is below ``target``."""
+def pick(candidates: ThermalSample, target: float, number: int = 0) -> Pick:
+    """Round ``number``'s candidate of largest p·σ², or a stop when every σ is below
+    ``target``."""
     std, weights = candidates.energy_std, candidates.weights
     largest = float(np.max(std))
     if largest < target:
         return Pick(None, f"largest predictive std {largest * 1e3:.3f} mHa < target")
     j = best_candidate(weights, std)
-    return Pick(j, "largest p·σ²", candidates.positions[j], float(std[j]), weights[j] * len(std))
+    weight = float(weights[j] * len(std))
+    return Pick(j, "largest p·σ²", candidates.positions[j], float(std[j]), weight, number)
 
 
 def run_unfinished(data: Dataset, scan: ScanConfig, log: Log, label: Label) -> None:
@@ -146,17 +149,15 @@ def run_unfinished(data: Dataset, scan: ScanConfig, log: Log, label: Label) -> N
         label(k, **extra)
 
 
-def next_round(data: Dataset, scan: ScanConfig, scan_dir: Path, log: Log) -> tuple[Pick, int]:
-    """Fit, sample and choose the next geometry (the module docstring); and how many
-    finished rows the saved fit has (0: none saved)."""
-    if label_count(data) >= scan.budget:
-        return Pick(None, f"budget of {scan.budget} geometries reached"), 0
+def next_round(data: Dataset, scan: ScanConfig, scan_dir: Path, log: Log) -> Pick:
+    """Fit the finished rows (saved, so that the scan's force field always has them all),
+    then, within the budget, draw the next round's candidates and choose one."""
     done = len(rows_with(data, "done"))
-    if done < 2:
-        return Pick(None, f"{done} finished geometries, a force field needs 2"), 0
-    model = fit_and_save(data, scan_dir, log)
+    model = fit_and_save(data, scan_dir, log) if done >= 2 else None
+    if label_count(data) >= scan.budget:
+        return Pick(None, f"budget of {scan.budget} geometries reached")
     if model is None:
-        return Pick(None, "no force field from the finished geometries"), 0
+        return Pick(None, f"no force field from the {done} finished geometries")
     number = int(np.max(data.columns["round"])) + 1
     candidates = draw(model, scan, number)
     log(
@@ -164,7 +165,7 @@ def next_round(data: Dataset, scan: ScanConfig, scan_dir: Path, log: Log) -> tup
         f"{scan.temperature:g} K (ESS {100 * candidates.ess:.0f} %), largest predictive std "
         f"{np.max(candidates.energy_std) * 1e3:.3f} mHa"
     )
-    return pick(candidates, scan.target), done
+    return pick(candidates, scan.target, number)
 
 
 def run_thermal(
@@ -180,12 +181,10 @@ def run_thermal(
     written by ``save``; chosen geometries superposed on ``reference`` (bohr)."""
     while True:
         run_unfinished(data, scan, log, label)
-        choice, fitted = next_round(data, scan, scan_dir, log)
+        choice = next_round(data, scan, scan_dir, log)
         if choice.index is None:
             log(f"thermal scan stops: {choice.reason}")
-            refit_at_end(data, scan_dir, fitted, log)
             return
-        number = int(np.max(data.columns["round"])) + 1
         geometry = superposed(reference, choice.positions)
         [k] = append_rows(data, geometry[None], np.array([[data.n]], np.float64))
         data.set_row(
@@ -193,12 +192,12 @@ def run_thermal(
             selection=selection_count(data),
             selection_std=choice.std,
             selection_weight=choice.weight,
-            round=number,
+            round=choice.number,
             sampler=scan.method,
             temperature=scan.temperature,
         )
         save()
         log(
-            f"round {number} chose geometry {k}: predictive std {choice.std * 1e3:.3f} mHa, "
-            f"weight × n {choice.weight:.3g}"
+            f"round {choice.number} chose geometry {k}: predictive std "
+            f"{choice.std * 1e3:.3f} mHa, weight × n {choice.weight:.3g}"
         )
