@@ -222,3 +222,18 @@ def test_a_flow_round_weights_its_choice(tmp_path, monkeypatch):
     assert calls == [0, 1, 2, 3] and list(data.columns["sampler"]) == ["initial"] * 3 + ["flow"]
     weight = data.columns["selection_weight"][3]
     assert np.isfinite(weight) and weight > 0 and weight != 1.0 and data.columns["round"][3] == 1
+
+
+def test_a_real_thermal_scan_runs_three_tiny_geometries_and_exports(tmp_path):
+    """Tiny QMC runs (the second warm-started from the first), one MD round; then the fit and
+    the export see all three."""
+    text = THERMAL.replace('kind = "hf"', 'kind = "jastrow"') + SMALL_MD
+    text += "initial = 2\nbudget = 3\ntarget = 1e-9\nsteps = 2\n"
+    config, _ = _config(tmp_path, text)
+    data = run_scan(config, text, tmp_path / "q")
+    assert [data.status(k) for k in range(3)] == ["done"] * 3
+    assert list(data.columns["sampler"]) == ["initial", "initial", "md"]
+    assert list(data.columns["steps"]) == [4, 2, 2] and data.columns["warm_from"][1] == 0
+    assert load_model(tmp_path / "q" / scan_module.FORCEFIELD).info["n_geometries"] == 3
+    assert main(["export", str(tmp_path / "q" / "scan.h5"), "--format", "extxyz"]) == 0
+    assert (tmp_path / "q" / "scan.extxyz").read_text().count("Properties=") == 3
