@@ -49,6 +49,9 @@ def test_the_choice_is_the_largest_weight_times_variance():
     assert md.index == 3 and md.weight == pytest.approx(1.0)
     stop = thermal_scan.pick(_candidates(weights, std), target=5e-3)
     assert stop.index is None and "4.000 mHa < target" in stop.reason
+    fused = _candidates(weights, std)
+    fused.positions[2, 1, 2] = 0.05  # nuclei 0.05 bohr apart: no molecule, left out
+    assert thermal_scan.pick(fused, target=1e-4).index == 1
 
 
 def test_superposed_undoes_a_rigid_motion_and_seeds_differ_by_round():

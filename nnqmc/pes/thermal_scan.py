@@ -67,6 +67,14 @@ def best_candidate(weights: np.ndarray, std: np.ndarray) -> int:
     return int(np.argmax(scores(weights, std)))
 
 
+def closest_pairs(positions: np.ndarray) -> np.ndarray:
+    """The shortest interatomic distance of each geometry (m, n_atoms, 3) -> (m,), bohr."""
+    x = np.asarray(positions, np.float64)
+    d = np.linalg.norm(x[:, :, None] - x[:, None, :], axis=-1)
+    d[:, np.arange(x.shape[1]), np.arange(x.shape[1])] = np.inf
+    return d.min(axis=(1, 2))
+
+
 def superposed(reference: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """``coords`` (n_atoms, 3) moved rigidly onto ``reference``: centroids matched, then the
     proper rotation of least squared distance (Kabsch); MD frames drift and turn."""
@@ -126,12 +134,18 @@ class Pick:
 
 def pick(candidates: ThermalSample, target: float, number: int = 0) -> Pick:
     """Round ``number``'s candidate of largest p·σ², or a stop when every σ is below
-    ``target``."""
+    ``target``. Candidates with nuclei closer than ``MIN_NUCLEAR_DISTANCE`` (no molecule:
+    the flow's uniform share reaches r -> 0) are left out."""
+    from ..molecule import MIN_NUCLEAR_DISTANCE
+
+    valid = closest_pairs(candidates.positions) >= MIN_NUCLEAR_DISTANCE
+    if not valid.any():
+        return Pick(None, f"no candidate has its nuclei {MIN_NUCLEAR_DISTANCE} bohr apart")
     std, weights = candidates.energy_std, candidates.weights
-    largest = float(np.max(std))
+    largest = float(np.max(std[valid]))
     if largest < target:
         return Pick(None, f"largest predictive std {largest * 1e3:.3f} mHa < target")
-    j = best_candidate(weights, std)
+    j = best_candidate(np.where(valid, weights, 0.0), std)
     weight = float(weights[j] * len(std))
     return Pick(j, "largest p·σ²", candidates.positions[j], float(std[j]), weight, number)
 
