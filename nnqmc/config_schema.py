@@ -234,7 +234,8 @@ class ScanConfig:
     # Hessian's harmonic distribution at `temperature` (K; seed), or the frames of xyz; then
     # each round fits a force field, draws `candidates` geometries of exp(-E/kT) by `method`
     # and runs the one of largest weight x predictive variance, until `budget` geometries
-    # have run or the largest predictive std among the candidates is below `target` (Ha)
+    # have run or the largest predictive std among the candidates (times sqrt(weight x
+    # candidates) for the flow) is below `target` (Ha)
     temperature: float | None = _f(None, check=positive)
     method: str = _f("md", choices=THERMAL_METHODS)
     candidates: int = _f(200, check=positive, most=MAX_GEOMETRIES)

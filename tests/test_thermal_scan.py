@@ -47,8 +47,11 @@ def test_the_choice_is_the_largest_weight_times_variance():
     assert choice.positions[1, 2] == 3.0
     md = thermal_scan.pick(_candidates([0.25] * 4, std), target=1e-4)  # equal weights: max σ
     assert md.index == 3 and md.weight == pytest.approx(1.0)
-    stop = thermal_scan.pick(_candidates(weights, std), target=5e-3)
-    assert stop.index is None and "4.000 mHa < target" in stop.reason
+    # √(w n)·σ = 1.41, 2.19, 2.32, 1.79 mHa: the largest σ (4 mHa) has too little weight
+    assert thermal_scan.pick(_candidates(weights, std), target=2.3e-3).index == 2
+    stop = thermal_scan.pick(_candidates(weights, std), target=2.4e-3)
+    assert stop.index is None and "2.324 mHa < target" in stop.reason
+    assert thermal_scan.pick(_candidates([0.25] * 4, std), target=4.1e-3).index is None
     fused = _candidates(weights, std)
     fused.positions[2, 1, 2] = 0.05  # nuclei 0.05 bohr apart: no molecule, left out
     assert thermal_scan.pick(fused, target=1e-4).index == 1

@@ -9,9 +9,9 @@ Langevin MD, whose frames are already distributed as p, or a Boltzmann generator
 samples carry normalised importance weights w), and the candidate of largest w·σ² (σ the
 fit's predictive std of the energy; p·σ² with p estimated by the weights, σ² alone for MD)
 is appended to the dataset as a new row, superposed on the input geometry, and run: the
-largest term of Σ w_i σ_i², the estimate of ⟨σ²⟩ over exp(-E_FF/kT). The
-scan stops when ``budget`` rows have run (finished or failed) or the largest σ among a
-round's candidates is below ``target``.
+largest term of Σ w_i σ_i², the estimate of ⟨σ²⟩ over exp(-E_FF/kT). The scan stops
+when ``budget`` rows have run (finished or failed) or the largest √(w n)·σ among a round's
+n candidates is below ``target`` (for MD: the largest σ).
 
 Each row records its selection order, its round, the sampler (``initial``, ``md`` or
 ``flow``), the temperature, σ and w·n at the moment it was chosen. A round's sampler seed
@@ -133,20 +133,23 @@ class Pick:
 
 
 def pick(candidates: ThermalSample, target: float, number: int = 0) -> Pick:
-    """Round ``number``'s candidate of largest p·σ², or a stop when every σ is below
-    ``target``. Candidates with nuclei closer than ``MIN_NUCLEAR_DISTANCE`` (no molecule:
-    the flow's uniform share reaches r -> 0) are left out."""
+    """Round ``number``'s candidate of largest p·σ², or a stop when that is below
+    ``target``²/n (n candidates): with MD's equal weights when every σ is below ``target``;
+    a flow candidate's σ counts with the factor √(w n), so that the few of its uniform share
+    far from the data (σ large, w tiny) do not keep the scan going. Candidates with nuclei
+    closer than ``MIN_NUCLEAR_DISTANCE`` (no molecule: the flow's uniform share reaches
+    r -> 0) are left out."""
     from ..molecule import MIN_NUCLEAR_DISTANCE
 
     valid = closest_pairs(candidates.positions) >= MIN_NUCLEAR_DISTANCE
     if not valid.any():
         return Pick(None, f"no candidate has its nuclei {MIN_NUCLEAR_DISTANCE} bohr apart")
     std, weights = candidates.energy_std, candidates.weights
-    largest = float(np.max(std[valid]))
-    if largest < target:
-        return Pick(None, f"largest predictive std {largest * 1e3:.3f} mHa < target")
     j = best_candidate(np.where(valid, weights, 0.0), std)
     weight = float(weights[j] * len(std))
+    weighted = np.sqrt(weight) * float(std[j])  # σ for MD
+    if weighted < target:
+        return Pick(None, f"largest √(w·n)·σ {weighted * 1e3:.3f} mHa < target")
     return Pick(j, "largest p·σ²", candidates.positions[j], float(std[j]), weight, number)
 
 
