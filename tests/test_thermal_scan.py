@@ -16,16 +16,17 @@ from nnqmc.pes.scan import Shard
 from nnqmc.thermal.sample import ThermalSample
 
 THERMAL = TINY + '[scan]\nkind = "thermal"\ntemperature = 1000.0\n'
-# A cheap MD: 30 candidates, 5 steps of 0.5 fs apart after 50 steps; initial draws of
-# seed 1 spread over 1.40 to 1.47 bohr (seed 0 draws 1.39 to 1.41: a fit of nearly equal
-# energies whose σ is below 1e-9 Ha at every candidate, and the scan stops there).
-SMALL_MD = "candidates = 30\nequilibration = 50\nstride = 5\nseed = 1\n"
+# A cheap MD: 30 candidates, 5 steps of 0.5 fs apart after 50 steps.
+SMALL_MD = "candidates = 30\nequilibration = 50\nstride = 5\n"
 
 
 def _config(tmp_path, text, *overrides):
     path = tmp_path / "thermal.toml"
     path.write_text(text)
     return load_config(path, list(overrides)), path
+
+
+H2 = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.4]])  # the reference: candidates up to 4.2 bohr
 
 
 def _candidates(weights, std):
@@ -42,19 +43,23 @@ def test_the_choice_is_the_largest_weight_times_variance():
     """Not the largest weight (0) nor the largest σ (3): w·σ² = 0.5, 1.2, 1.35, 0.8 (×1e-6)."""
     weights, std = [0.5, 0.3, 0.15, 0.05], [1e-3, 2e-3, 3e-3, 4e-3]
     assert thermal_scan.best_candidate(np.array(weights), np.array(std)) == 2
-    choice = thermal_scan.pick(_candidates(weights, std), target=1e-4)
+    choice = thermal_scan.pick(_candidates(weights, std), 1e-4, H2)
     assert choice.index == 2 and choice.std == 3e-3 and choice.weight == pytest.approx(0.6)
     assert choice.positions[1, 2] == 3.0
-    md = thermal_scan.pick(_candidates([0.25] * 4, std), target=1e-4)  # equal weights: max σ
+    md = thermal_scan.pick(_candidates([0.25] * 4, std), 1e-4, H2)  # equal weights: max σ
     assert md.index == 3 and md.weight == pytest.approx(1.0)
     # √(w n)·σ = 1.41, 2.19, 2.32, 1.79 mHa: the largest σ (4 mHa) has too little weight
-    assert thermal_scan.pick(_candidates(weights, std), target=2.3e-3).index == 2
-    stop = thermal_scan.pick(_candidates(weights, std), target=2.4e-3)
+    assert thermal_scan.pick(_candidates(weights, std), 2.3e-3, H2).index == 2
+    stop = thermal_scan.pick(_candidates(weights, std), 2.4e-3, H2)
     assert stop.index is None and "2.324 mHa < target" in stop.reason
-    assert thermal_scan.pick(_candidates([0.25] * 4, std), target=4.1e-3).index is None
-    fused = _candidates(weights, std)
-    fused.positions[2, 1, 2] = 0.05  # nuclei 0.05 bohr apart: no molecule, left out
-    assert thermal_scan.pick(fused, target=1e-4).index == 1
+    assert thermal_scan.pick(_candidates([0.25] * 4, std), 4.1e-3, H2).index is None
+    for r in (0.05, 4.3):  # no molecule; beyond 3 × 1.4 bohr: left out
+        odd = _candidates(weights, std)
+        odd.positions[2, 1, 2] = r
+        assert thermal_scan.pick(odd, 1e-4, H2).index == 1
+    far = _candidates(weights, std)
+    far.positions[:, 1, 2] = 5.0
+    assert "no candidate within 3 times" in thermal_scan.pick(far, 1e-4, H2).reason
 
 
 def test_superposed_undoes_a_rigid_motion_and_seeds_differ_by_round():
@@ -67,20 +72,24 @@ def test_superposed_undoes_a_rigid_motion_and_seeds_differ_by_round():
     assert len(set(seeds)) == 4 and seeds[0] == thermal_scan.round_seed(7, 1) < 2**31
 
 
-def test_initial_draws_have_the_harmonic_bond_variance_whatever_the_masses():
-    """A bond spring k: the classical r has variance kT/k at any masses (H2 and HD-like)."""
-    from nnqmc.pes.geometry import harmonic_draws
+def test_initial_geometries_are_a_harmonic_stencil_then_draws_whatever_the_masses():
+    """A bond spring k: first r0 ± 2 widths √(kT/k), then draws whose r has variance kT/k, at
+    any masses (H2 and HD-like)."""
+    from nnqmc.pes.geometry import harmonic_geometries
     from nnqmc.thermal.sample import BOLTZMANN
 
     k, t = 0.4, 1500.0
     coords = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.4]])
     hessian = np.zeros((6, 6))
     hessian[np.ix_([2, 5], [2, 5])] = k * np.array([[1.0, -1.0], [-1.0, 1.0]])
+    width = np.sqrt(BOLTZMANN * t / k)
     for masses in ([1.0, 1.0], [1.0, 16.0]):
-        x = harmonic_draws(coords, np.array(masses), hessian, t, 4000, seed=2)
+        x = harmonic_geometries(coords, np.array(masses), hessian, t, 4002, seed=2)
         r = np.linalg.norm(x[:, 1] - x[:, 0], axis=1)
-        assert r.var() == pytest.approx(BOLTZMANN * t / k, rel=0.08)
-        assert abs(r.mean() - 1.4) < 4 * r.std() / np.sqrt(len(r))
+        np.testing.assert_allclose(sorted(r[:2]), [1.4 - 2 * width, 1.4 + 2 * width])
+        assert r[2:].var() == pytest.approx(BOLTZMANN * t / k, rel=0.08)
+        assert abs(r[2:].mean() - 1.4) < 4 * r.std() / np.sqrt(len(r))
+    assert len(harmonic_geometries(coords, np.ones(2), hessian, t, 1, seed=0)) == 1
 
 
 # --------------------------------------------------------------------------- bad input
@@ -175,7 +184,7 @@ def test_a_thermal_scan_runs_the_initial_rows_then_rounds_in_order(tmp_path, mon
     assert list(saved.columns["sampler"]) == list(data.columns["sampler"])
     run_scan(config, text, tmp_path / "t")
     assert calls == list(range(6))  # budget spent: nothing more
-    other, _ = _config(tmp_path, text, "scan.seed=2")  # other initial geometries
+    other, _ = _config(tmp_path, text, "scan.temperature=500")  # other initial geometries
     with pytest.raises(RunError, match="holds another scan"):
         run_scan(other, text, tmp_path / "t")
 
@@ -222,7 +231,7 @@ def test_a_flow_round_weights_its_choice(tmp_path, monkeypatch):
     calls: list[int] = []
     monkeypatch.setattr(scan_module, "_run_geometry", _oracle(calls))
     text = THERMAL + 'method = "flow"\nflow_steps = 20\ncandidates = 50\nbudget = 4\n'
-    text += "target = 1e-9\nseed = 1\n"
+    text += "target = 1e-9\n"
     config, _ = _config(tmp_path, text)
     data = run_scan(config, text, tmp_path / "f")
     assert calls == [0, 1, 2, 3] and list(data.columns["sampler"]) == ["initial"] * 3 + ["flow"]

@@ -200,9 +200,25 @@ def _values(scan: ScanConfig) -> list[float]:
 
 
 SOFTEST = 1e-3  # hartree/bohr²: the least curvature a mode is drawn with (about a torsion's)
+STENCIL = 2.0  # the first initial geometries: ± this many thermal widths along each mode
 
 
-def harmonic_draws(
+def thermal_modes(
+    coords: np.ndarray, masses: np.ndarray, hessian: np.ndarray, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The normal modes c (unit Cartesian displacements, softest first) and the classical
+    thermal width of the amplitude along each at ``temperature`` (K), √(kT / cᵀHc) bohr:
+    independent of the masses, as a classical distribution is; a mode softer than
+    ``SOFTEST`` (or unstable) counts as one of that curvature."""
+    from ..thermal.sample import BOLTZMANN
+
+    modes, _ = normal_modes(coords, masses, hessian)
+    flat = modes.reshape(len(modes), -1)
+    curvature = np.abs(np.einsum("mi,ij,mj->m", flat, hessian, flat))
+    return modes, np.sqrt(BOLTZMANN * temperature / np.maximum(curvature, SOFTEST))
+
+
+def harmonic_geometries(
     coords: np.ndarray,
     masses: np.ndarray,
     hessian: np.ndarray,
@@ -210,18 +226,17 @@ def harmonic_draws(
     count: int,
     seed: int,
 ) -> np.ndarray:
-    """``count`` geometries (bohr) of the classical harmonic Boltzmann distribution about
-    ``coords`` at ``temperature`` (K): along each normal mode c (a unit Cartesian
-    displacement) an amplitude drawn from N(0, kT / cᵀHc), independent of the masses as a
-    classical distribution is; a mode softer than ``SOFTEST`` (or unstable) is drawn as one
-    of that curvature. Reproducible by ``seed``."""
-    from ..thermal.sample import BOLTZMANN
-
-    modes, _ = normal_modes(coords, masses, hessian)
-    flat = modes.reshape(len(modes), -1)
-    curvature = np.abs(np.einsum("mi,ij,mj->m", flat, hessian, flat))
-    spread = np.sqrt(BOLTZMANN * temperature / np.maximum(curvature, SOFTEST))
-    amplitudes = np.random.default_rng(seed).standard_normal((count, len(modes))) * spread
+    """``count`` geometries (bohr) about ``coords`` from the classical harmonic Boltzmann
+    distribution at ``temperature`` (:func:`thermal_modes`): first + and − ``STENCIL``
+    widths along each mode, softest first (a spread that a few random draws need not
+    have), then draws of N(0, width²) along every mode, reproducible by ``seed``."""
+    modes, width = thermal_modes(coords, masses, hessian, temperature)
+    n = len(modes)
+    stencil = np.zeros((2 * n, n))
+    stencil[np.arange(2 * n), np.repeat(np.arange(n), 2)] = np.tile([STENCIL, -STENCIL], n)
+    rest = max(count - 2 * n, 0)
+    draws = np.random.default_rng(seed).standard_normal((rest, n))
+    amplitudes = np.concatenate([stencil, draws])[:count] * width
     return np.asarray(coords)[None] + np.einsum("km,mai->kai", amplitudes, modes)
 
 
@@ -229,9 +244,9 @@ def thermal_initial(
     molecule: Molecule, scan: ScanConfig, basis: str | dict[str, str]
 ) -> np.ndarray:
     """A thermal scan's initial geometries (bohr): the frames of ``scan.xyz`` (2..budget of
-    them), else the input geometry and ``initial - 1`` draws of the harmonic Boltzmann
-    distribution of its HF Hessian in ``basis`` at ``scan.temperature``
-    (:func:`harmonic_draws`, ``scan.seed``); the scan's rounds append the others."""
+    them), else the input geometry and ``initial - 1`` geometries of the harmonic
+    Boltzmann distribution of its HF Hessian in ``basis`` at ``scan.temperature``
+    (:func:`harmonic_geometries`, ``scan.seed``); the scan's rounds append the others."""
     if scan.xyz is not None:
         frames = read_xyz_frames(scan.xyz, molecule.symbols)
         if not 2 <= len(frames) <= scan.budget:
@@ -243,10 +258,9 @@ def thermal_initial(
     from ..scf import hf_hessian
 
     hessian, masses = hf_hessian(molecule, basis)
-    draws = harmonic_draws(
-        molecule.coords, masses, hessian, scan.temperature, scan.initial - 1, scan.seed
-    )
-    return np.concatenate([molecule.coords[None], draws])
+    coords, t = molecule.coords, scan.temperature
+    others = harmonic_geometries(coords, masses, hessian, t, scan.initial - 1, scan.seed)
+    return np.concatenate([coords[None], others])
 
 
 def generate(

@@ -11,7 +11,8 @@ fit's predictive std of the energy; p·σ² with p estimated by the weights, σ�
 is appended to the dataset as a new row, superposed on the input geometry, and run: the
 largest term of Σ w_i σ_i², the estimate of ⟨σ²⟩ over exp(-E_FF/kT). The scan stops
 when ``budget`` rows have run (finished or failed) or the largest √(w n)·σ among a round's
-n candidates is below ``target`` (for MD: the largest σ).
+n candidates is below ``target`` (for MD: the largest σ). Only candidates within the
+flow's box are chosen (:func:`admissible`), by either method.
 
 Each row records its selection order, its round, the sampler (``initial``, ``md`` or
 ``flow``), the temperature, σ and w·n at the moment it was chosen. A round's sampler seed
@@ -67,12 +68,26 @@ def best_candidate(weights: np.ndarray, std: np.ndarray) -> int:
     return int(np.argmax(scores(weights, std)))
 
 
-def closest_pairs(positions: np.ndarray) -> np.ndarray:
-    """The shortest interatomic distance of each geometry (m, n_atoms, 3) -> (m,), bohr."""
+BOX = 3.0  # a candidate's interatomic distances: at most this many times the input's
+
+
+def pair_distances(positions: np.ndarray) -> np.ndarray:
+    """The distances of every pair i < j of atoms, (..., n_atoms, 3) -> (..., n_pairs)."""
     x = np.asarray(positions, np.float64)
-    d = np.linalg.norm(x[:, :, None] - x[:, None, :], axis=-1)
-    d[:, np.arange(x.shape[1]), np.arange(x.shape[1])] = np.inf
-    return d.min(axis=(1, 2))
+    i, j = np.triu_indices(x.shape[-2], 1)
+    return np.linalg.norm(x[..., i, :] - x[..., j, :], axis=-1)
+
+
+def admissible(positions: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Which candidates (m, n_atoms, 3) may be chosen: every pair of nuclei at least
+    ``MIN_NUCLEAR_DISTANCE`` apart (a molecule that can run; the flow's uniform share
+    reaches r -> 0) and at most ``BOX`` times as far apart as in ``reference``, the flow's
+    box for its bonds. Beyond its data a fit's energy returns to its prior mean, so MD on
+    it drifts apart (H2 at 1000 K reached 50 bohr in one round of a Morse model)."""
+    from ..molecule import MIN_NUCLEAR_DISTANCE
+
+    d, top = pair_distances(positions), BOX * pair_distances(reference)
+    return np.all((d >= MIN_NUCLEAR_DISTANCE) & (d <= top), axis=-1)
 
 
 def superposed(reference: np.ndarray, coords: np.ndarray) -> np.ndarray:
@@ -132,18 +147,14 @@ class Pick:
     number: int = 0
 
 
-def pick(candidates: ThermalSample, target: float, number: int = 0) -> Pick:
-    """Round ``number``'s candidate of largest p·σ², or a stop when that is below
-    ``target``²/n (n candidates): with MD's equal weights when every σ is below ``target``;
-    a flow candidate's σ counts with the factor √(w n), so that the few of its uniform share
-    far from the data (σ large, w tiny) do not keep the scan going. Candidates with nuclei
-    closer than ``MIN_NUCLEAR_DISTANCE`` (no molecule: the flow's uniform share reaches
-    r -> 0) are left out."""
-    from ..molecule import MIN_NUCLEAR_DISTANCE
-
-    valid = closest_pairs(candidates.positions) >= MIN_NUCLEAR_DISTANCE
+def pick(candidates: ThermalSample, target: float, reference: np.ndarray, number: int = 0) -> Pick:
+    """Round ``number``'s :func:`admissible` candidate of largest p·σ², or a stop when that
+    is below ``target``²/n (n candidates): with MD's equal weights when every σ is below
+    ``target``; a flow candidate's σ counts with the factor √(w n), so that the few of its
+    uniform share far from the data (σ large, w tiny) do not keep the scan going."""
+    valid = admissible(candidates.positions, reference)
     if not valid.any():
-        return Pick(None, f"no candidate has its nuclei {MIN_NUCLEAR_DISTANCE} bohr apart")
+        return Pick(None, f"no candidate within {BOX:g} times the input's distances")
     std, weights = candidates.energy_std, candidates.weights
     j = best_candidate(np.where(valid, weights, 0.0), std)
     weight = float(weights[j] * len(std))
@@ -166,7 +177,9 @@ def run_unfinished(data: Dataset, scan: ScanConfig, log: Log, label: Label) -> N
         label(k, **extra)
 
 
-def next_round(data: Dataset, scan: ScanConfig, scan_dir: Path, log: Log) -> Pick:
+def next_round(
+    data: Dataset, scan: ScanConfig, reference: np.ndarray, scan_dir: Path, log: Log
+) -> Pick:
     """Fit the finished rows (saved, so that the scan's force field always has them all),
     then, within the budget, draw the next round's candidates and choose one."""
     done = len(rows_with(data, "done"))
@@ -182,7 +195,7 @@ def next_round(data: Dataset, scan: ScanConfig, scan_dir: Path, log: Log) -> Pic
         f"{scan.temperature:g} K (ESS {100 * candidates.ess:.0f} %), largest predictive std "
         f"{np.max(candidates.energy_std) * 1e3:.3f} mHa"
     )
-    return pick(candidates, scan.target, number)
+    return pick(candidates, scan.target, reference, number)
 
 
 def run_thermal(
@@ -198,7 +211,7 @@ def run_thermal(
     written by ``save``; chosen geometries superposed on ``reference`` (bohr)."""
     while True:
         run_unfinished(data, scan, log, label)
-        choice = next_round(data, scan, scan_dir, log)
+        choice = next_round(data, scan, reference, scan_dir, log)
         if choice.index is None:
             log(f"thermal scan stops: {choice.reason}")
             return
