@@ -8,8 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-# The pip package that provides each module nnqmc sample imports on first use.
-PACKAGES = {"flowjax": "flowjax", "equinox": "flowjax", "paramax": "flowjax", "ase": "ase"}
+from .thermal import PACKAGES
 
 
 def add_sample(sub: argparse._SubParsersAction) -> None:

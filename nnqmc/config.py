@@ -22,7 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config_changes import check_scan_training, cross_check, with_molecule, with_settings
+from .config_changes import (
+    check_scan_training,
+    check_thermal_scan,
+    cross_check,
+    with_molecule,
+    with_settings,
+)
 from .config_checks import MAX_GEOMETRIES, MAX_NESTING, nesting, shown
 from .config_schema import (
     ANSATZ_KINDS,
@@ -438,9 +444,13 @@ def _check_scan(scan: ScanConfig, table: dict, system, base_dir: Path, fail) -> 
         for m in scan.modes or ():
             if not 0 <= m < 3 * n_atoms - 5:
                 raise fail("scan.modes", f"mode {m} out of range")
-    elif scan.kind == "xyz":
-        if scan.xyz is None:
-            raise fail("scan.xyz", "missing required key")
+    elif scan.kind == "thermal":
+        if n_atoms < 2:
+            raise fail("scan.kind", "a thermal scan needs at least two atoms")
+        check_thermal_scan(scan, table, fail)
+    if scan.kind == "xyz" and scan.xyz is None:
+        raise fail("scan.xyz", "missing required key")
+    if scan.xyz is not None:  # kind xyz, or a thermal scan's initial geometries
         path = Path(scan.xyz)
         path = path if path.is_absolute() else base_dir / path
         problem = _file_problem(path)

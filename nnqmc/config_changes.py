@@ -14,6 +14,8 @@ import numpy as np
 from .config_schema import (
     OVERRIDE_SOURCE,
     SCAN_SHARED_KEYS,
+    THERMAL_FLOW_KEYS,
+    THERMAL_MD_KEYS,
     AnsatzConfig,
     Config,
     ConfigError,
@@ -24,7 +26,13 @@ from .config_schema import (
 )
 from .molecule import MIN_NUCLEAR_DISTANCE, Molecule, closest_overlap
 
-__all__ = ["check_scan_training", "cross_check", "with_molecule", "with_settings"]
+__all__ = [
+    "check_scan_training",
+    "check_thermal_scan",
+    "cross_check",
+    "with_molecule",
+    "with_settings",
+]
 
 
 def with_molecule(config: Config, molecule: Molecule, source: str = OVERRIDE_SOURCE) -> Config:
@@ -116,8 +124,10 @@ def check_scan_training(values: dict[str, Any], table: dict, fail) -> None:
             if key in table and key != "fine_tune_steps":  # also for --from (pes.shared_from)
                 raise fail(f"scan.{key}", 'only used with scan.train = "shared"')
         return
-    if scan.kind == "adaptive":
-        raise fail("scan.train", '"shared" needs a fixed set of geometries, not kind = "adaptive"')
+    if scan.kind in ("adaptive", "thermal"):
+        raise fail(
+            "scan.train", f'"shared" needs a fixed set of geometries, not kind = "{scan.kind}"'
+        )
     if "steps" in table:
         raise fail("scan.steps", 'not used with train = "shared" (see scan.fine_tune_steps)')
     if values["train"].optimizer != "spring":
@@ -139,3 +149,21 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def check_thermal_scan(scan: Any, table: dict, fail) -> None:
+    """``[scan] kind = "thermal"``: a temperature; the initial geometries from ``initial``
+    displacements (2..budget) or an ``xyz`` file, not both; each sampler's own keys only
+    with it; no ``reference`` (its geometries are chosen as it runs)."""
+    if scan.temperature is None:
+        raise fail("scan.temperature", "missing required key (kelvin)")
+    if "reference" in table:
+        raise fail("scan.reference", 'not used with kind = "thermal" (it chooses its geometries)')
+    if "xyz" in table and "initial" in table:
+        raise fail("scan.initial", "not used with xyz (its frames are the first geometries)")
+    if "xyz" not in table and not 2 <= scan.initial <= scan.budget:
+        raise fail("scan.initial", f"must lie in 2..{scan.budget} (budget), got {scan.initial}")
+    other = THERMAL_FLOW_KEYS if scan.method == "md" else THERMAL_MD_KEYS
+    for key in other:
+        if key in table:
+            raise fail(f"scan.{key}", f"not used with method = {scan.method!r}")

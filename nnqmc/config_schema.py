@@ -57,7 +57,8 @@ PRECISIONS = ("float32", "mixed", "float64")
 PROPOSALS = ("uniform", "nucleus")
 UNITS = ("bohr", "angstrom")
 SCAN_TRAINING = ("independent", "shared")
-SCAN_KINDS = ("bond", "angle", "grid", "normal_modes", "random", "xyz", "adaptive")
+SCAN_KINDS = ("bond", "angle", "grid", "normal_modes", "random", "xyz", "adaptive", "thermal")
+THERMAL_METHODS = ("md", "flow")  # the samplers of nnqmc.thermal
 DEFAULT_BASIS = "cc-pvdz"
 OVERRIDE_SOURCE = "--set"
 
@@ -229,6 +230,18 @@ class ScanConfig:
     initial: int = _f(3, check=positive, most=MAX_GEOMETRIES)
     target: float = _f(5e-4, check=positive)
     budget: int = _f(20, check=positive, most=MAX_GEOMETRIES)
+    # thermal: the first `initial` geometries are the input one and draws of its HF
+    # Hessian's harmonic distribution at `temperature` (K; seed), or the frames of xyz; then
+    # each round fits a force field, draws `candidates` geometries of exp(-E/kT) by `method`
+    # and runs the one of largest weight x predictive variance, until `budget` geometries
+    # have run or the largest predictive std among the candidates (times sqrt(weight x
+    # candidates) for the flow) is below `target` (Ha)
+    temperature: float | None = _f(None, check=positive)
+    method: str = _f("md", choices=THERMAL_METHODS)
+    candidates: int = _f(200, check=positive, most=MAX_GEOMETRIES)
+    equilibration: int = _f(2000, check=non_negative, most=MAX_STEPS)  # md: steps dropped
+    stride: int = _f(60, check=positive, most=MAX_STEPS)  # md: steps between candidates
+    flow_steps: int = _f(1500, check=positive, most=MAX_STEPS)  # flow: training steps
     steps: int | None = _f(None, check=positive, most=MAX_STEPS)
     forces: bool = False  # Hellmann-Feynman forces (zero-variance estimator)
     zero_bias: bool = True  # with the zero-bias (Pulay) term, exact d log|psi|/dR
@@ -252,7 +265,23 @@ SCAN_KIND_KEYS = {
     "random": ("count", "amplitude", "seed", "unit"),
     "xyz": ("xyz",),
     "adaptive": ("grid_atoms", "ranges", "unit", "initial", "target", "budget"),
+    "thermal": (
+        "temperature",
+        "method",
+        "initial",
+        "seed",
+        "unit",
+        "xyz",
+        "budget",
+        "target",
+        "candidates",
+        "equilibration",
+        "stride",
+        "flow_steps",
+    ),
 }
+THERMAL_MD_KEYS = ("equilibration", "stride")  # thermal: method = "md" only
+THERMAL_FLOW_KEYS = ("flow_steps",)  # thermal: method = "flow" only
 SCAN_COMMON = ("kind", "steps", "forces", "zero_bias", "ccsd_t", "reference", "train")
 SCAN_SHARED_KEYS = ("geometries_per_step", "fine_tune_steps")  # train = "shared" (or --from)
 

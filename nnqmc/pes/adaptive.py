@@ -17,12 +17,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .dataset import Dataset
 
+if TYPE_CHECKING:
+    from ..config import ScanConfig
+
 FORCEFIELD = "forcefield.h5"  # adaptive scans: the latest fit of the finished rows
+
+# label(k, **selection): run row k (QMC), record it done or failed with these selection
+# columns, and write the dataset (nnqmc.pes.scan)
+Label = Callable[..., None]
 
 # (dataset, candidate rows) -> predictive std of the energy (hartree) at those rows, or
 # None if the finished rows cannot be fitted
@@ -111,3 +119,42 @@ def fit_and_save(data: Dataset, scan_dir: Path, log: Callable[[str], None]):
         return None
     save_model(scan_dir / FORCEFIELD, model)
     return model
+
+
+def label_count(data: Dataset) -> int:
+    """Rows that have run, finished or failed (what a budget counts)."""
+    return len(rows_with(data, "done")) + len(rows_with(data, "failed"))
+
+
+def run_adaptive(
+    scan: ScanConfig, data: Dataset, scan_dir: Path, log: Callable[[str], None], label: Label
+) -> None:
+    """Choose and run rows (``label``) one at a time until the fit is certain enough or the
+    budget is spent (the module docstring). The fit of the finished rows is saved as
+    :data:`FORCEFIELD` in the scan directory at each choice and once more at the end."""
+    fitted = [0]  # finished rows in the saved fit
+
+    def predict_std(data: Dataset, rows: np.ndarray) -> np.ndarray | None:
+        from ..fit import predict
+
+        model = fit_and_save(data, scan_dir, log)
+        if model is None:
+            return None
+        fitted[0] = len(rows_with(data, "done"))
+        return predict(model, data.positions[rows])[2]
+
+    while True:
+        choice = next_row(data, scan.initial, scan.target, scan.budget, predict_std)
+        if choice.row is None:
+            log(f"adaptive scan stops: {choice.reason}")
+            done = len(rows_with(data, "done"))
+            if done >= 2 and done != fitted[0]:
+                fit_and_save(data, scan_dir, log)  # the last geometry into the saved fit
+            return
+        k = choice.row
+        order = int(data.columns["selection"][k])
+        if order < 0:
+            order = selection_count(data)
+        std = "" if np.isnan(choice.std) else f", predictive std {choice.std * 1e3:.3f} mHa"
+        log(f"geometry {k} (choice {order + 1} of at most {scan.budget}: {choice.reason}{std})")
+        label(k, selection=order, selection_std=choice.std)

@@ -17,11 +17,21 @@ forces_err         (n, n_atoms, 3) float64      standard errors of ``forces``
 hf_energy          (n,) float64                 Hartree–Fock energy (PySCF, same basis)
 ccsd_t_energy      (n,) float64                 CCSD(T) energy (``scan.ccsd_t``)
 reference_energy   (n,) float64                 exact energy given in ``scan.reference``
-selection          (n,) int64                   adaptive scans: the order in which rows
+selection          (n,) int64                   adaptive and thermal scans: the order in which rows
                                                 were chosen (0, 1, ...; -1 never chosen)
-selection_std      (n,) float64                 adaptive scans: the fitted force field's
-                                                predictive std of the energy there when it
-                                                was chosen, hartree (NaN: initial spread)
+selection_std      (n,) float64                 adaptive and thermal scans: the fitted force
+                                                field's predictive std of the energy there
+                                                when it was chosen, hartree (NaN: initial
+                                                geometries)
+round              (n,) int64                   thermal scans: the round that chose the row
+                                                (0: the initial geometries)
+sampler            (n,) str                     thermal scans: what proposed it, ``initial``,
+                                                ``md`` or ``flow``
+temperature        (n,) float64                 thermal scans: the sampler's temperature, K
+                                                (NaN: initial)
+selection_weight   (n,) float64                 thermal scans: its normalised importance
+                                                weight among the round's candidates times
+                                                their number (1 for MD frames; NaN: initial)
 steps              (n,) int64                   training steps of this geometry
 warm_from          (n,) int64                   row whose parameters started it (-1: cold)
 wall_time          (n,) float64                 seconds of training + evaluation
@@ -33,8 +43,9 @@ Attributes: ``name``, ``input_toml`` (the input file's text), ``version`` (nnqmc
 ``schema`` (1), ``units``, ``kind`` (scan kind), ``train`` (``scan.train``, "independent"
 or "shared": a rerun in the same directory must have the same), ``shard`` ("i/n", or "" for a
 whole scan), ``has_forces``, ``has_ccsd_t``. Optional columns (forces, CCSD(T), reference,
-selection) are absent when not asked for.
-A shard file holds every row of the scan; the rows of other shards stay ``pending``.
+selection, thermal) are absent when not asked for.
+A shard file holds every row of the scan; the rows of other shards stay ``pending``. A thermal
+scan's file grows: each round appends the rows it chose (:func:`append_rows`).
 """
 
 from __future__ import annotations
@@ -53,7 +64,7 @@ UNITS = "positions bohr; energies hartree; forces hartree/bohr; angles degrees"
 STATUSES = ("pending", "running", "done", "failed")
 FLOAT_COLUMNS = ("energy", "energy_err", "variance", "hf_energy", "wall_time")
 INT_COLUMNS = ("steps", "warm_from")
-TEXT_COLUMNS = ("status", "message")
+TEXT_COLUMNS = ("status", "message", "sampler")
 
 
 class DatasetError(ValueError):
@@ -91,9 +102,11 @@ def new_dataset(
     ccsd_t: bool,
     reference: np.ndarray | None = None,
     adaptive: bool = False,
+    thermal: bool = False,
 ) -> Dataset:
     """Every row pending, every value missing (``reference``: known energies, one per row;
-    ``adaptive``: with the selection columns of an adaptive scan)."""
+    ``adaptive``: with the selection columns of an adaptive scan; ``thermal``: with those
+    and the round, sampler, temperature and weight columns of a thermal scan)."""
     n, n_atoms = positions.shape[:2]
     columns: dict[str, np.ndarray] = {c: np.full(n, np.nan) for c in FLOAT_COLUMNS}
     columns["steps"] = np.zeros(n, np.int64)
@@ -105,9 +118,14 @@ def new_dataset(
         columns["forces_err"] = np.full((n, n_atoms, 3), np.nan)
     if ccsd_t:
         columns["ccsd_t_energy"] = np.full(n, np.nan)
-    if adaptive:
+    if adaptive or thermal:
         columns["selection"] = np.full(n, -1, np.int64)
         columns["selection_std"] = np.full(n, np.nan)
+    if thermal:
+        columns["round"] = np.full(n, -1, np.int64)
+        columns["sampler"] = np.array([""] * n, dtype=object)
+        columns["temperature"] = np.full(n, np.nan)
+        columns["selection_weight"] = np.full(n, np.nan)
     if reference is not None:
         columns["reference_energy"] = np.asarray(reference, np.float64).reshape(n)
     attrs = {
@@ -124,6 +142,29 @@ def new_dataset(
         columns,
         attrs,
     )
+
+
+def append_rows(data: Dataset, positions: np.ndarray, labels: np.ndarray) -> list[int]:
+    """Add pending rows of these geometries (m, n_atoms, 3) and labels (m, n_labels) to
+    ``data`` in place, every value missing as in :func:`new_dataset`; their indices."""
+    extra = new_dataset(
+        data.atomic_numbers,
+        positions,
+        labels,
+        {},
+        forces="forces" in data.columns,
+        ccsd_t="ccsd_t_energy" in data.columns,
+        adaptive="selection" in data.columns,
+        thermal="sampler" in data.columns,
+    )
+    if "reference_energy" in data.columns:
+        extra.columns["reference_energy"] = np.full(extra.n, np.nan)
+    start = data.n
+    data.positions = np.concatenate([data.positions, extra.positions])
+    data.labels = np.concatenate([data.labels, extra.labels])
+    for name, column in data.columns.items():
+        data.columns[name] = np.concatenate([column, extra.columns[name]])
+    return list(range(start, data.n))
 
 
 def write_dataset(path: str | Path, data: Dataset) -> None:
@@ -172,12 +213,14 @@ def read_dataset(path: str | Path) -> Dataset:
         raise DatasetError(f"cannot read {path}: {err}") from None
 
 
-def same_scan(a: Dataset, b: Dataset) -> bool:
-    """The same atoms and geometries (to 1e-9 bohr)."""
+def same_scan(a: Dataset, b: Dataset, prefix: bool = False) -> bool:
+    """The same atoms and geometries (to 1e-9 bohr); with ``prefix``, ``b``'s geometries
+    are the first of ``a``'s (a thermal scan's file after rounds appended rows)."""
+    head = a.positions[: b.n] if prefix else a.positions
     return (
         np.array_equal(a.atomic_numbers, b.atomic_numbers)
-        and a.positions.shape == b.positions.shape
-        and bool(np.allclose(a.positions, b.positions, rtol=0, atol=1e-9))
+        and head.shape == b.positions.shape
+        and bool(np.allclose(head, b.positions, rtol=0, atol=1e-9))
     )
 
 

@@ -1,5 +1,6 @@
 """Geometry generators of a scan: bond stretches, angle bends, grids of them, normal-mode and
-random displacements, multi-frame xyz files. All coordinates in bohr, angles in degrees.
+random displacements, multi-frame xyz files, a thermal scan's initial geometries. All
+coordinates in bohr, angles in degrees.
 
 Each generator returns ``(coords, labels)``: ``coords`` (n_geom, n_atoms, 3) and ``labels``
 (n_geom, n_labels), the scan coordinates of each geometry (bond length in bohr, angle in
@@ -198,6 +199,70 @@ def _values(scan: ScanConfig) -> list[float]:
     return list(np.linspace(start, stop, count))
 
 
+SOFTEST = 1e-3  # hartree/bohr²: the least curvature a mode is drawn with (about a torsion's)
+STENCIL = 2.0  # the first initial geometries: ± this many thermal widths along each mode
+
+
+def thermal_modes(
+    coords: np.ndarray, masses: np.ndarray, hessian: np.ndarray, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The normal modes c (unit Cartesian displacements, softest first) and the classical
+    thermal width of the amplitude along each at ``temperature`` (K), √(kT / cᵀHc) bohr:
+    independent of the masses, as a classical distribution is; a mode softer than
+    ``SOFTEST`` (or unstable) counts as one of that curvature."""
+    from ..thermal.sample import BOLTZMANN
+
+    modes, _ = normal_modes(coords, masses, hessian)
+    flat = modes.reshape(len(modes), -1)
+    curvature = np.abs(np.einsum("mi,ij,mj->m", flat, hessian, flat))
+    return modes, np.sqrt(BOLTZMANN * temperature / np.maximum(curvature, SOFTEST))
+
+
+def harmonic_geometries(
+    coords: np.ndarray,
+    masses: np.ndarray,
+    hessian: np.ndarray,
+    temperature: float,
+    count: int,
+    seed: int,
+) -> np.ndarray:
+    """``count`` geometries (bohr) about ``coords`` from the classical harmonic Boltzmann
+    distribution at ``temperature`` (:func:`thermal_modes`): first + and − ``STENCIL``
+    widths along each mode, softest first (a spread that a few random draws need not
+    have), then draws of N(0, width²) along every mode, reproducible by ``seed``."""
+    modes, width = thermal_modes(coords, masses, hessian, temperature)
+    n = len(modes)
+    stencil = np.zeros((2 * n, n))
+    stencil[np.arange(2 * n), np.repeat(np.arange(n), 2)] = np.tile([STENCIL, -STENCIL], n)
+    rest = max(count - 2 * n, 0)
+    draws = np.random.default_rng(seed).standard_normal((rest, n))
+    amplitudes = np.concatenate([stencil, draws])[:count] * width
+    return np.asarray(coords)[None] + np.einsum("km,mai->kai", amplitudes, modes)
+
+
+def thermal_initial(
+    molecule: Molecule, scan: ScanConfig, basis: str | dict[str, str]
+) -> np.ndarray:
+    """A thermal scan's initial geometries (bohr): the frames of ``scan.xyz`` (2..budget of
+    them), else the input geometry and ``initial - 1`` geometries of the harmonic
+    Boltzmann distribution of its HF Hessian in ``basis`` at ``scan.temperature``
+    (:func:`harmonic_geometries`, ``scan.seed``); the scan's rounds append the others."""
+    if scan.xyz is not None:
+        frames = read_xyz_frames(scan.xyz, molecule.symbols)
+        if not 2 <= len(frames) <= scan.budget:
+            raise GeometryError(
+                f"{scan.xyz}: {len(frames)} frames; a thermal scan starts from 2..{scan.budget} "
+                "(scan.budget)"
+            )
+        return frames
+    from ..scf import hf_hessian
+
+    hessian, masses = hf_hessian(molecule, basis)
+    coords, t = molecule.coords, scan.temperature
+    others = harmonic_geometries(coords, masses, hessian, t, scan.initial - 1, scan.seed)
+    return np.concatenate([coords[None], others])
+
+
 def generate(
     molecule: Molecule, scan: ScanConfig, basis: str | dict[str, str]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -239,6 +304,9 @@ def generate(
     elif scan.kind == "xyz":
         frames = read_xyz_frames(scan.xyz, molecule.symbols)
         labels = np.arange(len(frames), dtype=np.float64)[:, None]
+    elif scan.kind == "thermal":
+        frames = thermal_initial(molecule, scan, basis)
+        labels = np.arange(len(frames), dtype=np.float64)[:, None]  # the selection order
     else:  # pragma: no cover - validated by the config
         raise GeometryError(f"unknown scan kind {scan.kind!r}")
     for n, frame in enumerate(frames):

@@ -14,6 +14,7 @@ _AXIS = {
     "bond": "bond length (bohr)",
     "angle": "angle (degrees)",
     "xyz": "frame",
+    "thermal": "geometry (in the order chosen)",
 }
 
 

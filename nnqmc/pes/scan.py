@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import api, io
 from ..config import Config, ScanConfig, with_molecule, with_settings
-from .adaptive import FORCEFIELD, fit_and_save  # noqa: F401  (FORCEFIELD: where it is)
+from .adaptive import FORCEFIELD, run_adaptive  # noqa: F401  (FORCEFIELD: where it is)
 from .dataset import Dataset, new_dataset, read_dataset, same_scan, write_dataset
 from .forces import forces_from_records, nuclear_force_observables
 from .geometry import generate
@@ -177,6 +177,7 @@ def open_dataset(
         ccsd_t=config.scan.ccsd_t,
         reference=None if reference is None else np.asarray(reference),
         adaptive=config.scan.kind == "adaptive",
+        thermal=config.scan.kind == "thermal",
     )
     path = dataset_path(scan_dir, shard)
     if not path.exists():
@@ -192,7 +193,8 @@ def open_dataset(
             "--out DIR"
         )
     same_ecp = str(data.attrs.get("ecp", "")) == fresh.attrs["ecp"]
-    if not same_scan(data, fresh) or set(data.columns) != set(fresh.columns) or not same_ecp:
+    grown = same_scan(data, fresh, prefix=config.scan.kind == "thermal")  # rounds append
+    if not grown or set(data.columns) != set(fresh.columns) or not same_ecp:
         raise api.RunError(
             f"{path} holds another scan (other geometries or settings); use --out DIR"
         )
@@ -307,16 +309,19 @@ def run_scan(
     """Run (or resume) every geometry of this shard; returns its dataset.
 
     Finished rows are skipped, failed and interrupted ones run again (from their
-    checkpoints); an adaptive scan (:func:`_run_adaptive`) resumes an interrupted row and
-    leaves failed ones. A geometry that fails is marked failed with its message and the scan goes
-    on; :class:`nnqmc.api.Interrupted` leaves the row ``running`` and is raised.
+    checkpoints); an adaptive scan (:func:`.adaptive.run_adaptive`) and a thermal one
+    (:func:`.thermal_scan.run_thermal`) resume an interrupted row and leave failed ones. A
+    geometry that fails is marked failed with its message and the scan goes on;
+    :class:`nnqmc.api.Interrupted` leaves the row ``running`` and is raised.
     ``shared_from``: a shared scan's directory, whose trained model each geometry starts
     from and fine-tunes (:mod:`nnqmc.pes.shared_from`).
     """
     from .shared_from import check_scan_options
+    from .thermal_scan import check_thermal_options
 
     if config.scan.kind is None:
         raise api.RunError(f"{config.source or config.name}: scan: missing section [scan]")
+    check_thermal_options(config, shard.whole, shared_from)
     check_scan_options(config, shard.whole, cold, shared_from)
     scan_dir = scan_directory(config, out_dir)
     name = lock_name(shard)
@@ -366,8 +371,16 @@ def _run_shard(
         cfg = geometry_config(config, data.positions[k], k, steps)
         return geometry_row(config, cfg, k, geometry_dir(scan_dir, k), progress, finished)
 
+    def label(k: int, **selection: Any) -> None:  # run row k, record it and its selection
+        _run_row(data, k, scan_dir, shard, log, lambda: row(k), **selection)
+
     if config.scan.kind == "adaptive":
-        _run_adaptive(config, data, scan_dir, progress, log, row)
+        run_adaptive(config.scan, data, scan_dir, log, label)
+    elif config.scan.kind == "thermal":
+        from .thermal_scan import run_thermal
+
+        save = lambda: write_dataset(dataset_path(scan_dir, shard), data)  # noqa: E731
+        run_thermal(config.scan, data, config.system.molecule.coords, scan_dir, save, log, label)
     elif config.scan.train == "shared" and source is None:
         _run_shared(config, data, scan_dir, progress, log)
     else:
@@ -448,47 +461,3 @@ def _run_row(
         f"geometry {k}: E = {row['energy']:.6f} ± {row['energy_err']:.6f} Ha "
         f"({row['steps']} steps, {row['wall_time']:.0f} s)"
     )
-
-
-def _run_adaptive(
-    config: Config,
-    data: Dataset,
-    scan_dir: Path,
-    progress: api.Progress | None,
-    log: Log,
-    row: Callable[[int], dict[str, Any]],
-) -> None:
-    """Choose and run rows (``row(k)``: its values) one at a time
-    (:mod:`nnqmc.pes.adaptive`) until the fit is certain enough or the budget is spent.
-    The fit of the finished rows is saved as ``forcefield.h5`` in the scan directory at
-    each choice and once more at the end."""
-    from .adaptive import next_row, rows_with, selection_count
-
-    scan = config.scan
-    fitted = [0]  # finished rows in the saved fit
-
-    def predict_std(data: Dataset, rows: np.ndarray) -> np.ndarray | None:
-        from ..fit import predict
-
-        model = fit_and_save(data, scan_dir, log)
-        if model is None:
-            return None
-        fitted[0] = len(rows_with(data, "done"))
-        return predict(model, data.positions[rows])[2]
-
-    while True:
-        choice = next_row(data, scan.initial, scan.target, scan.budget, predict_std)
-        if choice.row is None:
-            log(f"adaptive scan stops: {choice.reason}")
-            done = len(rows_with(data, "done"))
-            if done >= 2 and done != fitted[0]:
-                fit_and_save(data, scan_dir, log)  # the last geometry into the saved fit
-            return
-        k = choice.row
-        order = int(data.columns["selection"][k])
-        if order < 0:
-            order = selection_count(data)
-        std = "" if np.isnan(choice.std) else f", predictive std {choice.std * 1e3:.3f} mHa"
-        log(f"geometry {k} (choice {order + 1} of at most {scan.budget}: {choice.reason}{std})")
-        run = lambda k=k: row(k)  # noqa: E731
-        _run_row(data, k, scan_dir, Shard(), log, run, selection=order, selection_std=choice.std)

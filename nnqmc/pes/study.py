@@ -125,10 +125,11 @@ def warm_start_study(
     total training steps."""
     if config.scan.kind is None:
         raise api.RunError(f"{config.source or config.name}: bench-scan: missing section [scan]")
-    if config.scan.kind == "adaptive":
+    if config.scan.kind in ("adaptive", "thermal"):
         raise api.RunError(
-            f"{config.source or config.name}: bench-scan compares fixed geometry lists; an "
-            "adaptive scan chooses its own (bench/adaptive_vs_uniform.py compares those)"
+            f"{config.source or config.name}: bench-scan compares fixed geometry lists; "
+            f"a{'n' * (config.scan.kind == 'adaptive')} {config.scan.kind} scan chooses its "
+            "own (bench/adaptive_vs_uniform.py compares adaptive ones)"
         )
     if not cold_budgets or not warm_budgets or min(*cold_budgets, *warm_budgets) <= 0:
         raise ValueError("--cold and --warm need positive step budgets")

@@ -7,4 +7,7 @@ extxyz) when first needed."""
 
 from .weights import Average, effective_sample_size, normalised_weights, weighted_mean
 
-__all__ = ["Average", "effective_sample_size", "normalised_weights", "weighted_mean"]
+__all__ = ["PACKAGES", "Average", "effective_sample_size", "normalised_weights", "weighted_mean"]
+
+# The pip package that provides each module the samplers import on first use.
+PACKAGES = {"flowjax": "flowjax", "equinox": "flowjax", "paramax": "flowjax", "ase": "ase"}
