@@ -270,7 +270,6 @@ SCAN_KIND_KEYS = {
         "method",
         "initial",
         "seed",
-        "unit",
         "xyz",
         "budget",
         "target",

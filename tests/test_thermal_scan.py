@@ -60,6 +60,12 @@ def test_the_choice_is_the_largest_weight_times_variance():
     far = _candidates(weights, std)
     far.positions[:, 1, 2] = 5.0
     assert "no candidate within 3 times" in thermal_scan.pick(far, 1e-4, H2).reason
+    # a σ that is not finite, or a weight of zero, is never chosen
+    assert thermal_scan.pick(_candidates(weights, [1e-3, 2e-3, np.nan, 4e-3]), 1e-4, H2).index == 1
+    assert thermal_scan.pick(_candidates([0.5, 0.5, 0.0, 0.0], std), 1e-4, H2).index == 1
+    odd = _candidates([1.0, 0.0, 0.0, 0.0], std)
+    odd.positions[0, 1, 2] = 0.05  # the only weighted one out of the box: stop, not index 0
+    assert thermal_scan.pick(odd, 1e-4, H2).index is None
 
 
 def test_superposed_undoes_a_rigid_motion_and_seeds_differ_by_round():

@@ -152,11 +152,14 @@ def pick(candidates: ThermalSample, target: float, reference: np.ndarray, number
     is below ``target``²/n (n candidates): with MD's equal weights when every σ is below
     ``target``; a flow candidate's σ counts with the factor √(w n), so that the few of its
     uniform share far from the data (σ large, w tiny) do not keep the scan going."""
-    valid = admissible(candidates.positions, reference)
-    if not valid.any():
-        return Pick(None, f"no candidate within {BOX:g} times the input's distances")
     std, weights = candidates.energy_std, candidates.weights
-    j = best_candidate(np.where(valid, weights, 0.0), std)
+    valid = admissible(candidates.positions, reference) & np.isfinite(std) & (weights > 0.0)
+    if not valid.any():
+        return Pick(
+            None,
+            f"no candidate within {BOX:g} times the input's distances (of finite σ, weight > 0)",
+        )
+    j = best_candidate(np.where(valid, weights, 0.0), np.where(valid, std, 0.0))
     weight = float(weights[j] * len(std))
     weighted = np.sqrt(weight) * float(std[j])  # σ for MD
     if weighted < target:
