@@ -193,6 +193,12 @@ def test_a_thermal_scan_runs_the_initial_rows_then_rounds_in_order(tmp_path, mon
     other, _ = _config(tmp_path, text, "scan.temperature=500")  # other initial geometries
     with pytest.raises(RunError, match="holds another scan"):
         run_scan(other, text, tmp_path / "t")
+    # the same initial geometries, candidates drawn otherwise: the rounds would mix
+    other, _ = _config(tmp_path, text, "scan.candidates=37")
+    with pytest.raises(
+        RunError, match=r"rounds chose with other settings: candidates = 37 \(was 30\); use"
+    ):
+        run_scan(other, text, tmp_path / "t")
 
 
 def test_an_interrupted_thermal_scan_resumes_with_the_same_choices(tmp_path, monkeypatch):

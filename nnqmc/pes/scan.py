@@ -172,6 +172,7 @@ def open_dataset(
             "train": training,
             "shard": "" if shard.whole else f"{shard.index}/{shard.count}",
             "ecp": _ecp_label(config.system.molecule),
+            "selection_settings": _selection_settings(config.scan),
         },
         forces=config.scan.forces,
         ccsd_t=config.scan.ccsd_t,
@@ -198,7 +199,29 @@ def open_dataset(
         raise api.RunError(
             f"{path} holds another scan (other geometries or settings); use --out DIR"
         )
+    stored = str(data.attrs.get("selection_settings", fresh.attrs["selection_settings"])).split(
+        ", "
+    )
+    now = str(fresh.attrs["selection_settings"]).split(", ")
+    if stored != now:  # rows chosen by other rules would mix
+        changed = [
+            f"{b} (was {a.split(' = ')[-1]})" for a, b in zip(stored, now, strict=False) if a != b
+        ]
+        raise api.RunError(
+            f"{path} holds a scan whose rounds chose with other settings: {', '.join(changed)}; "
+            "use --out DIR"
+        )
     return data
+
+
+def _selection_settings(scan: Any) -> str:
+    """The keys that decide from what a thermal scan's rounds choose, as text (``""`` for
+    other kinds; ``budget`` and ``target`` may change, to go on or stop earlier)."""
+    keys = ()
+    if scan.kind == "thermal":
+        keys = ("temperature", "method", "candidates", "seed", "equilibration", "stride")
+        keys += ("flow_steps",)
+    return ", ".join(f"{k} = {getattr(scan, k)!r}" for k in keys)
 
 
 def _ecp_label(molecule: Any) -> str:
