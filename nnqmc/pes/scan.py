@@ -18,6 +18,7 @@ orbitals between geometries is not undone (training repairs it).
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -199,14 +200,10 @@ def open_dataset(
         raise api.RunError(
             f"{path} holds another scan (other geometries or settings); use --out DIR"
         )
-    stored = str(data.attrs.get("selection_settings", fresh.attrs["selection_settings"])).split(
-        ", "
-    )
-    now = str(fresh.attrs["selection_settings"]).split(", ")
-    if stored != now:  # rows chosen by other rules would mix
-        changed = [
-            f"{b} (was {a.split(' = ')[-1]})" for a, b in zip(stored, now, strict=False) if a != b
-        ]
+    stored = json.loads(str(data.attrs.get("selection_settings", "{}")) or "{}")
+    now = json.loads(fresh.attrs["selection_settings"])
+    changed = [f"{k} = {v!r} (was {stored[k]!r})" for k, v in now.items() if stored.get(k, v) != v]
+    if changed:  # rows chosen by other rules would mix
         raise api.RunError(
             f"{path} holds a scan whose rounds chose with other settings: {', '.join(changed)}; "
             "use --out DIR"
@@ -215,13 +212,13 @@ def open_dataset(
 
 
 def _selection_settings(scan: Any) -> str:
-    """The keys that decide from what a thermal scan's rounds choose, as text (``""`` for
+    """The keys that decide from what a thermal scan's rounds choose, as JSON (``{}`` for
     other kinds; ``budget`` and ``target`` may change, to go on or stop earlier)."""
     keys = ()
     if scan.kind == "thermal":
         keys = ("temperature", "method", "candidates", "seed", "equilibration", "stride")
         keys += ("flow_steps",)
-    return ", ".join(f"{k} = {getattr(scan, k)!r}" for k in keys)
+    return json.dumps({k: getattr(scan, k) for k in keys})
 
 
 def _ecp_label(molecule: Any) -> str:
