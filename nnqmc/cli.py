@@ -18,21 +18,23 @@ EXIT_USAGE = 2
 
 
 class ProgressPrinter:
-    """One progress line per phase, refreshed at most every ``interval`` seconds."""
+    """One progress line per phase, refreshed at most every ``interval`` seconds. The ETA
+    is the time per step since the phase's first report (in this process: a resumed phase
+    starts late, and its first step carries the compilation) times the steps left."""
 
     def __init__(self, stream=sys.stderr, interval: float = 2.0) -> None:
         self.stream, self.interval = stream, interval
-        self.phase, self.t0, self.last = None, 0.0, 0.0
+        self.phase, self.t0, self.last, self.first = None, 0.0, 0.0, 0
 
     def __call__(self, phase: str, step: int, total: int, stats: dict[str, float]) -> None:
         now = time.perf_counter()
         if phase != self.phase:
-            self.phase, self.t0, self.last = phase, now, 0.0
+            self.phase, self.t0, self.last, self.first = phase, now, 0.0, step
         if now - self.last < self.interval and step != total:
             return
         self.last = now
-        elapsed = now - self.t0
-        eta = elapsed / step * (total - step) if step else 0.0
+        done = step - self.first
+        eta = (now - self.t0) / done * (total - step) if done > 0 else 0.0
         parts = [f"{phase:>7} {step:>6}/{total}"]
         if "energy" in stats:
             parts.append(f"E = {stats['energy']:.5f}")

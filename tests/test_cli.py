@@ -199,3 +199,21 @@ def test_every_command_prints_its_help(command, capsys):
         main([command, "--help"])
     assert info.value.code == 0
     assert "usage: nnqmc" in capsys.readouterr().out
+
+
+def test_progress_eta_counts_only_this_process_steps(monkeypatch):
+    """A phase resumed at step 900 of 1000 that takes 1 s a step here has 90 s left after
+    step 910, not the 10/910 of a second a division by the absolute step would say."""
+    import io
+
+    from nnqmc import cli
+
+    clock = iter([0.0, 10.0])
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
+    stream = io.StringIO()
+    show = cli.ProgressPrinter(stream, interval=0.0)
+    show("train", 900, 1000, {})
+    show("train", 910, 1000, {})
+    first, second = stream.getvalue().splitlines()
+    assert first.endswith("ETA 0:00:00")
+    assert second.endswith("ETA 0:01:30")
