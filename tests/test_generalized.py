@@ -227,6 +227,7 @@ def test_embedding_with_en_vectors_translation_invariant_and_equivariant():
             np.testing.assert_allclose(rotated, x0, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.ci_slow  # 40 s on the 2-core CPU: the default suite stays under 20 minutes
 def test_untrained_generalized_gives_hf_energy():
     """A VMC evaluation of the untrained ansatz (without gamma) is the HF energy."""
     config = config_from_dict(

@@ -145,6 +145,7 @@ STEP_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.ci_slow  # 38 s on the 2-core CPU: the default suite stays under 20 minutes
 def test_one_vs_two_devices_same_step(tmp_path):
     [(rc, out, err)] = _finish([_python(STEP_SCRIPT, [H2, *TINY], 2, tmp_path)])
     assert rc == 0, err
