@@ -28,7 +28,7 @@ from .programs import (
     dmc_program,
     eval_program,
     train_program,
-    training_hamiltonian,
+    with_ecp_points,
 )
 from .run_setup import Run, initial_walkers
 from .steps import TrainState, batch_local_energy, nonlocal_blocks
@@ -118,7 +118,7 @@ def nonlocal_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float
     signed = lambda x: run.ansatz.apply(params, x)
     keys = jax.random.split(jax.random.PRNGKey(0), walkers.shape[0])
     for label, n in points.items():
-        h_n = training_hamiltonian(h, n)
+        h_n = with_ecp_points(h, n)
         term = batch_nonlocal_of(h_n)
         if term is None:
             one = lambda r, key, h_n=h_n: nonlocal_energy(h_n, signed, r, key)

@@ -182,6 +182,9 @@ class DMCConfig:
     equilibration: int = _f(500, check=non_negative, most=MAX_STEPS)
     # with an ECP: size-consistent T-moves, or the locality approximation
     nonlocal_scheme: str = _f("tmoves", choices=("tmoves", "locality"))
+    # points of the ECP quadrature in DMC (0: the system's ecp_points); fewer points halve
+    # the nonlocal term's cost and add variance to the local energies (docs/ecp.md)
+    ecp_points: int = _f(0, check=lambda v: None if v == 0 else quadrature_points(v))
     # non-finite steps in a row (each retried with a new key) that stop the DMC
     max_bad_steps: int = _f(10, check=positive, most=MAX_STEPS)
 

@@ -36,10 +36,12 @@ __all__ = [
     "burn_in_program",
     "clear",
     "compilations",
+    "dmc_ecp_points",
     "dmc_program",
     "eval_program",
     "observables_of",
     "train_program",
+    "with_ecp_points",
 ]
 
 ObservablesOf = Callable[[Any], dict[str, Any]]
@@ -102,7 +104,7 @@ def train_program(run: Run) -> Callable[..., tuple[TrainState, dict[str, jax.Arr
             physics = physics_of(geometry)
             one = train_step(
                 physics.ansatz,
-                training_hamiltonian(physics.hamiltonian, cfg.train.ecp_points),
+                with_ecp_points(physics.hamiltonian, cfg.train.ecp_points),
                 run.optimizer_for(physics),
                 sweeps=cfg.sampler.decorrelation,
                 clip_width=cfg.train.clip_width,
@@ -125,10 +127,10 @@ def train_program(run: Run) -> Callable[..., tuple[TrainState, dict[str, jax.Arr
     return _shared(run, "train", make)
 
 
-def training_hamiltonian(hamiltonian: Any, ecp_points: int) -> Any:
+def with_ecp_points(hamiltonian: Any, ecp_points: int) -> Any:
     """``hamiltonian`` with ``ecp_points`` quadrature points for its nonlocal term (0, or no
     ECP: itself). Under the random rotation every rule gives the angular integral without
-    bias; fewer points only add variance to the training's local energies."""
+    bias; fewer points only add variance to the local energies (training's, DMC's)."""
     if not ecp_points or getattr(hamiltonian, "ecp", None) is None:
         return hamiltonian
     if not dataclasses.is_dataclass(hamiltonian) or not hasattr(hamiltonian, "ecp_points"):
@@ -228,13 +230,15 @@ def dmc_program(run: Run) -> tuple[Callable[..., DMCWalkers], Callable[..., Any]
     step is an argument: every τ of a series runs the same program. The scheme names the
     programs only where there is a nonlocal term (an ECP) for it to act on."""
     engine, scheme = run.config.train.laplacian, run.config.dmc.nonlocal_scheme
+    points = run.config.dmc.ecp_points
     physics_of = run.physics
     start_name, step_name = _dmc_names(run)
 
     def make_start() -> Callable[..., Any]:
         def start(geometry, params, r):
             physics = physics_of(geometry)
-            return walker_start(physics.ansatz, physics.hamiltonian, engine, scheme)(params, r)
+            hamiltonian = with_ecp_points(physics.hamiltonian, points)
+            return walker_start(physics.ansatz, hamiltonian, engine, scheme)(params, r)
 
         pmapped = jax.pmap(start, axis_name=AXIS, in_axes=(None, 0, 0))
         return StoredProgram(pmapped, _key(run, start_name))
@@ -242,7 +246,8 @@ def dmc_program(run: Run) -> tuple[Callable[..., DMCWalkers], Callable[..., Any]
     def make_step() -> Callable[..., Any]:
         def step(geometry, params, walkers, control, key, tau):
             physics = physics_of(geometry)
-            one = dmc_step(physics.ansatz, physics.hamiltonian, engine=engine, nonlocal_mode=scheme)
+            hamiltonian = with_ecp_points(physics.hamiltonian, points)
+            one = dmc_step(physics.ansatz, hamiltonian, engine=engine, nonlocal_mode=scheme)
             return one(params, walkers, control, key, tau)
 
         in_axes = (None, 0, 0, 0, None, None)
@@ -260,9 +265,17 @@ def dmc_program(run: Run) -> tuple[Callable[..., DMCWalkers], Callable[..., Any]
 
 
 def _dmc_names(run: Run) -> tuple[Hashable, Hashable]:
-    """The names of DMC's start and step programs: with ``dmc.nonlocal_scheme`` where the
-    run has a nonlocal term, else without (the scheme changes nothing there)."""
+    """The names of DMC's start and step programs: with ``dmc.nonlocal_scheme`` and the
+    quadrature's points where the run has a nonlocal term, else without (they change
+    nothing there)."""
     if nonlocal_of(run.hamiltonian) is None:
         return ("dmc-start",), ("dmc",)
     scheme = run.config.dmc.nonlocal_scheme
-    return ("dmc-start", scheme), ("dmc", scheme)
+    points = dmc_ecp_points(run)
+    return ("dmc-start", scheme, points), ("dmc", scheme, points)
+
+
+def dmc_ecp_points(run: Run) -> int:
+    """The points of DMC's nonlocal quadrature: ``dmc.ecp_points``, or the system's (0)."""
+    own = getattr(run.hamiltonian, "ecp_points", 0)
+    return run.config.dmc.ecp_points or own

@@ -37,7 +37,7 @@ from .optimize import (
     spring_settings,
     spring_step,
 )
-from .programs import training_hamiltonian
+from .programs import with_ecp_points
 from .run_setup import Run
 from .sampler import adapt_width
 from .steps import (
@@ -121,7 +121,7 @@ def _shared_step(run: Run) -> Callable[..., tuple[SharedState, dict[str, jax.Arr
 
     def one(params, geometry, walkers, width, key):
         physics = physics_of(geometry)
-        hamiltonian = training_hamiltonian(physics.hamiltonian, cfg.train.ecp_points)
+        hamiltonian = with_ecp_points(physics.hamiltonian, cfg.train.ecp_points)
         log_psi = batch_log_psi(physics.ansatz)
         walkers, acceptance = metropolis(
             log_psi, params, walkers, width, key, sweeps, physics.step_scale

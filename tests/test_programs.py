@@ -245,3 +245,19 @@ def test_the_nonlocal_scheme_names_the_dmc_programs_only_with_an_ecp():
             before = programs.compilations()
             programs.dmc_program(prepare(config_from_dict(data)))
         assert programs.compilations() - before == built, name
+
+
+def test_dmc_ecp_points_name_the_programs_and_size_the_elements():
+    """``dmc.ecp_points`` 0 means the system's points (the same programs as naming them);
+    another rule builds programs of its own."""
+    system = {"atoms": "Be 0 0 0", "basis": "ccecp-cc-pvdz", "ecp": "ccecp", "unit": "bohr"}
+    programs.clear()
+    built, points = [], []
+    for n in (0, 12, 6):
+        data = {"name": "be", "system": system, "ansatz": {"kind": "jastrow"}}
+        run = prepare(config_from_dict({**data, "dmc": {"ecp_points": n}}))
+        before = programs.compilations()
+        programs.dmc_program(run)
+        built.append(programs.compilations() - before)
+        points.append(programs.dmc_ecp_points(run))
+    assert built == [2, 0, 2] and points == [12, 12, 6]

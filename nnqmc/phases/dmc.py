@@ -28,7 +28,7 @@ from ..driver import Driver, NanGuard
 from ..errors import RunError
 from ..estimate import estimate
 from ..parallel import first_replica, gather_walkers, replicate, scatter_walkers
-from ..programs import dmc_program
+from ..programs import dmc_ecp_points, dmc_program
 from ..run_setup import STREAM_DMC, Run, check_devices
 from ..rundir import Progress, StopCheck, warn
 from ..threads import single_threaded_blas
@@ -148,7 +148,7 @@ def dmc(
         "precision": run.config.precision,
         "equilibration": equilibration,
         **(
-            {"nonlocal_scheme": cfg.nonlocal_scheme}
+            {"nonlocal_scheme": cfg.nonlocal_scheme, "ecp_points": dmc_ecp_points(run)}
             if getattr(run.hamiltonian, "ecp", None) is not None
             else {}
         ),
