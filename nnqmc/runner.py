@@ -172,9 +172,17 @@ def _dmc_summary(run: Run, diffused: DMCResult) -> dict[str, Any]:
         "dmc_timestep_slope": diffused.slope,
         "dmc_timestep_chi2_per_dof": diffused.chi2_per_dof,
         "dmc_walkers": diffused.walkers,
+        "dmc_nonlocal": _dmc_nonlocal(run),
         "dmc_seconds": diffused.wall_seconds,
         "dmc": diffused.rows,
     }
+
+
+def _dmc_nonlocal(run: Run) -> dict[str, Any] | None:
+    """How DMC treated the ECP's nonlocal term (scheme, quadrature points); None without."""
+    if getattr(run.hamiltonian, "ecp", None) is None:
+        return None
+    return {"scheme": run.config.dmc.nonlocal_scheme, "ecp_points": programs.dmc_ecp_points(run)}
 
 
 def _write_results(path: Path, result: RunResult) -> None:

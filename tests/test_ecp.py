@@ -368,11 +368,12 @@ def test_one_valence_electron_is_exact_in_dmc(tmp_path):
         'name = "li"\nprecision = "float64"\n[system]\natoms = "Li 0 0 0"\nunit = "bohr"\n'
         'spin = 1\nbasis = "ccecp-cc-pvdz"\necp = "ccecp"\n[ansatz]\nkind = "jastrow"\n'
         '[train]\nsteps = 100\nwalkers = 256\noptimizer = "adam"\n[eval]\nsteps = 100\n'
-        "[dmc]\ntimestep = 0.05\nsteps = 600\nequilibration = 100\n"
+        "[dmc]\ntimestep = 0.05\nsteps = 600\nequilibration = 100\necp_points = 6\n"
     )
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["electrons"] == 1 and result["ecp"] == ["ccecp"]
+    assert result["dmc_nonlocal"] == {"scheme": "tmoves", "ecp_points": 6}
     assert result["dmc_energy_err"] < 2e-4
     assert abs(result["dmc_energy"] - (-0.19685279)) < 3e-4 + 3 * result["dmc_energy_err"]
 
