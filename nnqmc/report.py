@@ -62,15 +62,27 @@ def format_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+UNDETERMINED_MHA = 1.6
+"""A flat slope whose 2σ bound still allows a fall of more than this (mHa, chemical
+accuracy) over another window of the same length is reported as too noisy to tell."""
+
+
 def _format_slope(result: dict[str, Any]) -> str:
     """The training energy's slope at the end of training (mHa per 1000 steps) and what it
     says about training longer."""
     slope, err = 1000 * result["training_slope"], 1000 * result["training_slope_err"]
     digits = max(0, 1 - math.floor(math.log10(err))) if err > 0 else 2
+    window = result["training_slope_steps"]
+    possible = -(slope - 2 * err) * window / 1000  # mHa within 2σ over another window
     if result["still_improving"]:
         verdict = "still falling: more steps would pay"
     elif slope > 2 * err:
         verdict = "rising: the energy went up at the end; see energy.png"
+    elif possible > UNDETERMINED_MHA:
+        verdict = (
+            f"too noisy to tell: within 2σ it could fall {possible:.{digits}f} mHa over "
+            f"another {window} steps; more steps may pay"
+        )
     else:
         verdict = "flat: more steps would not pay at this learning rate"
     return (

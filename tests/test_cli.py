@@ -217,3 +217,20 @@ def test_progress_eta_counts_only_this_process_steps(monkeypatch):
     first, second = stream.getvalue().splitlines()
     assert first.endswith("ETA 0:00:00")
     assert second.endswith("ETA 0:01:30")
+
+
+def test_slope_verdict_says_flat_only_when_its_error_bar_is_tight():
+    """Slopes in Ha per 1000 steps: within 2σ of zero reads flat only when the 2σ bound,
+    over another window as long, allows at most 1.6 mHa; else too noisy to tell."""
+    from nnqmc.report import _format_slope
+
+    def verdict(slope_mha: float, err_mha: float, steps: int) -> str:
+        fit = {"training_slope": slope_mha / 1000, "training_slope_err": err_mha / 1000}
+        falling = slope_mha < -2 * err_mha
+        return _format_slope({**fit, "training_slope_steps": steps, "still_improving": falling})
+
+    assert "flat: more steps would not pay" in verdict(0.5, 1.0, 400)  # at most 1.0 mHa
+    noisy = verdict(-22, 56, 400)  # N2 on the 2-core CPU
+    assert "too noisy to tell" in noisy and "fall 54 mHa over another 400 steps" in noisy
+    assert "still falling" in verdict(-30, 5, 400)
+    assert "rising" in verdict(30, 5, 400)
