@@ -24,12 +24,13 @@ class ProgressPrinter:
 
     def __init__(self, stream=sys.stderr, interval: float = 2.0) -> None:
         self.stream, self.interval = stream, interval
-        self.phase, self.t0, self.last, self.first = None, 0.0, 0.0, 0
+        self.phase, self.t0, self.last, self.first, self.step = None, 0.0, 0.0, 0, 0
 
     def __call__(self, phase: str, step: int, total: int, stats: dict[str, float]) -> None:
         now = time.perf_counter()
-        if phase != self.phase:
+        if phase != self.phase or step <= self.step:  # a new phase, or the same anew
             self.phase, self.t0, self.last, self.first = phase, now, 0.0, step
+        self.step = step
         if now - self.last < self.interval and step != total:
             return
         self.last = now

@@ -275,7 +275,8 @@ def _dmc_names(run: Run) -> tuple[Hashable, Hashable]:
     return ("dmc-start", scheme, points), ("dmc", scheme, points)
 
 
-def dmc_ecp_points(run: Run) -> int:
-    """The points of DMC's nonlocal quadrature: ``dmc.ecp_points``, or the system's (0)."""
-    own = getattr(run.hamiltonian, "ecp_points", 0)
-    return run.config.dmc.ecp_points or own
+def dmc_ecp_points(run: Run) -> int | None:
+    """The points of DMC's nonlocal quadrature: ``dmc.ecp_points``, or the system's (0);
+    None for a Hamiltonian without a rule to set (a custom nonlocal term)."""
+    used = with_ecp_points(run.hamiltonian, run.config.dmc.ecp_points)
+    return getattr(used, "ecp_points", None)

@@ -112,8 +112,9 @@ def _format_dmc(result: dict[str, Any]) -> list[str]:
     nonlocal_term = result.get("dmc_nonlocal")
     if nonlocal_term is not None:
         scheme = {"tmoves": "T-moves", "locality": "locality approximation"}
-        points = nonlocal_term["ecp_points"]
-        tail += f", {scheme[nonlocal_term['scheme']]}, {points}-point quadrature"
+        tail += f", {scheme[nonlocal_term['scheme']]}"
+        if nonlocal_term["ecp_points"] is not None:
+            tail += f", {nonlocal_term['ecp_points']}-point quadrature"
     if result.get("dmc_timestep_chi2_per_dof") is not None:
         tail += f"; χ²/dof of the line through E(τ): {result['dmc_timestep_chi2_per_dof']:.2f}"
     lines.append(tail)

@@ -234,3 +234,19 @@ def test_slope_verdict_says_flat_only_when_its_error_bar_is_tight():
     assert "too noisy to tell" in noisy and "fall 54 mHa over another 400 steps" in noisy
     assert "still falling" in verdict(-30, 5, 400)
     assert "rising" in verdict(30, 5, 400)
+
+
+def test_progress_eta_starts_again_when_a_phase_starts_again(monkeypatch):
+    """The same phase name from step 1 again (the next geometry of a scan) times its own
+    steps: 10 steps in 10 s with 89 left is 89 s, whatever the phase before took."""
+    import io
+
+    from nnqmc import cli
+
+    clock = iter([0.0, 100.0, 500.0, 510.0])
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
+    stream = io.StringIO()
+    show = cli.ProgressPrinter(stream, interval=0.0)
+    for step in (1, 100, 1, 11):
+        show("train", step, 100, {})
+    assert stream.getvalue().splitlines()[-1].endswith("ETA 0:01:29")

@@ -198,3 +198,17 @@ def test_ecp_dmc_with_t_moves_resumes_to_the_same_numbers_after_kill(tmp_path):
         np.testing.assert_allclose(a[column], table[column], rtol=1e-12, atol=0, err_msg=column)
     result = json.loads((reference / io.RESULT).read_text())
     assert result["electrons"] == 4 and result["core_electrons"] == [2, 0]
+
+
+def test_an_ecp_dmc_saved_before_dmc_had_its_own_rule_continues_with_the_systems():
+    """A saved ECP tag without ``ecp_points`` ran the system's rule: it continues a DMC on
+    that rule and not one on another."""
+    import numpy as np
+
+    from nnqmc.phases.dmc import _continues
+
+    schedule = np.full(10, 0.05)
+    old = {"seed": 0, "nonlocal_scheme": "tmoves"}
+    saved = {"tag": old, "step": 4, "history": {"timestep": schedule[:4]}}
+    assert _continues({**old, "ecp_points": 12}, schedule, 12)(saved)
+    assert not _continues({**old, "ecp_points": 6}, schedule, 12)(saved)

@@ -247,7 +247,7 @@ def test_the_nonlocal_scheme_names_the_dmc_programs_only_with_an_ecp():
         assert programs.compilations() - before == built, name
 
 
-def test_dmc_ecp_points_name_the_programs_and_size_the_elements():
+def test_dmc_ecp_points_name_the_programs():
     """``dmc.ecp_points`` 0 means the system's points (the same programs as naming them);
     another rule builds programs of its own."""
     system = {"atoms": "Be 0 0 0", "basis": "ccecp-cc-pvdz", "ecp": "ccecp", "unit": "bohr"}

@@ -166,7 +166,7 @@ def dmc(
     drive = Driver(out_dir, "dmc", tag=tag, guard=guard, columns=lambda: columns)
     saved = drive.resume(
         {"walkers": np.zeros(positions.shape)},
-        _continues(tag, schedule),
+        _continues(tag, schedule, getattr(run.hamiltonian, "ecp_points", None)),
         "running DMC from its first step",
     )
     if saved is not None:
@@ -239,15 +239,19 @@ def _is_production(k: int, equilibration: int, steps: int) -> bool:
     return k % (equilibration + steps) >= equilibration
 
 
-def _continues(tag: dict[str, Any], schedule: np.ndarray):
+def _continues(tag: dict[str, Any], schedule: np.ndarray, system_points: int | None = None):
     """Whether a saved DMC continues this one: the same trained state and settings (``tag``),
     and its steps so far ran the same time steps as the start of ``schedule`` (so a longer
-    last block, or more time steps after the saved ones, extend it)."""
+    last block, or more time steps after the saved ones, extend it). A saved ECP tag
+    without ``ecp_points`` (written before DMC had its own rule) used the system's."""
 
     def accept(saved: dict[str, Any]) -> bool:
         done = saved["history"].get("timestep", np.zeros(0))
+        saved_tag = dict(saved["tag"])
+        if "nonlocal_scheme" in saved_tag and "ecp_points" not in saved_tag:
+            saved_tag["ecp_points"] = system_points
         same = (
-            saved["tag"] == tag
+            saved_tag == tag
             and len(done) == saved["step"] <= len(schedule)
             and np.array_equal(done, schedule[: len(done)])
         )
