@@ -37,6 +37,7 @@ __all__ = [
     "clear",
     "compilations",
     "dmc_ecp_points",
+    "dmc_nonlocal",
     "dmc_program",
     "eval_program",
     "observables_of",
@@ -273,6 +274,14 @@ def _dmc_names(run: Run) -> tuple[Hashable, Hashable]:
     scheme = run.config.dmc.nonlocal_scheme
     points = dmc_ecp_points(run)
     return ("dmc-start", scheme, points), ("dmc", scheme, points)
+
+
+def dmc_nonlocal(run: Run) -> dict[str, Any] | None:
+    """How DMC treats the run's ECP nonlocal term (``scheme``, ``ecp_points``); None
+    without an ECP. It names a DMC checkpoint and is reported in result.json."""
+    if getattr(run.hamiltonian, "ecp", None) is None:
+        return None
+    return {"nonlocal_scheme": run.config.dmc.nonlocal_scheme, "ecp_points": dmc_ecp_points(run)}
 
 
 def dmc_ecp_points(run: Run) -> int | None:

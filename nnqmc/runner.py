@@ -179,10 +179,11 @@ def _dmc_summary(run: Run, diffused: DMCResult) -> dict[str, Any]:
 
 
 def _dmc_nonlocal(run: Run) -> dict[str, Any] | None:
-    """How DMC treated the ECP's nonlocal term (scheme, quadrature points); None without."""
-    if getattr(run.hamiltonian, "ecp", None) is None:
+    """:func:`nnqmc.programs.dmc_nonlocal` with result.json's key ``scheme``."""
+    settings = programs.dmc_nonlocal(run)
+    if settings is None:
         return None
-    return {"scheme": run.config.dmc.nonlocal_scheme, "ecp_points": programs.dmc_ecp_points(run)}
+    return {"scheme": settings["nonlocal_scheme"], "ecp_points": settings["ecp_points"]}
 
 
 def _write_results(path: Path, result: RunResult) -> None:

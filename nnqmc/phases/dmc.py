@@ -28,7 +28,7 @@ from ..driver import Driver, NanGuard
 from ..errors import RunError
 from ..estimate import estimate
 from ..parallel import first_replica, gather_walkers, replicate, scatter_walkers
-from ..programs import dmc_ecp_points, dmc_program
+from ..programs import dmc_nonlocal, dmc_program
 from ..run_setup import STREAM_DMC, Run, check_devices
 from ..rundir import Progress, StopCheck, warn
 from ..threads import single_threaded_blas
@@ -147,11 +147,7 @@ def dmc(
         "walkers": n_walkers,
         "precision": run.config.precision,
         "equilibration": equilibration,
-        **(
-            {"nonlocal_scheme": cfg.nonlocal_scheme, "ecp_points": dmc_ecp_points(run)}
-            if getattr(run.hamiltonian, "ecp", None) is not None
-            else {}
-        ),
+        **(dmc_nonlocal(run) or {}),
     }
     guard = NanGuard(
         cfg.max_bad_steps,
