@@ -191,7 +191,18 @@ def test_nonlocal_energy_of_a_molecule_against_a_high_order_quadrature():
     assert abs(values.mean() - exact) < 4 * values.std() / np.sqrt(len(values)) + 1e-12
 
 
-def test_ecp_energy_of_the_hf_determinant_equals_pyscf():
+_H2O = "O 0 0 0; H 0 1.431104 1.107680; H 0 -1.431104 1.107680"
+_H2O_BASIS = {"O": "ccecp-cc-pvdz", "H": "cc-pvdz"}
+
+
+@pytest.mark.parametrize(
+    ("atoms", "ecp", "spin", "basis"),
+    [
+        pytest.param("O 0 0 0", "ccecp", 2, "ccecp-cc-pvdz", id="o"),
+        pytest.param(_H2O, {"O": "ccecp"}, 0, _H2O_BASIS, marks=pytest.mark.ci_slow, id="h2o"),
+    ],
+)
+def test_ecp_energy_of_the_hf_determinant_equals_pyscf(atoms, ecp, spin, basis):
     """<psi_HF| V_ECP |psi_HF> by VMC over the determinant (local channel plus the nonlocal
     quadrature) against PySCF's einsum('ij,ji', ECPscalar, dm), within 4 sigma."""
     from pyscf import gto, scf
@@ -199,22 +210,25 @@ def test_ecp_energy_of_the_hf_determinant_equals_pyscf():
     from nnqmc.hamiltonian import MolecularHamiltonian, nonlocal_energy
     from nnqmc.sampler import init_walkers, sample
 
-    signed, molecule, _ = _hf_psi("O 0 0 0", "ccecp", 2, "ccecp-cc-pvdz")
-    mol = gto.M(atom="O 0 0 0", unit="Bohr", basis="ccecp-cc-pvdz", ecp="ccecp", spin=2, verbose=0)
+    signed, molecule, _ = _hf_psi(atoms.replace("; ", "\n"), ecp, spin, basis)
+    mol = gto.M(atom=atoms, unit="Bohr", basis=basis, ecp=ecp, spin=spin, verbose=0)
     mf = scf.UHF(mol).run()
     dm = mf.make_rdm1()
     reference = float(np.einsum("ij,ji", mol.intor_symmetric("ECPscalar"), dm[0] + dm[1]))
 
+    n_up, n_down = molecule.n_up, molecule.n_down
     arrays = ecp_arrays(atom_potentials(molecule))
-    h = MolecularHamiltonian(molecule.charges, molecule.coords, 4, 2, ecp=arrays)
-    h_plain = MolecularHamiltonian(molecule.charges, molecule.coords, 4, 2)
+    h = MolecularHamiltonian(molecule.charges, molecule.coords, n_up, n_down, ecp=arrays)
+    h_plain = MolecularHamiltonian(molecule.charges, molecule.coords, n_up, n_down)
     log_psi = jax.vmap(lambda r: signed(r)[1])
 
     def ecp_energy(r, key):
         v_local = h.potential(r) - h_plain.potential(r)
         return v_local + nonlocal_energy(h, signed, r, key)
 
-    walkers = init_walkers(jax.random.PRNGKey(0), molecule.coords, molecule.charges, 0, 4, 2, 1024)
+    walkers = init_walkers(
+        jax.random.PRNGKey(0), molecule.coords, molecule.charges, 0, n_up, n_down, 1024
+    )
 
     @jax.jit
     def block(walkers, key):
