@@ -78,6 +78,24 @@ def test_superposed_undoes_a_rigid_motion_and_seeds_differ_by_round():
     assert len(set(seeds)) == 4 and seeds[0] == thermal_scan.round_seed(7, 1) < 2**31
 
 
+def test_superposed_keeps_a_mirror_image_a_mirror_image():
+    """Only proper rotations: the mirror image of a chiral geometry keeps every distance
+    and stays apart from the reference, its distance the least over proper rotations."""
+    from scipy.spatial.transform import Rotation
+
+    reference = np.random.default_rng(1).normal(size=(4, 3))
+    mirror = reference * np.array([1.0, 1.0, -1.0]) + np.array([0.5, 2.0, -1.0])
+    out = thermal_scan.superposed(reference, mirror)
+    distances = [np.linalg.norm(x[:, None] - x[None], axis=-1) for x in (out, reference)]
+    np.testing.assert_allclose(*distances, atol=1e-12)
+    best = np.sum((out - reference) ** 2)
+    assert best > 1e-2
+    centred = mirror - mirror.mean(0)
+    tries = Rotation.random(2000, random_state=2).as_matrix()
+    others = [np.sum((centred @ r.T + reference.mean(0) - reference) ** 2) for r in tries]
+    assert best <= min(others) + 1e-9
+
+
 def test_initial_geometries_are_a_harmonic_stencil_then_draws_whatever_the_masses():
     """A bond spring k: first r0 ± 2 widths √(kT/k), then draws whose r has variance kT/k, at
     any masses (H2 and HD-like)."""
