@@ -25,6 +25,7 @@ from .optimize import Optimizer, cast_floats, jacobian_blocks, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
 from .programs import (
     burn_in_program,
+    dmc_nonlocal,
     dmc_program,
     eval_program,
     train_program,
@@ -63,7 +64,8 @@ def step_parts(run: Run, params: Any, walkers: jax.Array) -> dict[str, float]:
     evaluation step (``eval.decorrelation`` sweeps and the local energies: what one step of
     the evaluation phase, or a training step without its optimiser, costs); and one fixed-node
     DMC step (one drift-diffusion move: log|psi|, its gradient and the local energy at the
-    proposals, then the comb), at ``dmc.timestep``'s first value."""
+    proposals, then the comb), at ``dmc.timestep``'s first value, with DMC's own nonlocal
+    rule (``dmc_nonlocal`` in :func:`benchmark`'s result)."""
     cfg = run.config
     energies = jax.jit(
         batch_local_energy(
@@ -260,6 +262,7 @@ def benchmark(
         **{k: v for k, v in scaling[-1].items() if k in FIRST_STEP},
         "seconds_per_step": scaling[-1]["seconds_per_step"],
         **parts,
+        "dmc_nonlocal": dmc_nonlocal(run),
         "peak_memory_mb": _peak_memory_bytes() / 2**20,
         "timed_steps": steps,
         "scaling": scaling,

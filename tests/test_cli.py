@@ -188,7 +188,25 @@ def test_bench_times_a_step_and_its_parts(tmp_path, capsys):
     assert result["laplacian_speedup_over_exact"] == pytest.approx(
         result["seconds_per_local_energy_exact"] / result["seconds_per_local_energy_forward"]
     )
+    assert result["dmc_nonlocal"] is None
     assert "seconds_per_step" in capsys.readouterr().out
+
+
+def test_bench_names_and_times_the_ecp_rules(tmp_path):
+    """With an ECP the bench times the nonlocal term with the system's and the training's
+    rules and names the rule its DMC step used."""
+    path = tmp_path / "li.toml"
+    path.write_text(
+        'name = "li"\n[system]\natoms = "Li 0 0 0"\nunit = "bohr"\nspin = 1\n'
+        'basis = "ccecp-cc-pvdz"\necp = "ccecp"\n[ansatz]\nkind = "jastrow"\n'
+        "[dmc]\necp_points = 6\n"
+    )
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(path), "--walkers", "8", "--steps", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["dmc_nonlocal"] == {"nonlocal_scheme": "tmoves", "ecp_points": 6}
+    for key in ("nonlocal_energy", "nonlocal_energy_training", "dmc_step"):
+        assert 0 < result[f"seconds_per_{key}"] < 60
 
 
 @pytest.mark.parametrize(
