@@ -163,21 +163,9 @@ def ansatz_from_arrays(
         from .ansatz.generalized import generalized_from_options
 
         return generalized_from_options(slater, coords, molecule.cusp_charges, a, dtype)
-    from .ansatz.paulinet import paulinet_from_slater
+    from .ansatz.paulinet import paulinet_from_options
 
-    return paulinet_from_slater(
-        slater,
-        coords,
-        embedding_dim=a.embedding_dim,
-        layers=a.layers,
-        n_rbf=a.n_rbf,
-        cutoff=a.cutoff,
-        jastrow_layers=a.jastrow_layers,
-        backflow_layers=a.backflow_layers,
-        backflow=a.backflow,
-        ee_cusp=a.ee_cusp,
-        dtype=dtype,
-    )
+    return paulinet_from_options(slater, coords, a, dtype)
 
 
 def geometry_arrays(

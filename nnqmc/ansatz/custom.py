@@ -17,7 +17,7 @@ import numpy as np
 from ..config import AnsatzConfig
 from . import Ansatz, slater_jastrow_from_part
 from .generalized import generalized_from_options
-from .paulinet import paulinet_from_slater
+from .paulinet import paulinet_from_options
 from .slater import SlaterPart
 
 __all__ = ["OrbitalFunction", "ansatz_from_orbitals", "orbital_slater_part"]
@@ -91,16 +91,4 @@ def ansatz_from_orbitals(
         return generalized_from_options(slater, coords, charges, options, dtype)
     if kind != "paulinet":
         raise ValueError(f"kind must be 'paulinet', 'generalized', 'jastrow' or 'hf', got {kind!r}")
-    return paulinet_from_slater(
-        slater,
-        coords,
-        embedding_dim=options.embedding_dim,
-        layers=options.layers,
-        n_rbf=options.n_rbf,
-        cutoff=options.cutoff,
-        jastrow_layers=options.jastrow_layers,
-        backflow_layers=options.backflow_layers,
-        backflow=options.backflow,
-        ee_cusp=options.ee_cusp,
-        dtype=dtype,
-    )
+    return paulinet_from_options(slater, coords, options, dtype)

@@ -222,3 +222,23 @@ def paulinet_from_slater(
         return kinetic_jet_from_embedding(lambda y, z: from_embedding(params, y, z)[1], r, jet)
 
     return Ansatz(init, apply, n_up, n_down, kinetic_jet)
+
+
+def paulinet_from_options(
+    slater: SlaterPart, coords: np.ndarray, options: Any, dtype=jnp.float64
+) -> Ansatz:
+    """:func:`paulinet_from_slater` with the sizes and switches of an ``[ansatz]`` section
+    (:class:`nnqmc.config.AnsatzConfig`)."""
+    return paulinet_from_slater(
+        slater,
+        coords,
+        embedding_dim=options.embedding_dim,
+        layers=options.layers,
+        n_rbf=options.n_rbf,
+        cutoff=options.cutoff,
+        jastrow_layers=options.jastrow_layers,
+        backflow_layers=options.backflow_layers,
+        backflow=options.backflow,
+        ee_cusp=options.ee_cusp,
+        dtype=dtype,
+    )
