@@ -146,6 +146,45 @@ def test_normal_mode_signs_do_not_depend_on_the_eigensolver(monkeypatch):
         assert mode[len(mode) - 1 - np.argmax(size[::-1])] > 0
 
 
+def test_degenerate_modes_do_not_depend_on_the_eigensolver(monkeypatch):
+    """A linear O-C-O with bond springs and a bend: the two bends are degenerate, and an
+    eigensolver may return any rotation of them. Rotating the eigenvectors inside every
+    degenerate set leaves the modes, and their eigenvalues, as they were."""
+    import jax
+    import jax.numpy as jnp
+
+    from nnqmc.pes import geometry
+
+    coords = np.array([[0.0, 0.0, -2.2], [0.0, 0.0, 0.0], [0.0, 0.0, 2.2]])
+    masses = np.array([16.0, 12.0, 16.0]) * 1822.888
+
+    def energy(x):
+        x = x.reshape(3, 3)
+        bonds = jnp.linalg.norm(x[1] - x[0]) - 2.2, jnp.linalg.norm(x[2] - x[1]) - 2.2
+        bend = x[0] + x[2] - 2.0 * x[1]
+        return 0.5 * (bonds[0] ** 2 + bonds[1] ** 2) + 0.1 * jnp.sum(bend[:2] ** 2)
+
+    hessian = np.asarray(jax.hessian(energy)(jnp.asarray(coords.reshape(-1))))
+    modes, values = normal_modes(coords, masses, hessian)
+    assert len(modes) == 4 and values[1] == pytest.approx(values[2], rel=1e-9)
+    assert values[0] < 0.9 * values[1] and values[2] < 0.9 * values[3]
+    real_eigh = np.linalg.eigh
+
+    def rotated(a):
+        w, v = real_eigh(a)
+        out = np.array(v)
+        for i in range(len(w) - 1):
+            if abs(w[i + 1] - w[i]) < 1e-9 * np.max(np.abs(w)):
+                c, s = np.cos(0.7), np.sin(0.7)
+                out[:, [i, i + 1]] = v[:, [i, i + 1]] @ np.array([[c, -s], [s, c]])
+        return w, out
+
+    monkeypatch.setattr(geometry.np.linalg, "eigh", rotated)
+    again, values_again = normal_modes(coords, masses, hessian)
+    np.testing.assert_allclose(again, modes, atol=1e-10)
+    np.testing.assert_allclose(values_again, values, rtol=1e-12)
+
+
 def test_random_displacements_are_reproducible():
     a, _ = random_displacements(WATER.coords, 4, 0.05, seed=3)
     b, _ = random_displacements(WATER.coords, 4, 0.05, seed=3)

@@ -129,9 +129,42 @@ def normal_modes(
     # the rigid motions are (numerically) zero modes of p h p: drop them by overlap
     keep = np.argsort(np.linalg.norm(rigid @ vectors, axis=0))[: 3 * n - len(rigid)]
     keep = keep[np.argsort(values[keep])]
-    cart = (vectors[:, keep] * inv_sqrt[:, None]).T.reshape(len(keep), n, 3)
+    values, vectors = _degenerate_canonical(values[keep], vectors[:, keep])
+    cart = (vectors * inv_sqrt[:, None]).T.reshape(len(keep), n, 3)
     cart /= np.linalg.norm(cart.reshape(len(keep), -1), axis=1)[:, None, None]
-    return cart * _mode_signs(cart.reshape(len(keep), -1))[:, None, None], values[keep]
+    return cart * _mode_signs(cart.reshape(len(keep), -1))[:, None, None], values
+
+
+DEGENERATE = 1e-5
+"""Eigenvalues within this fraction of the largest magnitude count as one degenerate set."""
+
+
+def _degenerate_canonical(values: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted eigenpairs with each degenerate set (:data:`DEGENERATE`) given one basis that
+    depends only on its subspace, and their mean eigenvalue: an eigensolver returns any
+    rotation inside a degenerate set (CO2's bends, CH4's triplets), which would make the
+    modes, and geometries drawn from them, differ from run to run."""
+    values, vectors = np.array(values, np.float64), np.array(vectors, np.float64)
+    tol = DEGENERATE * max(float(np.max(np.abs(values), initial=0.0)), 1e-12)
+    starts = [0, *(i for i in range(1, len(values)) if values[i] - values[i - 1] > tol)]
+    for a, b in zip(starts, [*starts[1:], len(values)], strict=True):
+        if b - a > 1:
+            vectors[:, a:b] = subspace_basis(vectors[:, a:b] @ vectors[:, a:b].T, b - a)
+            values[a:b] = np.mean(values[a:b])
+    return values, vectors
+
+
+def subspace_basis(projector: np.ndarray, k: int, share: float = 0.45) -> np.ndarray:
+    """An orthonormal basis (d, k) of the range of ``projector`` (d, d) that depends on the
+    projector alone: Gram–Schmidt over the projected unit vectors P e_j, each time the
+    first j whose remainder is at least ``share`` of the largest remainder."""
+    basis = np.zeros((len(projector), 0))
+    for _ in range(k):
+        rest = projector - basis @ basis.T
+        norms = np.linalg.norm(rest, axis=0)
+        j = int(np.argmax(norms >= share * norms.max()))
+        basis = np.column_stack([basis, rest[:, j] / norms[j]])
+    return basis
 
 
 def _mode_signs(flat: np.ndarray) -> np.ndarray:
