@@ -25,7 +25,7 @@ from .optimize import Optimizer, cast_floats, jacobian_blocks, spring_direction
 from .parallel import device_count, device_keys, replicate, split_walkers
 from .programs import (
     burn_in_program,
-    dmc_nonlocal,
+    dmc_nonlocal_report,
     dmc_program,
     eval_program,
     train_program,
@@ -262,7 +262,7 @@ def benchmark(
         **{k: v for k, v in scaling[-1].items() if k in FIRST_STEP},
         "seconds_per_step": scaling[-1]["seconds_per_step"],
         **parts,
-        "dmc_nonlocal": dmc_nonlocal(run),
+        "dmc_nonlocal": dmc_nonlocal_report(run),
         "peak_memory_mb": _peak_memory_bytes() / 2**20,
         "timed_steps": steps,
         "scaling": scaling,

@@ -284,6 +284,15 @@ def dmc_nonlocal(run: Run) -> dict[str, Any] | None:
     return {"nonlocal_scheme": run.config.dmc.nonlocal_scheme, "ecp_points": dmc_ecp_points(run)}
 
 
+def dmc_nonlocal_report(run: Run) -> dict[str, Any] | None:
+    """:func:`dmc_nonlocal` as result.json and ``nnqmc bench`` report it: ``scheme``,
+    ``ecp_points``."""
+    settings = dmc_nonlocal(run)
+    if settings is None:
+        return None
+    return {"scheme": settings["nonlocal_scheme"], "ecp_points": settings["ecp_points"]}
+
+
 def dmc_ecp_points(run: Run) -> int | None:
     """The points of DMC's nonlocal quadrature: ``dmc.ecp_points``, or the system's (0);
     None for a Hamiltonian without a rule to set (a custom nonlocal term)."""

@@ -172,18 +172,10 @@ def _dmc_summary(run: Run, diffused: DMCResult) -> dict[str, Any]:
         "dmc_timestep_slope": diffused.slope,
         "dmc_timestep_chi2_per_dof": diffused.chi2_per_dof,
         "dmc_walkers": diffused.walkers,
-        "dmc_nonlocal": _dmc_nonlocal(run),
+        "dmc_nonlocal": programs.dmc_nonlocal_report(run),
         "dmc_seconds": diffused.wall_seconds,
         "dmc": diffused.rows,
     }
-
-
-def _dmc_nonlocal(run: Run) -> dict[str, Any] | None:
-    """:func:`nnqmc.programs.dmc_nonlocal` with result.json's key ``scheme``."""
-    settings = programs.dmc_nonlocal(run)
-    if settings is None:
-        return None
-    return {"scheme": settings["nonlocal_scheme"], "ecp_points": settings["ecp_points"]}
 
 
 def _write_results(path: Path, result: RunResult) -> None:

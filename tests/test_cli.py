@@ -204,7 +204,7 @@ def test_bench_names_and_times_the_ecp_rules(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", str(path), "--walkers", "8", "--steps", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["dmc_nonlocal"] == {"nonlocal_scheme": "tmoves", "ecp_points": 6}
+    assert result["dmc_nonlocal"] == {"scheme": "tmoves", "ecp_points": 6}
     for key in ("nonlocal_energy", "nonlocal_energy_training", "dmc_step"):
         assert 0 < result[f"seconds_per_{key}"] < 60
 
