@@ -107,8 +107,7 @@ def custom_run(
 
     ``config`` (default ``settings()``) supplies the train/sampler/eval settings; its
     ``[hamiltonian]`` terms are added to ``hamiltonian``. ``initial_walkers`` defaults to
-    electrons around the nuclei of ``hamiltonian`` (or ``molecule``: pass it with an ECP,
-    whose core electrons the Hamiltonian's charges do not tell), or to
+    electrons around the nuclei of ``hamiltonian`` (or ``molecule``), or to
     :func:`gaussian_walkers` of width 1 bohr at the origin for a system without nuclei.
     ``gradient_ansatz``: for ``precision = "mixed"`` (and only then), the same ansatz built
     with ``dtype=jnp.float32``, whose per-walker gradients the optimizer uses.

@@ -306,15 +306,7 @@ def initial_walkers(run: Run, key: jax.Array, n_walkers: int) -> jax.Array:
         return jnp.asarray(run.walker_init(key, n_walkers), run.dtype)
     mol = run.molecule
     return init_walkers(
-        key,
-        mol.coords,
-        mol.charges,
-        mol.charge,
-        mol.n_up,
-        mol.n_down,
-        n_walkers,
-        run.dtype,
-        core=np.asarray(mol.core),
+        key, mol.coords, mol.charges, mol.charge, mol.n_up, mol.n_down, n_walkers, run.dtype
     )
 
 

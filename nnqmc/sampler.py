@@ -60,80 +60,6 @@ def _move_one(source: list[int], target: list[int]) -> None:
     target.append(atom)
 
 
-SHELLS = (
-    (1, "sp", 2),
-    (2, "sp", 8),
-    (3, "sp", 8),
-    (4, "sp", 2),
-    (3, "d", 10),
-    (4, "sp", 6),
-    (5, "sp", 2),
-    (4, "d", 10),
-    (5, "sp", 6),
-)
-"""Shells in filling order (1s; 2s2p; 3s3p; 4s; 3d; 4p; 5s; 4d; 5p): Slater's group
-(n, "sp" or "d") and electrons; 4s and 4p (5s and 5p) are one group."""
-
-EFFECTIVE_N = {1: 1.0, 2: 2.0, 3: 3.0, 4: 3.7, 5: 4.0}
-
-
-def _screening(group: tuple[int, str], other: tuple[int, str]) -> float:
-    """What one electron of group ``other`` takes from the charge seen in ``group``."""
-    (n, kind), (m, other_kind) = group, other
-    if other == group:
-        return 0.30 if n == 1 else 0.35
-    inside = m < n or (m == n and kind == "d" and other_kind == "sp")
-    if not inside:
-        return 0.0
-    return 1.0 if kind == "d" or m < n - 1 else 0.85
-
-
-def shell_radii(z: float, n_electrons: int) -> np.ndarray:
-    """Mean radius (bohr) of each shell of :data:`SHELLS` of an atom of nuclear charge
-    ``z`` holding ``n_electrons`` (core included), by Slater's rules: an electron sees
-    Z_eff = z less 0.35 (1s: 0.30) per other electron of its group, 0.85 per electron of
-    shell n - 1 and 1 per deeper one (a d electron: 1 per electron inside its group), and
-    <r> = n* (2n* + 1) / (2 Z_eff) with Slater's n* (3.7 for n = 4)."""
-    counts, left = [], n_electrons
-    for _, _, cap in SHELLS:
-        counts.append(min(cap, left))
-        left -= counts[-1]
-    groups = [(n, kind) for n, kind, _ in SHELLS]
-    totals = {g: sum(c for h, c in zip(groups, counts, strict=True) if h == g) for g in groups}
-    radii = []
-    for g in groups:
-        others = sum(_screening(g, h) * c for h, c in totals.items())
-        z_eff = max(z - others + _screening(g, g) * (totals[g] > 0), 1.0)
-        n_star = EFFECTIVE_N[g[0]]
-        radii.append(n_star * (2 * n_star + 1) / (2 * z_eff))
-    return np.asarray(radii)
-
-
-def _shell_of(orbital: int) -> int:
-    """The shell (index into :data:`SHELLS`) of the spatial orbital ``orbital`` in filling
-    order."""
-    bounds = np.cumsum([cap // 2 for _, _, cap in SHELLS])
-    return int(np.searchsorted(bounds, orbital, side="right"))
-
-
-def electron_widths(
-    atoms: list[int], counts: np.ndarray, charges: np.ndarray, core: np.ndarray
-) -> np.ndarray:
-    """The Gaussian width of each electron of one spin (``atoms``: its atom): the k-th
-    electron of that spin on an atom fills the atom's spatial orbital core/2 + k, and its
-    width gives its shell's mean radius (a 3-D Gaussian of width s has <r> = 2 s sqrt(2/pi))."""
-    seen: dict[int, int] = {}
-    widths = []
-    for a in atoms:
-        k = seen.get(a, 0)
-        seen[a] = k + 1
-        z = float(charges[a] + core[a])
-        radii = shell_radii(z, int(counts[a] + core[a]))
-        shell = min(_shell_of(int(core[a]) // 2 + k), len(radii) - 1)
-        widths.append(radii[shell] / (2.0 * np.sqrt(2.0 / np.pi)))
-    return np.asarray(widths, dtype=np.float64).reshape(-1)
-
-
 def init_walkers(
     key: jax.Array,
     coords: np.ndarray,
@@ -143,19 +69,13 @@ def init_walkers(
     n_down: int,
     n_walkers: int,
     dtype=jnp.float64,
-    core: np.ndarray | None = None,
 ) -> jax.Array:
-    """Walkers (n_walkers, n_elec, 3): each electron in a Gaussian around its atom as wide
-    as its shell (``core``: electrons an atom's ECP removes), spin-up first."""
+    """Walkers (n_walkers, n_elec, 3): electrons around their atoms, spin-up first."""
     counts = electrons_per_atom(charges, charge)
-    core = np.zeros(len(counts), int) if core is None else np.asarray(core, int)
     up, down = assign_spins(counts, n_up, n_down)
     centers = np.asarray(coords)[np.array(up + down, dtype=int)]
-    z = np.asarray(charges, np.float64)
-    widths = np.concatenate(
-        [electron_widths(up, counts, z, core), electron_widths(down, counts, z, core)]
-    )
-    spread = jnp.asarray(np.clip(widths, 0.01, 3.0), dtype)[None, :, None]
+    z = np.maximum(np.asarray(charges)[np.array(up + down, dtype=int)], 1.0)
+    spread = jnp.asarray(np.clip(1.0 / np.sqrt(z), 0.2, 1.0))[None, :, None]
     noise = jax.random.normal(key, (n_walkers, len(up) + len(down), 3), dtype)
     return (jnp.asarray(centers, dtype)[None] + spread * noise).astype(dtype)
 

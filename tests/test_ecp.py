@@ -227,14 +227,7 @@ def test_ecp_energy_of_the_hf_determinant_equals_pyscf(atoms, ecp, spin, basis):
         return v_local + nonlocal_energy(h, signed, r, key)
 
     walkers = init_walkers(
-        jax.random.PRNGKey(0),
-        molecule.coords,
-        molecule.charges,
-        0,
-        n_up,
-        n_down,
-        1024,
-        core=np.asarray(molecule.core),
+        jax.random.PRNGKey(0), molecule.coords, molecule.charges, 0, n_up, n_down, 1024
     )
 
     @jax.jit

@@ -148,52 +148,12 @@ def test_initial_walkers_follow_atoms_and_spins():
     assert cation.shape == (10, 9, 3)
 
 
-def test_shell_radii_follow_slaters_rules():
-    """One electron: the hydrogen-like <r> = 3/(2Z) exactly; He: Slater's Z_eff = 1.70 is
-    within 1 % of the variational 27/16; the L shell of Li at Z_eff = 1.30."""
-    from nnqmc.sampler import shell_radii
-
-    np.testing.assert_allclose(shell_radii(1.0, 1)[0], 1.5)
-    np.testing.assert_allclose(shell_radii(5.0, 1)[0], 0.3)
-    np.testing.assert_allclose(shell_radii(2.0, 2)[0], 1.5 / (27 / 16), rtol=0.01)
-    np.testing.assert_allclose(shell_radii(3.0, 3)[:2], [1.5 / 2.7, 5.0 / 1.3])
-    # Zn: 3d screened by all 18 inside, 4s by 3s3p3d at 0.85 (n* = 3.7)
-    np.testing.assert_allclose(shell_radii(30.0, 30)[[4, 3]], [10.5 / 8.85, 3.7 * 8.4 / 8.7])
-
-
 def test_high_spin_keeps_each_atoms_spins_even():
     """N2 septet (10 up, 4 down): five up electrons on each N, not six on one."""
     from nnqmc.sampler import assign_spins, electrons_per_atom
 
     up, down = assign_spins(electrons_per_atom(np.array([7.0, 7.0]), 0), 10, 4)
     assert (up.count(0), up.count(1), down.count(0), down.count(1)) == (5, 5, 2, 2)
-
-
-@pytest.mark.parametrize(
-    ("atom", "core", "spin", "shells"),
-    [("Li", 0, 1, [1, 2, 1]), ("N", 0, 3, [1, 2, 2, 2, 2, 1, 2]), ("O", 2, 2, [2] * 6)],
-)
-def test_initial_electrons_sit_at_their_shells_radius(atom, core, spin, shells):
-    """Each electron's mean distance from its nucleus is its shell's radius: 1s electrons
-    of each spin close in, the rest further out; an ECP's core holds no walker."""
-    from nnqmc.sampler import shell_radii
-
-    z = {"Li": 3, "N": 7, "O": 8}[atom]
-    n = z - core
-    n_up = (n + spin) // 2
-    w = init_walkers(
-        jax.random.PRNGKey(1),
-        np.zeros((1, 3)),
-        np.array([float(n)]),
-        0,
-        n_up,
-        n - n_up,
-        20000,
-        core=np.array([core]),
-    )
-    mean_r = np.linalg.norm(np.asarray(w), axis=-1).mean(axis=0)
-    expected = shell_radii(float(z), z)[np.array(shells) - 1]
-    np.testing.assert_allclose(mean_r, expected, rtol=0.02)
 
 
 def test_local_energy_chunks_match_one_batch(lih):
