@@ -242,6 +242,9 @@ class ScanConfig:
     temperature: float | None = _f(None, check=positive)
     method: str = _f("md", choices=THERMAL_METHODS)
     candidates: int = _f(200, check=positive, most=MAX_GEOMETRIES)
+    # thermal: geometries chosen per round, each the largest w x variance given the round's
+    # earlier choices (the fit's posterior conditioned on their energies): spread out
+    batch: int = _f(1, check=positive, most=MAX_GEOMETRIES)
     equilibration: int = _f(2000, check=non_negative, most=MAX_STEPS)  # md: steps dropped
     stride: int = _f(60, check=positive, most=MAX_STEPS)  # md: steps between candidates
     flow_steps: int = _f(1500, check=positive, most=MAX_STEPS)  # flow: training steps
@@ -277,6 +280,7 @@ SCAN_KIND_KEYS = {
         "budget",
         "target",
         "candidates",
+        "batch",
         "equilibration",
         "stride",
         "flow_steps",

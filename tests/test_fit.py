@@ -26,6 +26,7 @@ from nnqmc.fit import (
 )
 from nnqmc.fit.descriptor import pair_permutations
 from nnqmc.fit.kernel import energy_kernel, force_kernel, gram
+from nnqmc.fit.model import posterior_covariance
 from nnqmc.pes import BOHR_ANGSTROM, HARTREE_EV
 from nnqmc.pes.dataset import new_dataset, write_dataset
 
@@ -207,6 +208,20 @@ def test_energy_std_small_at_data_large_away_from_it(h2_model):
     _, _, beyond = predict(h2_model, h2(np.array([5.0])))
     assert np.all(at_data < 1e-5)  # the noise floor: 1 µHa
     assert beyond[0] > 100 * at_data.max()
+
+
+def test_posterior_covariance_at_a_point_is_its_predictive_variance(water_model):
+    """cov(E(x), E(x)) = std², and the covariance matrix of a batch is symmetric and
+    positive semi-definite: what a thermal scan's batch conditions on."""
+    x = waters(5, seed=7, amplitude=0.2)
+    _, _, std = predict(water_model, x)
+    cov = np.stack([posterior_covariance(water_model, x, xi) for xi in x], axis=1)
+    floor = 1e-13 * water_model.scale**2  # what s²k - |v|² in float64 leaves; variances ~1e-9
+    np.testing.assert_allclose(np.diag(cov), std**2, rtol=1e-6, atol=floor)
+    np.testing.assert_allclose(cov, cov.T, rtol=1e-6, atol=floor)
+    assert np.linalg.eigvalsh(cov).min() > -floor
+    with pytest.raises(FitError, match="positions must be"):
+        posterior_covariance(water_model, x, x)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

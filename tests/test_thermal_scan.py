@@ -68,6 +68,45 @@ def test_the_choice_is_the_largest_weight_times_variance():
     assert thermal_scan.pick(odd, 1e-4, H2).index is None
 
 
+def _kernel_covariance(std, length=0.3):
+    """A Gaussian-kernel covariance over the bond length, σ_i σ_c exp(-(r_i - r_c)²/2ℓ²)."""
+
+    def covariance(positions, c):
+        r, rc = positions[:, 1, 2], c[1, 2]
+        sc = std[np.argmin(np.abs(r - rc))]
+        return std * sc * np.exp(-((r - rc) ** 2) / (2 * length**2))
+
+    return covariance
+
+
+def test_a_batch_spreads_out_by_the_variance_left_after_its_choices():
+    """Equal weights (MD), σ = 1, 3, 2.9, 2 mHa at r = 1, 2, 2.05, 3 bohr: one at a time the
+    two largest σ are neighbours; the batch takes r = 2 then r = 3 (2.05's variance left
+    given r = 2 is 3 % of its own), then r = 1 with σ² conditioned on both exactly as the
+    Gaussian formula Σ₀₀ − Σ₀ₛ Σₛₛ⁻¹ Σₛ₀ gives; a batch of 1 is :func:`pick`."""
+    std = np.array([1e-3, 3e-3, 2.9e-3, 2e-3])
+    cands = _candidates([0.25] * 4, std)
+    cands.positions[:, 1, 2] = [1.0, 2.0, 2.05, 3.0]
+    covariance = _kernel_covariance(std)
+    assert [p.index for p in thermal_scan.pick_batch(cands, 1e-6, H2, 1, 2)] == [1, 2]
+    batch = thermal_scan.pick_batch(cands, 1e-6, H2, 4, 3, covariance)
+    assert [p.index for p in batch] == [1, 3, 0] and {p.number for p in batch} == {4}
+    full = np.stack([covariance(cands.positions, c) for c in cands.positions], axis=1)
+    chosen, rest = [1, 3], 0
+    s = full[np.ix_(chosen, chosen)]
+    expected = full[rest, rest] - full[rest, chosen] @ np.linalg.solve(s, full[chosen, rest])
+    assert batch[2].std == pytest.approx(np.sqrt(expected), rel=1e-9)
+    assert batch[1].std == pytest.approx(2e-3 * np.sqrt(1 - np.exp(-1 / 0.18) ** 2), rel=1e-9)
+    one, [alone] = thermal_scan.pick(cands, 1e-6, H2), thermal_scan.pick_batch(cands, 1e-6, H2)
+    assert (one.index, one.std, one.weight) == (alone.index, alone.std, alone.weight)
+    assert (one.index, one.std, one.weight) == (1, 3e-3, 1.0)
+    # a target between: the batch stops once the σ left falls below it, and says so
+    short = thermal_scan.pick_batch(cands, 1.5e-3, H2, 1, 3, covariance)
+    assert [p.index for p in short] == [1, 3, None] and "< target" in short[-1].reason
+    every = thermal_scan.pick_batch(cands, 1e-9, H2, 1, 9, covariance)
+    assert [p.index for p in every][:4] == [1, 3, 0, 2] and every[-1].index is None
+
+
 def test_superposed_undoes_a_rigid_motion_and_seeds_differ_by_round():
     reference = np.random.default_rng(0).normal(size=(4, 3))
     a = np.radians(70.0)
@@ -217,6 +256,22 @@ def test_a_thermal_scan_runs_the_initial_rows_then_rounds_in_order(tmp_path, mon
         RunError, match=r"rounds chose with other settings: candidates = 37 \(was 30\); use"
     ):
         run_scan(other, text, tmp_path / "t")
+
+
+def test_a_thermal_scan_in_batches_keeps_to_its_budget(tmp_path, monkeypatch):
+    """batch = 2, budget 6: three initial rows, then round 1 chooses two (distinct
+    geometries), round 2 the one the budget leaves; a changed batch is refused on resume."""
+    calls: list[int] = []
+    monkeypatch.setattr(scan_module, "_run_geometry", _oracle(calls))
+    text = THERMAL + SMALL_MD + "budget = 6\ntarget = 1e-9\nbatch = 2\n"
+    config, _ = _config(tmp_path, text)
+    data = run_scan(config, text, tmp_path / "b")
+    assert calls == list(range(6)) and list(data.columns["round"]) == [0, 0, 0, 1, 1, 2]
+    assert list(data.columns["selection"]) == list(range(6))
+    assert not np.allclose(data.positions[3], data.positions[4])
+    other, _ = _config(tmp_path, text, "scan.batch=3")
+    with pytest.raises(RunError, match=r"batch = 3 \(was 2\)"):
+        run_scan(other, text, tmp_path / "b")
 
 
 def test_an_interrupted_thermal_scan_resumes_with_the_same_choices(tmp_path, monkeypatch):

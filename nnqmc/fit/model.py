@@ -93,6 +93,28 @@ def predict(model: Model, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.asarray(e), np.asarray(f), np.asarray(std)
 
 
+@jax.jit
+def _covariance_with(a: dict[str, jnp.ndarray], positions: jnp.ndarray, x: jnp.ndarray):
+    s2 = a["scale"] ** 2
+    crosses = lambda y: _energy_and_cross(a, y)[1]
+    c, c_x = jax.vmap(crosses)(positions), crosses(x)
+    prior = jax.vmap(lambda y: energy_kernel(y, x, a["sigma"], a["pair_perms"]))(positions)
+    v = jax.scipy.linalg.solve_triangular(a["cholesky"], s2 * c.T, lower=True)
+    v_x = jax.scipy.linalg.solve_triangular(a["cholesky"], s2 * c_x, lower=True)
+    return s2 * prior - v.T @ v_x
+
+
+def posterior_covariance(model: Model, positions: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """cov(E(positions_i), E(x)) (b,) hartree² under the fit's posterior, for a batch of
+    geometries ``positions`` (b, n_atoms, 3) and one ``x`` (n_atoms, 3), bohr:
+    s² k(positions_i, x) − (L⁻¹ s² c(positions_i))ᵀ (L⁻¹ s² c(x)); at x = positions_i it is
+    the square of :func:`predict`'s standard deviation."""
+    y = np.asarray(positions, np.float64)
+    if y.ndim != 3 or y.shape[1:] != (model.n_atoms, 3) or np.shape(x) != (model.n_atoms, 3):
+        raise FitError(f"positions must be (batch, {model.n_atoms}, 3) and x ({model.n_atoms}, 3)")
+    return np.asarray(_covariance_with(_arrays(model), jnp.asarray(y), jnp.asarray(x, jnp.float64)))
+
+
 def energy_function(model: Model) -> Callable[[jnp.ndarray], jnp.ndarray]:
     """E(x) of one geometry x (n_atoms, 3), bohr -> hartree, as a JAX function (jit, grad
     and vmap through it): the posterior mean of :func:`predict`, for samplers that need the

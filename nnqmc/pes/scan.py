@@ -217,7 +217,7 @@ def _selection_settings(scan: Any) -> str:
     keys = ()
     if scan.kind == "thermal":
         keys = ("temperature", "method", "candidates", "seed", "equilibration", "stride")
-        keys += ("flow_steps",)
+        keys += ("flow_steps", "batch")
     return json.dumps({k: getattr(scan, k) for k in keys})
 
 

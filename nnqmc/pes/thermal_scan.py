@@ -147,24 +147,59 @@ class Pick:
     number: int = 0
 
 
+Covariance = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
 def pick(candidates: ThermalSample, target: float, reference: np.ndarray, number: int = 0) -> Pick:
     """Round ``number``'s :func:`admissible` candidate of largest p·σ², or a stop when that
     is below ``target``²/n (n candidates): with MD's equal weights when every σ is below
     ``target``; a flow candidate's σ counts with the factor √(w n), so that the few of its
     uniform share far from the data (σ large, w tiny) do not keep the scan going."""
+    return pick_batch(candidates, target, reference, number)[0]
+
+
+def pick_batch(
+    candidates: ThermalSample,
+    target: float,
+    reference: np.ndarray,
+    number: int = 0,
+    size: int = 1,
+    covariance: Covariance | None = None,
+) -> list[Pick]:
+    """Up to ``size`` choices of round ``number``, each :func:`pick`'s rule applied to the
+    variances given the energies at the earlier choices: after choosing c, with
+    u = cov(E(x), E(c) | earlier) / σ(c | earlier), every σ²(x) becomes σ²(x) − u(x)²
+    (``covariance(positions, c)``: the fit's posterior covariance of the candidates'
+    energies with E(c)). A candidate close to a choice loses its variance with it, so a
+    batch spreads out instead of taking neighbours of one peak. Ends with a stop
+    (index None, its reason) when fewer than ``size`` are chosen."""
     std, weights = candidates.energy_std, candidates.weights
     valid = admissible(candidates.positions, reference) & np.isfinite(std) & (weights > 0.0)
     if not valid.any():
-        return Pick(
-            None,
-            f"no candidate within {BOX:g} times the input's distances (of finite σ, weight > 0)",
-        )
-    j = best_candidate(np.where(valid, weights, 0.0), np.where(valid, std, 0.0))
-    weight = float(weights[j] * len(std))
-    weighted = np.sqrt(weight) * float(std[j])  # σ for MD
-    if weighted < target:
-        return Pick(None, f"largest √(w·n)·σ {weighted * 1e3:.3f} mHa < target")
-    return Pick(j, "largest p·σ²", candidates.positions[j], float(std[j]), weight, number)
+        reason = f"no candidate within {BOX:g} times the input's distances"
+        return [Pick(None, f"{reason} (of finite σ, weight > 0)")]
+    variance = np.where(valid, np.asarray(std, np.float64), 0.0) ** 2
+    directions: list[np.ndarray] = []
+    picks: list[Pick] = []
+    while len(picks) < size:
+        if not valid.any():
+            return picks + [Pick(None, "every admissible candidate chosen")]
+        sigma = np.sqrt(np.clip(variance, 0.0, None))
+        j = best_candidate(np.where(valid, weights, 0.0), np.where(valid, sigma, 0.0))
+        weight = float(weights[j] * len(std))
+        weighted = np.sqrt(weight) * float(sigma[j])  # σ for MD
+        if weighted < target:
+            return picks + [Pick(None, f"largest √(w·n)·σ {weighted * 1e3:.3f} mHa < target")]
+        position = candidates.positions[j]
+        picks.append(Pick(j, "largest p·σ²", position, float(sigma[j]), weight, number))
+        valid[j] = False
+        if len(picks) < size and covariance is not None:
+            column = covariance(candidates.positions, candidates.positions[j])
+            column = column - sum(u * u[j] for u in directions)
+            u = column / np.sqrt(column[j]) if column[j] > 0.0 else np.zeros_like(column)
+            directions.append(u)
+            variance = variance - u**2
+    return picks
 
 
 def run_unfinished(data: Dataset, scan: ScanConfig, log: Log, label: Label) -> None:
@@ -182,15 +217,19 @@ def run_unfinished(data: Dataset, scan: ScanConfig, log: Log, label: Label) -> N
 
 def next_round(
     data: Dataset, scan: ScanConfig, reference: np.ndarray, scan_dir: Path, log: Log
-) -> Pick:
+) -> list[Pick]:
     """Fit the finished rows (saved, so that the scan's force field always has them all),
-    then, within the budget, draw the next round's candidates and choose one."""
+    then, within the budget, draw the next round's candidates and choose up to
+    ``scan.batch`` of them (:func:`pick_batch`); the last Pick is a stop when fewer."""
+    from ..fit.model import posterior_covariance
+
     done = len(rows_with(data, "done"))
     model = fit_and_save(data, scan_dir, log) if done >= 2 else None
-    if label_count(data) >= scan.budget:
-        return Pick(None, f"budget of {scan.budget} geometries reached")
+    room = scan.budget - label_count(data)
+    if room <= 0:
+        return [Pick(None, f"budget of {scan.budget} geometries reached")]
     if model is None:
-        return Pick(None, f"no force field from the {done} finished geometries")
+        return [Pick(None, f"no force field from the {done} finished geometries")]
     number = int(np.max(data.columns["round"])) + 1
     candidates = draw(model, scan, number)
     log(
@@ -198,7 +237,9 @@ def next_round(
         f"{scan.temperature:g} K (ESS {100 * candidates.ess:.0f} %), largest predictive std "
         f"{np.max(candidates.energy_std) * 1e3:.3f} mHa"
     )
-    return pick(candidates, scan.target, reference, number)
+    covariance = lambda x, c: posterior_covariance(model, x, c)
+    size = min(scan.batch, room)
+    return pick_batch(candidates, scan.target, reference, number, size, covariance)
 
 
 def run_thermal(
@@ -214,23 +255,26 @@ def run_thermal(
     written by ``save``; chosen geometries superposed on ``reference`` (bohr)."""
     while True:
         run_unfinished(data, scan, log, label)
-        choice = next_round(data, scan, reference, scan_dir, log)
-        if choice.index is None:
-            log(f"thermal scan stops: {choice.reason}")
+        picks = next_round(data, scan, reference, scan_dir, log)
+        chosen = [p for p in picks if p.index is not None]
+        for choice in chosen:
+            geometry = superposed(reference, choice.positions)
+            [k] = append_rows(data, geometry[None], np.array([[data.n]], np.float64))
+            data.set_row(
+                k,
+                selection=selection_count(data),
+                selection_std=choice.std,
+                selection_weight=choice.weight,
+                round=choice.number,
+                sampler=scan.method,
+                temperature=scan.temperature,
+            )
+            log(
+                f"round {choice.number} chose geometry {k}: predictive std "
+                f"{choice.std * 1e3:.3f} mHa, weight × n {choice.weight:.3g}"
+            )
+        if chosen:
+            save()
+        if not chosen:
+            log(f"thermal scan stops: {picks[-1].reason}")
             return
-        geometry = superposed(reference, choice.positions)
-        [k] = append_rows(data, geometry[None], np.array([[data.n]], np.float64))
-        data.set_row(
-            k,
-            selection=selection_count(data),
-            selection_std=choice.std,
-            selection_weight=choice.weight,
-            round=choice.number,
-            sampler=scan.method,
-            temperature=scan.temperature,
-        )
-        save()
-        log(
-            f"round {choice.number} chose geometry {k}: predictive std "
-            f"{choice.std * 1e3:.3f} mHa, weight × n {choice.weight:.3g}"
-        )
