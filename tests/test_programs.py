@@ -32,7 +32,7 @@ H2 = (
     + """[scan]
 kind = "bond"
 atoms = [0, 1]
-values = [1.2, 1.6, 2.0]
+values = [1.2, 1.6, 2.0, 2.4]
 forces = true
 """
 )
@@ -49,7 +49,7 @@ monitoring.register_event_duration_secs_listener(_count_backend_compiles)
 
 
 def test_a_scan_traces_and_compiles_its_steps_once(tmp_path, monkeypatch):
-    """Three geometries with warm starts and forces: the burn-in, training and evaluation
+    """Four geometries with warm starts and forces: the burn-in, training and evaluation
     programs are built for the first geometry only, and XLA compiles nothing after it."""
     (tmp_path / "scan.toml").write_text(H2)
     per_geometry = []
@@ -64,13 +64,10 @@ def test_a_scan_traces_and_compiles_its_steps_once(tmp_path, monkeypatch):
     monkeypatch.setattr(scan_module.api, "run", counted)
     assert main(["scan", str(tmp_path / "scan.toml"), "--out", str(tmp_path / "out")]) == 0
     assert per_geometry[0][0] == 3  # burn-in, train, eval (with the forces)
-    assert per_geometry[1:] == [(0, 0), (0, 0)]
+    assert per_geometry[1:] == [(0, 0)] * 3
     data = read_dataset(tmp_path / "out" / "scan.h5")
-    assert np.all(np.isfinite(data.columns["forces"])) and list(data.columns["warm_from"]) == [
-        -1,
-        0,
-        1,
-    ]
+    assert np.all(np.isfinite(data.columns["forces"]))
+    assert list(data.columns["warm_from"]) == [-1, 0, 1, 2]
 
 
 def test_a_scan_with_dmc_builds_its_dmc_programs_once(tmp_path, monkeypatch):
