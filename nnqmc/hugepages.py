@@ -4,12 +4,9 @@ Each training step of XLA's CPU runtime allocates its temporary buffers afresh (
 walkers, float32: one 74.5 MB block). It is allocated on one of XLA's worker threads, in
 a glibc thread arena, and blocks over a thread heap's 64 MB are always mmapped and
 unmapped again, whatever ``M_MMAP_MAX`` says. So every step page-faults all of it in
-again: 18 200 minor faults per LiH step, about 1.5 µs each on this VM. With glibc's tunable
-``glibc.malloc.hugetlb=1`` (glibc >= 2.35) such blocks are advised to use transparent huge
-pages: 320 faults per step. Measured with ``nnqmc bench systems/lih.toml --walkers 256
---set precision=float32`` on an idle 2-core CPU, two interleaved rounds: 0.094 and 0.114 s
-per step without, 0.075 and 0.079 s with it. (One arena for all threads,
-``MALLOC_ARENA_MAX=1``, also ends the faults but made steps twice as slow.)
+again. With glibc's tunable ``glibc.malloc.hugetlb=1`` (glibc >= 2.35) such blocks are
+advised to use transparent huge pages, and the faults almost end (measured in
+docs/performance.md; one arena for all threads, ``MALLOC_ARENA_MAX=1``, was slower).
 
 Tunables are read when a process starts, so the ``nnqmc`` command re-executes itself once
 with the tunable added to ``GLIBC_TUNABLES`` (same PID, arguments and open files). Nothing

@@ -50,9 +50,8 @@ def sparsity_threshold(n_electrons: int, fraction: float = SPARSITY) -> int:
     Each electron's embedding depends on all electrons only after the first message
     passing, so the Jacobian of the early intermediates with respect to the 3N coordinates
     is sparse; folx propagates it as sparse while it has at most this many non-zero
-    columns. Measured (256 walkers, 2-core CPU, float64) for the local-energy batch:
-    LiH 0.102 s dense, 0.068 s at 3 (the best); H2O 0.95 s dense, 0.66 s at 12 (the best),
-    0.73 s at 6. ``3 * floor(0.4 N)`` gives 3 for LiH and 12 for H2O.
+    columns. ``3 * floor(0.4 N)`` was the fastest measured for LiH and H2O
+    (docs/performance.md).
     """
     return 3 * math.floor(fraction * n_electrons)
 

@@ -94,10 +94,8 @@ def local_energy_chunk(n_walkers: int, n_elec: int, itemsize: int, backend: str)
 
     On CPU the forward Laplacian is bound by memory traffic: each walker carries Jacobians
     of about 3 n^2 x 32 numbers through the embedding, and a whole batch of them falls out
-    of the cache. Measured with chunks of ~1 MiB of those (``lax.map``), 2-core CPU, 256
-    walkers, float64: an H2O batch on its own 0.34-0.37 -> 0.19-0.21 s (chunks of 4-32
-    walkers all alike), whole H2O training steps 0.73 -> 0.65 s; LiH steps unchanged
-    (0.200 and 0.203 s). On accelerators the batch stays whole.
+    of the cache: chunks of ~1 MiB of those (``lax.map``) keep it in (docs/performance.md).
+    On accelerators the batch stays whole.
     """
     if backend != "cpu":
         return n_walkers
@@ -154,9 +152,7 @@ NONLOCAL_BLOCK_EVALUATIONS = 192
 """On CPU the compacted nonlocal term (:func:`nnqmc.ecp.batch_nonlocal_elements`) is
 evaluated in blocks of about this many psi evaluations (16 electron–ECP pairs of the
 12-point rule), each only when it holds a pair inside the cutoff; on accelerators in
-:data:`nnqmc.ecp.NONLOCAL_BLOCKS` blocks. Measured on H2O with ccECP (256 trained walkers,
-51 % of the pairs inside, 12 points, contended 2-core CPU): blocks of 96-384 evaluations
-alike, 1536 (one chunk's worth) about 15 % slower."""
+:data:`nnqmc.ecp.NONLOCAL_BLOCKS` blocks (the sizes measured: docs/performance.md)."""
 
 
 def nonlocal_blocks(n_walkers: int, chunk: int) -> dict[str, int]:
