@@ -261,14 +261,27 @@ def test_a_thermal_scan_runs_the_initial_rows_then_rounds_in_order(tmp_path, mon
 def test_a_thermal_scan_in_batches_keeps_to_its_budget(tmp_path, monkeypatch):
     """batch = 2, budget 6: three initial rows, then round 1 chooses two (distinct
     geometries), round 2 the one the budget leaves; a changed batch is refused on resume."""
+    from nnqmc.fit import model as fit_model
+
     calls: list[int] = []
     monkeypatch.setattr(scan_module, "_run_geometry", _oracle(calls))
+    models = []
+    real = fit_model.posterior_covariance
+
+    def spy(model, positions, x):
+        models.append(model)
+        return real(model, positions, x)
+
+    monkeypatch.setattr(fit_model, "posterior_covariance", spy)
     text = THERMAL + SMALL_MD + "budget = 6\ntarget = 1e-9\nbatch = 2\n"
     config, _ = _config(tmp_path, text)
     data = run_scan(config, text, tmp_path / "b")
     assert calls == list(range(6)) and list(data.columns["round"]) == [0, 0, 0, 1, 1, 2]
     assert list(data.columns["selection"]) == list(range(6))
-    assert not np.allclose(data.positions[3], data.positions[4])
+    assert len(models) == 1  # round 1's second choice, conditioned on its first
+    _, _, own = fit_model.predict(models[0], data.positions[3:5])  # the fit is rigid-invariant
+    assert data.columns["selection_std"][3] == pytest.approx(own[0], rel=1e-6)
+    assert data.columns["selection_std"][4] < 0.999 * own[1]  # the variance left, not its own
     other, _ = _config(tmp_path, text, "scan.batch=3")
     with pytest.raises(RunError, match=r"batch = 3 \(was 2\)"):
         run_scan(other, text, tmp_path / "b")

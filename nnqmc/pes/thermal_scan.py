@@ -9,7 +9,9 @@ Langevin MD, whose frames are already distributed as p, or a Boltzmann generator
 samples carry normalised importance weights w), and the candidate of largest w·σ² (σ the
 fit's predictive std of the energy; p·σ² with p estimated by the weights, σ² alone for MD)
 is appended to the dataset as a new row, superposed on the input geometry, and run: the
-largest term of Σ w_i σ_i², the estimate of ⟨σ²⟩ over exp(-E_FF/kT). The scan stops
+largest term of Σ w_i σ_i², the estimate of ⟨σ²⟩ over exp(-E_FF/kT); with ``batch`` > 1
+up to that many, each by the variance left given the earlier ones (:func:`pick_batch`),
+appended and saved together, then run. The scan stops
 when ``budget`` rows have run (finished or failed) or the largest √(w n)·σ among a round's
 n candidates is below ``target`` (for MD: the largest σ). Only candidates within the
 flow's box are chosen (:func:`admissible`), by either method.
@@ -137,7 +139,8 @@ def draw(model: Any, scan: ScanConfig, number: int) -> ThermalSample:
 @dataclass(frozen=True)
 class Pick:
     """A round's choice: the candidate (None: stop, ``reason`` says why), its geometry, its
-    predictive std σ (hartree), its weight times the number of candidates, the round."""
+    predictive std σ (hartree; in a batch, given the round's earlier choices), its weight
+    times the number of candidates, the round."""
 
     index: int | None
     reason: str
@@ -196,7 +199,8 @@ def pick_batch(
         if len(picks) < size and covariance is not None:
             column = covariance(candidates.positions, candidates.positions[j])
             column = column - sum(u * u[j] for u in directions)
-            u = column / np.sqrt(column[j]) if column[j] > 0.0 else np.zeros_like(column)
+            floor = 1e-12 * float(std[j]) ** 2  # below it, rounding: nothing to condition
+            u = column / np.sqrt(column[j]) if column[j] > floor else np.zeros_like(column)
             directions.append(u)
             variance = variance - u**2
     return picks
@@ -257,6 +261,7 @@ def run_thermal(
         run_unfinished(data, scan, log, label)
         picks = next_round(data, scan, reference, scan_dir, log)
         chosen = [p for p in picks if p.index is not None]
+        rows = []
         for choice in chosen:
             geometry = superposed(reference, choice.positions)
             [k] = append_rows(data, geometry[None], np.array([[data.n]], np.float64))
@@ -269,12 +274,16 @@ def run_thermal(
                 sampler=scan.method,
                 temperature=scan.temperature,
             )
+            rows.append(k)
+        if chosen:
+            save()
+        for k, choice in zip(rows, chosen, strict=True):
             log(
                 f"round {choice.number} chose geometry {k}: predictive std "
                 f"{choice.std * 1e3:.3f} mHa, weight × n {choice.weight:.3g}"
             )
-        if chosen:
-            save()
         if not chosen:
             log(f"thermal scan stops: {picks[-1].reason}")
             return
+        if picks[-1].index is None:
+            log(f"round {chosen[0].number}: {len(chosen)} of {scan.batch} ({picks[-1].reason})")
