@@ -75,7 +75,7 @@ class NanGuard:
 
     def error(self, done: int, checkpoint: Path | None) -> RunError:
         """The RunError that ends the phase."""
-        where = f"; the last good state is in {checkpoint}{self.hint}" if checkpoint else ""
+        where = f"; the last accepted state is in {checkpoint}{self.hint}" if checkpoint else ""
         return RunError(
             f"{self.phase} stopped at step {done}: {self.in_row} non-finite steps in a row "
             f"({self.limit_key} = {self.limit}){where}"

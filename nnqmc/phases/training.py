@@ -67,7 +67,10 @@ def _driver(run: Run, out_dir: str | Path | None) -> Driver:
         "non-finite local energies, gradient or update",
         "learning rate",
         finite=lambda row: row["finite"] > 0,
-        hint=" (continue with --resume after lowering train.learning_rate)",
+        hint=(
+            " (continue with --resume after lowering train.learning_rate; if the log's"
+            " variance had run away before, start over with it lower)"
+        ),
     )
     columns = {
         c: jax.ShapeDtypeStruct((), np.int64 if c == "step" else np.float64)
@@ -227,7 +230,7 @@ def train(
     Checkpoints are written before the first step, every ``train.checkpoint_every`` steps,
     at the end, and when ``stop()`` asks to stop (then :class:`Interrupted` is raised). A
     rejected (non-finite) step halves the learning-rate scale; ``train.max_bad_steps`` of them
-    in a row end the run with a RunError, the last good state checkpointed.
+    in a row end the run with a RunError, the last accepted state checkpointed.
 
     With several processes every process calls this; only process 0 reads or writes files,
     and a checkpoint holds the walkers of all devices of all processes.
