@@ -38,6 +38,7 @@ FILES = {
 }
 
 # A step: (state, step number) -> (new state, that step's row of the log).
+ANCHOR = ("anchor", "anchor_step")  # a checkpoint's optional parts: the rollback's anchor
 Step = Callable[[Any, int], tuple[Any, dict[str, Any]]]
 
 
@@ -49,6 +50,12 @@ class NanGuard:
     ``finite(row)`` says whether a step is good. With ``retry`` a rejected step is tried
     again (its step may fold :attr:`in_row` into its key) and leaves no row; without, it is
     logged and counted as done. ``scale`` and ``in_row`` are kept in the checkpoint.
+
+    ``rollback`` (with a ``restore`` given to :meth:`Driver.run`): the ``rollback``-th bad
+    step in a row also returns the state to the *anchor*, the state of the last step on
+    the checkpoint grid (or the one the phase started or resumed from): a run whose
+    parameters had already run away before its first non-finite step goes on from before
+    it, at the lowered scale, instead of stopping on a broken state.
     """
 
     limit: int
@@ -59,6 +66,7 @@ class NanGuard:
     finite: Callable[[dict[str, Any]], bool]
     retry: bool = False
     hint: str = ""  # after the checkpoint's name in the message
+    rollback: int = 0  # bad steps in a row that return the state to the anchor (0: never)
     scale: float = 1.0
     in_row: int = 0
 
@@ -107,6 +115,7 @@ class Driver:
         self.ended: float | None = None
         self.seconds_saved: float | None = None
         self.history: dict[str, list] = {}
+        self.anchor: tuple[int, dict[str, Any]] | None = None  # (step, saved) from a resume
         self.log: io.AppendLog | None = None
         self.log_error = ""
 
@@ -139,7 +148,10 @@ class Driver:
         """
         if self.files is None:
             return None
+        part = like
         like = {**like, "scale": 1.0, "bad_in_row": 0}
+        if self._rolls_back():
+            like = {**like, "anchor": part, "anchor_step": 0}
         found, error = None, ""
         if is_main_process():
             try:
@@ -157,6 +169,8 @@ class Driver:
         state = found["state"]
         if self.guard is not None:
             self.guard.scale, self.guard.in_row = float(state["scale"]), int(state["bad_in_row"])
+        if self._rolls_back():
+            self.anchor = (int(state.pop("anchor_step")), state.pop("anchor"))
         self.start = self.last = step
         self.earlier = float(found["seconds"])
         self.history = {n: list(v) for n, v in found["history"].items()}
@@ -175,9 +189,13 @@ class Driver:
             warn(f"{why}; {restart}")
 
         def load(p: Path) -> dict[str, Any]:  # a log short of its checkpoint: try the previous
-            saved = io.load_checkpoint(p, like)
+            saved = io.load_checkpoint(p, like, optional=ANCHOR)
             if saved["format"] == io.CHECKPOINT_FORMAT:
                 saved["history"] = io.read_rows(log, saved["rows"])
+                state = saved["state"]
+                if "anchor" in like and "anchor" not in state:  # on the grid: its own state
+                    state["anchor"] = {n: state[n] for n in like["anchor"]}
+                    state["anchor_step"] = saved["step"]
             return saved
 
         try:
@@ -205,6 +223,9 @@ class Driver:
             self._discard()
             return None
         return saved
+
+    def _rolls_back(self) -> bool:
+        return self.guard is not None and self.guard.rollback > 0
 
     def _discard(self) -> None:
         """Process 0: remove checkpoints this phase starts afresh without, so that none of
@@ -241,6 +262,7 @@ class Driver:
         first_checkpoint: bool = False,
         timed: bool = False,
         log_attrs: Callable[[dict[str, np.ndarray]], dict[str, Any]] | None = None,
+        restore: Callable[[dict[str, Any]], Any] | None = None,
     ) -> Any:
         """Steps :attr:`start` to ``total`` from ``state``; returns the last state.
 
@@ -249,14 +271,23 @@ class Driver:
         at the end, before the first step with ``first_checkpoint`` (unless resumed), and
         when ``stop()`` asks to stop. ``label``: a step in messages ("DMC step"); ``after(done,
         state)``: called after each step; ``log_attrs(rows)``: attributes of the log, set at
-        each checkpoint.
+        each checkpoint; ``restore(saved)``: the state from what ``saved`` gave (with it, a
+        guard's ``rollback`` acts; the anchor goes into checkpoints off the grid).
         """
         stop = stop or never_stop
+        rollback = self._rolls_back() and restore is not None
+        anchor_step, anchor = self.start, state
+        if rollback and self.anchor is not None and self.anchor[0] != self.start:
+            anchor_step, anchor = self.anchor[0], restore(self.anchor[1])
 
         def save(k: int) -> None:
             if self.files is not None:
                 scale, in_row = (self.guard.scale, self.guard.in_row) if self.guard else (1.0, 0)
                 content = {**saved(state), "scale": scale, "bad_in_row": in_row}
+                if rollback:
+                    content["anchor_step"] = anchor_step
+                    if anchor_step != k:
+                        content["anchor"] = saved(anchor)
                 self.seconds_saved = self.elapsed()
                 on_main(lambda: self._write(k, content, label, log_attrs))
                 self.last = k
@@ -282,12 +313,20 @@ class Driver:
                     state, k = new, k + 1
                     row = {**row, "wall_time": self.elapsed()} if timed else row
                     self._append(row, label, k)
-                if self.guard is not None and self.guard.check(good, k):
+                ends = self.guard is not None and self.guard.check(good, k)
+                if not good and rollback and self.guard.in_row == self.guard.rollback:
+                    state = anchor
+                    warn(
+                        f"step {k}: {self.guard.in_row} rejected steps in a row; the state "
+                        f"(parameters, optimizer, walkers) back to that of step {anchor_step}"
+                    )
+                if ends:
                     save(k)
                     raise self.guard.error(k, self.files and self.files[0])
                 if not good and self.guard.retry:
                     continue
                 if k % every == 0 or k == total:
+                    anchor_step, anchor = k, state
                     save(k)
                 if progress:
                     progress(self.phase, k, total, {n: float(np.mean(v)) for n, v in row.items()})

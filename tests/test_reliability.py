@@ -356,6 +356,11 @@ def _poison_local_energies(monkeypatch, bad: set[int] | int) -> None:
     monkeypatch.setattr(steps_module, "batch_local_energy", batch_local_energy)
 
 
+def _same_leaves(a, b) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_nan_steps_are_rejected_counted_and_lower_the_learning_rate(tmp_path, monkeypatch):
     _poison_local_energies(monkeypatch, {3, 4, 7})
     seen = []
@@ -369,12 +374,59 @@ def test_nan_steps_are_rejected_counted_and_lower_the_learning_rate(tmp_path, mo
     np.testing.assert_array_equal(log["lr_scale"][:8], [1, 1, 1, 0.5, 0.25, 0.25, 0.25, 0.125])
     with h5py.File(out / io.TRAIN_LOG) as f:
         assert f.attrs["rejected_steps"] == 3
-    for rejected in (2, 3, 6):  # parameters unchanged by a rejected step
-        now, before = jax.tree.leaves(seen[rejected]), jax.tree.leaves(seen[rejected - 1])
-        for a, b in zip(now, before, strict=True):
-            np.testing.assert_array_equal(a, b)
+    for rejected in (2, 6):  # parameters unchanged by a rejected step
+        _same_leaves(seen[rejected], seen[rejected - 1])
+    # the second in a row (step 4) returns to the state of the last checkpoint step, 0:
+    # the parameters the run started from, which step 1 changed
+    assert any(np.any(a != b) for a, b in zip(*map(jax.tree.leaves, seen[2:4]), strict=True))
     assert _assert_finite_checkpoint(out / io.CHECKPOINT) == STEPS
     assert _assert_finite_checkpoint(out / io.PREVIOUS_CHECKPOINT) == STEPS - EVERY
+
+
+def _stop_at(monkeypatch, step: int) -> None:
+    """``api.run`` with a SIGINT to itself after training step ``step``."""
+    plain_run = api.run
+
+    def run(*args, **kwargs):
+        def hook(done, params):
+            if done == step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return plain_run(*args, **kwargs, on_step=hook)
+
+    monkeypatch.setattr(api, "run", run)
+
+
+def test_two_rejected_steps_in_a_row_return_to_the_last_checkpoint_step(
+    tmp_path, monkeypatch, capsys
+):
+    """Steps 6 and 7 non-finite: after step 7 parameters, optimizer and walkers are those of
+    step 4 (the checkpoint grid's last), and the run goes on from there at a quarter of the
+    learning rate; interrupted at step 5 (off the grid: the checkpoint keeps the anchor)
+    and resumed, the same rows to the last bit."""
+    seen = []
+    _poison_local_energies(monkeypatch, {6, 7})
+    config = load_config(H2, TINY)
+    whole = tmp_path / "whole"
+    api.run(config, whole, on_step=lambda s, p: seen.append(jax.tree.map(np.copy, p)))
+    assert "7: 2 rejected steps in a row; the state" in capsys.readouterr().err
+    _same_leaves(seen[6], seen[3])  # after step 7: step 4's parameters
+    _same_leaves(seen[5], seen[4])  # after step 6: rejected, unchanged
+    log = io.read_table(whole / io.TRAIN_LOG)
+    np.testing.assert_array_equal(log["lr_scale"][4:9], [1, 1, 0.5, 0.25, 0.25])
+    np.testing.assert_array_equal(np.flatnonzero(~np.isfinite(log["energy"])), [5, 6])
+
+    cut = tmp_path / "cut"
+    _stop_at(monkeypatch, 5)
+    assert main(_run_args(cut)) == 130
+    monkeypatch.undo()
+    _poison_local_energies(monkeypatch, {1, 2})  # the resumed process's steps 6 and 7
+    assert main(_run_args(cut, "--resume")) == 0
+    assert "back to that of step 4" in capsys.readouterr().err
+    a, b = io.read_table(cut / io.TRAIN_LOG), log
+    for column in a:
+        if column != "wall_time":
+            np.testing.assert_array_equal(a[column], b[column], err_msg=column)
 
 
 def test_max_bad_steps_in_a_row_stop_with_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):

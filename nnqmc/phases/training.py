@@ -59,6 +59,13 @@ def train_log_attrs(history: dict[str, Any]) -> dict[str, Any]:
     return {"rejected_steps": int(np.sum(np.asarray(history.get("finite", [])) == 0))}
 
 
+ROLLBACK = 2
+"""Rejected training steps in a row that return parameters, optimizer state and walkers to
+those of the last checkpoint step (:class:`nnqmc.driver.NanGuard`): one non-finite step is
+a walker's accident, two in a row a wavefunction that may already have run away (H2O with
+momentum 0.99: energies 0.6 Ha below exact for 15 steps before the first non-finite one)."""
+
+
 def _driver(run: Run, out_dir: str | Path | None) -> Driver:
     guard = NanGuard(
         run.config.train.max_bad_steps,
@@ -67,6 +74,7 @@ def _driver(run: Run, out_dir: str | Path | None) -> Driver:
         "non-finite local energies, gradient or update",
         "learning rate",
         finite=lambda row: row["finite"] > 0,
+        rollback=ROLLBACK,
         hint=(
             " (continue with --resume after lowering train.learning_rate; if the log's"
             " variance had run away before, start over with it lower)"
@@ -190,10 +198,12 @@ def drive_training(
     stop: StopCheck | None,
     progress: Progress | None,
     after: Callable[[int, Any], None] | None = None,
+    restore: Callable[[dict[str, Any]], Any] | None = None,
 ) -> Any:
     """``drive.run`` of a training (one geometry's or a shared one): ``settings.steps``
     steps, timed, checkpointed before the first, every ``settings.checkpoint_every`` and at
-    the end, the log with :func:`train_log_attrs`; returns the last state."""
+    the end, the log with :func:`train_log_attrs`; returns the last state. ``restore``: as
+    for :meth:`~nnqmc.driver.Driver.run` (the guard's rollback needs it)."""
     return drive.run(
         state,
         step,
@@ -207,6 +217,7 @@ def drive_training(
         first_checkpoint=True,
         timed=True,
         log_attrs=train_log_attrs,
+        restore=restore,
     )
 
 
@@ -230,7 +241,8 @@ def train(
     Checkpoints are written before the first step, every ``train.checkpoint_every`` steps,
     at the end, and when ``stop()`` asks to stop (then :class:`Interrupted` is raised). A
     rejected (non-finite) step halves the learning-rate scale; ``train.max_bad_steps`` of them
-    in a row end the run with a RunError, the last accepted state checkpointed.
+    in a row end the run with a RunError, the last accepted state checkpointed; the
+    :data:`ROLLBACK`-th in a row first returns the state to that of the last checkpoint step.
 
     With several processes every process calls this; only process 0 reads or writes files,
     and a checkpoint holds the walkers of all devices of all processes.
@@ -241,10 +253,15 @@ def train(
     dtype = run.dtype
     drive = _driver(run, out_dir)
     saved = _resume(run, drive, params, opt_state, key) if resume else None
-    if saved is not None:
-        params, opt_state = saved["params"], saved["opt_state"]
+
+    def restore(saved: dict[str, Any]) -> TrainState:
         walkers = scatter_walkers(jnp.asarray(saved["walkers"], dtype), n_devices)
         width = replicate(jnp.asarray(saved["width"], dtype), n_devices)
+        params = replicate(saved["params"], n_devices)
+        return TrainState(params, replicate(saved["opt_state"], n_devices), walkers, width)
+
+    if saved is not None:
+        start = restore(saved)
     else:
         if initial is not None:
             params, start_walkers = _check_initial(run, params, *initial)
@@ -264,6 +281,9 @@ def train(
             n_devices,
             progress,
         )
+        start = TrainState(
+            replicate(params, n_devices), replicate(opt_state, n_devices), walkers, width
+        )
 
     step_fn = train_program(run)
     train_key = jax.random.fold_in(key, STREAM_TRAIN)
@@ -279,7 +299,7 @@ def train(
 
     state = drive_training(
         drive,
-        TrainState(replicate(params, n_devices), replicate(opt_state, n_devices), walkers, width),
+        start,
         step,
         saved_state,
         cfg.train,
@@ -287,6 +307,7 @@ def train(
         stop=stop,
         progress=progress,
         after=(lambda done, state: on_step(done, first_replica(state.params))) if on_step else None,
+        restore=restore,
     )
     return TrainResult(
         params=first_replica(state.params),
