@@ -296,12 +296,10 @@ def save_checkpoint(
     write_checked(path, fill, previous)
 
 
-def load_checkpoint(
-    path: str | Path, like: dict[str, Any], optional: tuple[str, ...] = ()
-) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, like: dict[str, Any], optional: tuple = ()) -> dict:
     """A verified checkpoint: its format, step, rows, seconds, tag and ``state``, the parts
     named in ``like`` (pytrees read with their part of ``like`` as the template; those in
-    ``optional`` only where present); only the format for one of another format.
+    ``optional`` where present); only the format for one of another format.
     CheckpointError if it is truncated, corrupt or not finite."""
 
     def read(f: h5py.File) -> dict[str, Any]:
@@ -310,10 +308,10 @@ def load_checkpoint(
             return {"format": found}
         state = {}
         for name, template in like.items():
-            if name in optional and name not in f.attrs and name not in f:
-                continue
             if name in f.attrs:
                 state[name] = attr_value(f.attrs[name])
+            elif name in optional and name not in f:
+                continue
             elif isinstance(f[name], h5py.Group):
                 state[name] = _read_tree(f[name], template)
             else:
