@@ -81,9 +81,10 @@ class NanGuard:
         warn(f"step {done}: {self.rejected}; step rejected, {self.scaled} scaled to {self.scale:g}")
         return self.in_row >= self.limit
 
-    def error(self, done: int, checkpoint: Path | None) -> RunError:
-        """The RunError that ends the phase."""
-        where = f"; the last accepted state is in {checkpoint}{self.hint}" if checkpoint else ""
+    def error(self, done: int, checkpoint: Path | None, since: int | None = None) -> RunError:
+        """The RunError that ends the phase (``since``: the step it had rolled back to)."""
+        state = "the last accepted state" if since is None else f"the state of step {since}"
+        where = f"; {state} is in {checkpoint}{self.hint}" if checkpoint else ""
         return RunError(
             f"{self.phase} stopped at step {done}: {self.in_row} non-finite steps in a row "
             f"({self.limit_key} = {self.limit}){where}"
@@ -322,11 +323,13 @@ class Driver:
                     )
                 if ends:
                     save(k)
-                    raise self.guard.error(k, self.files and self.files[0])
+                    since = anchor_step if rollback else None
+                    raise self.guard.error(k, self.files and self.files[0], since)
                 if not good and self.guard.retry:
                     continue
                 if k % every == 0 or k == total:
-                    anchor_step, anchor = k, state
+                    if good:  # a rejected step's state is the last accepted one, maybe run away
+                        anchor_step, anchor = k, state
                     save(k)
                 if progress:
                     progress(self.phase, k, total, {n: float(np.mean(v)) for n, v in row.items()})

@@ -376,8 +376,12 @@ def test_nan_steps_are_rejected_counted_and_lower_the_learning_rate(tmp_path, mo
         assert f.attrs["rejected_steps"] == 3
     for rejected in (2, 6):  # parameters unchanged by a rejected step
         _same_leaves(seen[rejected], seen[rejected - 1])
-    # the second in a row (step 4) returns to the state of the last checkpoint step, 0:
-    # the parameters the run started from, which step 1 changed
+    # the second in a row (step 4, itself on the checkpoint grid) returns to the state of
+    # the last checkpoint step before the rejections, 0: the parameters the run started from
+    from nnqmc.phases.training import initial_parameters
+    from nnqmc.run_setup import prepare
+
+    _same_leaves(seen[3], initial_parameters(prepare(config))[1])
     assert any(np.any(a != b) for a, b in zip(*map(jax.tree.leaves, seen[2:4]), strict=True))
     assert _assert_finite_checkpoint(out / io.CHECKPOINT) == STEPS
     assert _assert_finite_checkpoint(out / io.PREVIOUS_CHECKPOINT) == STEPS - EVERY
@@ -403,7 +407,8 @@ def test_two_rejected_steps_in_a_row_return_to_the_last_checkpoint_step(
     """Steps 6 and 7 non-finite: after step 7 parameters, optimizer and walkers are those of
     step 4 (the checkpoint grid's last), and the run goes on from there at a quarter of the
     learning rate; interrupted at step 5 (off the grid: the checkpoint keeps the anchor)
-    and resumed, the same rows to the last bit."""
+    and resumed, interrupted again at step 6 (between the two) and resumed, the same rows
+    to the last bit."""
     seen = []
     _poison_local_energies(monkeypatch, {6, 7})
     config = load_config(H2, TINY)
@@ -417,10 +422,15 @@ def test_two_rejected_steps_in_a_row_return_to_the_last_checkpoint_step(
     np.testing.assert_array_equal(np.flatnonzero(~np.isfinite(log["energy"])), [5, 6])
 
     cut = tmp_path / "cut"
+    monkeypatch.undo()
     _stop_at(monkeypatch, 5)
     assert main(_run_args(cut)) == 130
     monkeypatch.undo()
-    _poison_local_energies(monkeypatch, {1, 2})  # the resumed process's steps 6 and 7
+    _poison_local_energies(monkeypatch, {1})  # step 6, then stop
+    _stop_at(monkeypatch, 6)
+    assert main(_run_args(cut, "--resume")) == 130
+    monkeypatch.undo()
+    _poison_local_energies(monkeypatch, {1})  # step 7: the second in a row
     assert main(_run_args(cut, "--resume")) == 0
     assert "back to that of step 4" in capsys.readouterr().err
     a, b = io.read_table(cut / io.TRAIN_LOG), log
