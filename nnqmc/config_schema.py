@@ -125,6 +125,7 @@ class AnsatzConfig:
     full_determinant: bool = False
     envelopes: bool = True  # learned orbital corrections with exponential envelopes
     en_vectors: bool = True  # r_i - R_I as embedding inputs
+    core_inputs: bool = False  # the same again at each nucleus's 1/Z scale (its core)
     copies: int = _f(1, check=positive, most=MAX_WIDTH)  # learned copies of each determinant
 
 

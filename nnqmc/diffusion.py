@@ -1,37 +1,18 @@
-"""Fixed-node diffusion Monte Carlo: the jitted, pmapped step and its pieces.
+"""Fixed-node diffusion Monte Carlo: the jitted, pmapped step and its pieces (docs/dmc.md).
 
-The population is fixed: ``W`` walkers with weights. One step moves every walker by an
-importance-sampled drift–diffusion proposal
-
-    R' = R + v̄(R) τ + sqrt(τ) χ,   χ ~ N(0, 1),
-
-accepted with the Metropolis–Hastings probability of the drift–diffusion Green's function
-``G(R -> R') ∝ exp(-|R' - R - v̄(R) τ|² / 2τ)``
-
-    p = min(1, |ψ(R')/ψ(R)|² G(R' -> R) / G(R -> R')),   p = 0 if sign ψ(R') ≠ sign ψ(R),
-
-so that no move crosses a node of the trial wavefunction. The drift ``v = ∇ log|ψ|`` is
-limited per electron as Umrigar, Nightingale & Runge (J. Chem. Phys. 99, 2865 (1993)):
-``v̄ = v (-1 + sqrt(1 + 2 a v² τ)) / (a v² τ)``, which is ``v`` where ``v² τ`` is small and
-at most ``sqrt(2/(a τ))`` long near a node or a nucleus. Each weight is multiplied by the
-expectation over accept/reject of the branching factor,
+A fixed population of ``W`` weighted walkers. Each step proposes R' = R + v̄ τ + sqrt(τ) χ
+with the drift v = ∇ log|ψ| limited per electron (Umrigar, Nightingale & Runge, J. Chem.
+Phys. 99, 2865 (1993)): v̄ = v (-1 + sqrt(1 + 2 a v² τ)) / (a v² τ), a = 1; accepts it with the
+Metropolis–Hastings probability p of the drift–diffusion Green's function, p = 0 where the
+sign of ψ changes (fixed node); and multiplies the weight by
 
     w <- w exp(τ_eff [p (S(R') + S(R)) / 2 + (1 - p) S(R)]),   S = E_ref - E_L,
 
-with the local energy limited to ``E_avg ± 0.2 sqrt(N_elec / τ)`` in ``S`` only (Zen,
-Sorella, Gillan, Michaelides & Alfè, Phys. Rev. B 93, 241118 (2016)), and the effective
-time step ``τ_eff = τ <p |χ|²> / <|χ|²>`` (population average). The step's energy is the
-weighted mean of ``p E_L(R') + (1 - p) E_L(R)``. Then a comb (systematic resampling) over
-the whole population draws ``W`` walkers with probabilities ``w / Σw``; each new walker
-carries the weight ``Σw / W``, so the total weight is kept and the feedback
-
-    E_ref = E_avg - log(Σw / W) / (T_fb τ)
-
-pulls it back towards ``W`` over ``T_fb`` steps (population control).
-
-Every random number of walker ``g`` comes from ``fold_in(key, g)`` with its index ``g`` in
-the whole population, and every population sum is taken over the gathered population in
-the same order, so the step gives the same numbers on 1 and on several devices.
+E_L limited to E_avg ± 0.2 sqrt(N_elec / τ) in S only (Zen et al., Phys. Rev. B 93, 241118
+(2016)), τ_eff = τ <p |χ|²> / <|χ|²>. A comb draws ``W`` walkers ∝ w, each with weight Σw/W,
+and E_ref = E_avg - log(Σw / W) / (T_fb τ) controls the population. Random numbers come
+from each walker's index in the whole population and sums are taken over the gathered
+population, so 1 and several devices give the same numbers.
 """
 
 from __future__ import annotations

@@ -1,37 +1,18 @@
-"""Traced steps kept on disk, so that a later process skips tracing them.
+"""Traced steps kept on disk, so that a later process skips tracing them (docs/pes.md,
+"Throughput"; the compilation cache, :mod:`nnqmc.compile_cache`, saves only XLA's part).
 
-The persistent compilation cache (:mod:`nnqmc.compile_cache`) saves XLA's compilation, but
-a new process still traces its steps in Python before it can look them up: for LiH that is
-most of the time to the first training step (the forward Laplacian alone runs hundreds of
-small eager computations while it is traced). A :class:`StoredProgram` runs its step
-through :mod:`jax.export`: the step's StableHLO is exported once and serialized under a
-digest of everything the trace depends on:
+A :class:`StoredProgram` exports its step's StableHLO once with :mod:`jax.export`, under a
+digest of the caller's key (``Run.program_key`` and the step's name), the arguments' tree,
+shapes and dtypes, nnqmc's source byte for byte, the versions of JAX, jaxlib, folx, optax,
+NumPy and PySCF, the devices, ``XLA_FLAGS`` and the settings in :data:`_SETTINGS`. Every
+process runs the exported module, loaded or traced, so results are bit-identical either way.
 
-- the caller's key (:attr:`nnqmc.run_setup.Run.program_key` and the step's name);
-- the arguments' tree, shapes and dtypes;
-- nnqmc's own source, byte for byte;
-- the versions of JAX, jaxlib, folx, optax, NumPy and PySCF, the devices, ``XLA_FLAGS`` and
-  the JAX settings that change a trace (:data:`_SETTINGS`: x64, matmul precision, PRNG
-  implementation, dtype and rank promotion).
-
-A process that finds the digest deserializes the module instead of tracing, and its
-compilation comes from the compilation cache. Every process runs the exported module,
-loaded or not, so a loaded step gives bit-identical results. (Compiled executables
-themselves are not kept: one that XLA:CPU loaded from the compilation cache serializes
-incomplete.)
-
-The files live in ``executables/`` inside the compilation cache directory and follow its
-switch (``NNQMC_COMPILATION_CACHE=off``: none are kept); ``NNQMC_EXECUTABLES=off``
-switches off this store alone. At most :data:`MAX_FILES` are kept, the least recently used
-go first. Runs on several devices or processes call their steps as they are (an export is
-bound to its device count), as do steps with host callbacks (not exportable) and calls under
-``jax.disable_jit()``. A file that cannot be read back is traced anew and replaced, except
-where JAX's serialization itself is missing (``flatbuffers``): then nothing is loaded, kept or
-deleted.
-
-The digest sees nnqmc's files as they were when this module was imported, not code changed
-at run time: a Python session that monkeypatches nnqmc's physics should set
-``NNQMC_EXECUTABLES=off`` (the test suite does).
+Files live in ``executables/`` in the compilation cache directory and follow its switch;
+``NNQMC_EXECUTABLES=off`` switches off this store alone (a session that monkeypatches
+nnqmc's physics must: the digest sees the files as imported). At most :data:`MAX_FILES`,
+least recently used first out. Several devices or processes, host callbacks and
+``jax.disable_jit()`` call the step as it is. An unreadable file is traced anew and
+replaced, unless JAX's serialization (``flatbuffers``) is missing: then nothing is kept.
 """
 
 from __future__ import annotations

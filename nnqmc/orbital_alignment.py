@@ -1,27 +1,14 @@
-"""The same orbital in the same slot at every geometry of a molecule.
+"""The same orbital in the same slot at every geometry of a molecule (docs/pes.md,
+"Shared training").
 
-An SCF solves each geometry on its own: the signs of its MOs are arbitrary, nearly
-degenerate ones may come out in another order, and exactly degenerate ones (N2's pi pair)
-in any rotation among themselves. A network shared by several geometries
-(:mod:`nnqmc.pes.shared`) attaches its backflow to orbital slots, so the occupied orbitals
-of every geometry are rotated onto those of a reference geometry. With the overlap
-``S = C_ref^T S_AB C_new`` of the occupied orbitals of one spin (``S_AB``: the AO cross
-overlap of the two geometries, :func:`nnqmc.scf.ao_cross_overlap`) and its singular value
-decomposition ``S = A Sigma B^T``, the occupied orbitals become ``C_new B A^T``: the
-orthogonal Procrustes solution, the rotation of the new occupied space that maximises
-``trace(C_ref^T S_AB C_new U)``. The new overlap is then the symmetric positive matrix
-``A Sigma A^T``: every slot holds the orbital closest to the reference's, a permutation
-with sign flips is undone exactly, and any mixing among (near-)degenerate orbitals too.
-
-Only occupied orbitals are rotated, among themselves (the virtual columns are not used by
-the single-determinant ansatz and stay as they are). A rotation ``U`` of the occupied
-columns multiplies that spin's Slater determinant by ``det U = +-1``: the same state, at
-most with the global sign of psi flipped, which no estimator sees (``|psi|^2`` sampling,
-the local energy ``H psi / psi``, forces and the fixed-node DMC all are blind to a
-global sign), so ``U`` is not forced to ``det U = +1`` (that would leave one orbital with a
-negative overlap wherever the SCF flipped the sign of an odd number of them). A singular
-value (the cosine of a principal angle between the two occupied spaces) below
-:data:`MIN_OVERLAP` is no match (:class:`AlignmentError`).
+An SCF gives each geometry's MOs arbitrary signs, near-degenerate ones in any order and
+degenerate ones (N2's pi pair) in any rotation; a network shared across geometries
+(:mod:`nnqmc.pes.shared`) attaches its backflow to slots. So the occupied orbitals of each
+spin are rotated onto a reference geometry's: with ``S = C_ref^T S_AB C_new``
+(:func:`nnqmc.scf.ao_cross_overlap`) and ``S = A Sigma B^T``, ``C_new <- C_new B A^T``, the
+orthogonal Procrustes rotation maximising ``trace(C_ref^T S_AB C_new U)``. The determinant
+changes at most by its sign (``det U = +-1``), which no estimator sees, so ``det U = +1`` is
+not forced. A singular value below :data:`MIN_OVERLAP` is no match (:class:`AlignmentError`).
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ from .config import Config
 from .errors import RunError
 from .parallel import broadcast_from_main, is_main_process
 from .pseudopotentials import ECPError
+from .rundir import cannot_write
 from .scf import SCFResult, reference_arrays, stored_scf
 
-__all__ = ["SCF_INPUTS", "input_attrs", "read_reference", "scf_inputs"]
+__all__ = ["SCF_INPUTS", "input_attrs", "read_reference", "save_reference", "scf_inputs"]
 
 SCF_INPUTS = "scf_inputs"
 """The attribute of a reference file that holds :func:`scf_inputs` (JSON)."""
@@ -62,6 +63,16 @@ def scf_inputs(config: Config) -> dict[str, str]:
 def input_attrs(config: Config) -> dict[str, str]:
     """The attributes of ``config``'s reference file that :func:`read_reference` checks."""
     return {SCF_INPUTS: json.dumps(scf_inputs(config), sort_keys=True)}
+
+
+def save_reference(path: Path, scf: SCFResult, config: Config, **attrs: Any) -> None:
+    """Process 0: ``scf``'s reference arrays in ``path`` with :func:`input_attrs` of the
+    ``config`` it was solved with and ``attrs``; RunError if it cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        io.save_reference(path, reference_arrays(scf), **input_attrs(config), **attrs)
+    except OSError as err:
+        raise RunError(cannot_write(path, err)) from None
 
 
 def _same(key: str, stored: str, ours: str) -> bool:

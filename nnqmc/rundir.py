@@ -77,6 +77,11 @@ def on_main(fn: Callable[[], T]) -> T | None:
     return value
 
 
+def main_flag(test: Callable[[], bool]) -> bool:
+    """``test()`` of process 0 (which alone sees the files), on every process."""
+    return bool(broadcast_from_main(np.array(bool(on_main(test)))))
+
+
 def cannot_write(path: Path, err: OSError) -> str:
     """``cannot write PATH: reason``, the start of every write error's message."""
     return f"cannot write {err.filename or path}: {err.strerror or err}"

@@ -17,12 +17,12 @@ from . import io, programs
 from .config import Config, load_config, to_toml, with_settings
 from .errors import RunError
 from .estimate import training_slope
-from .parallel import broadcast_from_main, global_device_count, process_count
+from .parallel import global_device_count, process_count
 from .phases.dmc import DMCResult, dmc
 from .phases.evaluation import EvalResult, evaluate
 from .phases.training import StepHook, TrainResult, saved_training, train
 from .plot import plot_training
-from .reference_file import input_attrs, read_reference
+from .reference_file import read_reference, save_reference
 from .run_setup import Run, check_devices, prepare
 from .rundir import (
     Progress,
@@ -30,6 +30,7 @@ from .rundir import (
     check_run_directory,
     has_checkpoint,
     lock_directory,
+    main_flag,
     on_main,
     open_run_directory,
     release,
@@ -224,14 +225,14 @@ def run(
     path = run_directory(config, out_dir)
     check_devices(config.train.walkers)
     on_main(lambda: check_run_directory(path, resume, force))
-    continued = resume and not force and bool(_on_main_flag(lambda: has_checkpoint(path)))
+    continued = resume and not force and bool(main_flag(lambda: has_checkpoint(path)))
     # before the input is copied in: an input that the stored reference refuses leaves
     # the directory as it was
     prepared = prepare_stored(config, path) if continued else prepare(config)
     try:
         on_main(lambda: open_run_directory(path, config, resume, force))
         if not continued:
-            on_main(lambda: _save_reference(path, prepared))
+            on_main(lambda: save_reference(path / io.REFERENCE, prepared.scf, prepared.config))
         with stop_on_signals() as stop:
             start = None
             if initial is not None and not continued:
@@ -305,18 +306,6 @@ def _same_reference(stored: dict[str, Any], fresh: dict[str, Any], aligned: bool
         and np.allclose(stored[n], fresh[n], rtol=0.0, atol=1e-6, equal_nan=True)
         for n in fresh
     )
-
-
-def _on_main_flag(test: Callable[[], bool]) -> bool:
-    """``test()`` of process 0 (which alone sees the files), on every process."""
-    return bool(broadcast_from_main(np.array(bool(on_main(test)))))
-
-
-def _save_reference(path: Path, run: Run) -> None:
-    try:
-        io.save_reference(path / io.REFERENCE, reference_arrays(run.scf), **input_attrs(run.config))
-    except OSError as err:
-        raise RunError(cannot_write(path / io.REFERENCE, err)) from None
 
 
 def release_compiled() -> None:

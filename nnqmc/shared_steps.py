@@ -39,16 +39,17 @@ from .optimize import (
 )
 from .programs import with_ecp_points
 from .run_setup import Run
-from .sampler import adapt_width
 from .steps import (
     ECP_STREAM,
     _energy_stats,
     _scale_update,
     _select,
-    _tree_all_finite,
     batch_local_energy,
     batch_log_psi,
+    finite_step,
     metropolis,
+    next_width,
+    train_stats,
 )
 
 __all__ = [
@@ -134,8 +135,7 @@ def _shared_step(run: Run) -> Callable[..., tuple[SharedState, dict[str, jax.Arr
         if gradient_dtype is not None:
             p, r = cast_floats(params, gradient_dtype), walkers.astype(gradient_dtype)
         blocks = jacobian_blocks(batch_log_psi(physics.gradient_ansatz or physics.ansatz), p, r)
-        new_width = adapt_width(width, acceptance, cfg.sampler.target_acceptance)
-        new_width = jnp.where(jnp.isfinite(new_width), new_width, width)  # no moves: NaN
+        new_width = next_width(width, acceptance, cfg.sampler.target_acceptance)
         mean, variance = _energy_stats(e)
         return walkers, e, blocks, acceptance, new_width, mean, variance
 
@@ -152,27 +152,16 @@ def _shared_step(run: Run) -> Callable[..., tuple[SharedState, dict[str, jax.Arr
             params, state.opt_state, rows, e_rows, *settings
         )
         new_params = _scale_update(new_params, params, lr_scale)
-        finite = (
-            jnp.all(jnp.isfinite(e))
-            & jnp.isfinite(grad_norm)
-            & _tree_all_finite((new_params, new_opt_state, walkers))
-        )
-        finite = jax.lax.pmin(finite.astype(jnp.int32), AXIS) > 0
+        finite = finite_step(e, grad_norm, (new_params, new_opt_state, walkers))
         new_state = SharedState(
             _select(finite, new_params, params),
             _select(finite, new_opt_state, state.opt_state),
             jnp.where(finite, state.walkers.at[index].set(walkers), state.walkers),
             jnp.where(finite, state.width.at[index].set(new_width), state.width),
         )
-        stats = {
-            "energy": mean,
-            "variance": variance,
-            "acceptance": acceptance,
-            "width": state.width[index],
-            "grad_norm": grad_norm,
-            "finite": finite.astype(jnp.float32),
-        }
-        return new_state, stats
+        return new_state, train_stats(
+            mean, variance, acceptance, state.width[index], grad_norm, finite
+        )
 
     return step
 

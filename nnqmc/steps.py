@@ -317,32 +317,43 @@ def train_step(
             params, state.opt_state, walkers, e_clipped
         )
         new_params = _scale_update(new_params, params, lr_scale)
-        new_width = adapt_width(state.width, acceptance, target_acceptance)
-        new_width = jnp.where(jnp.isfinite(new_width), new_width, state.width)  # no moves: NaN
-        finite = (
-            jnp.all(jnp.isfinite(e))
-            & jnp.isfinite(grad_norm)
-            & _tree_all_finite((new_params, new_opt_state, walkers))
-        )
-        finite = jax.lax.pmin(finite.astype(jnp.int32), AXIS) > 0
-        mean, variance = _energy_stats(e)
+        new_width = next_width(state.width, acceptance, target_acceptance)
+        finite = finite_step(e, grad_norm, (new_params, new_opt_state, walkers))
         new_state = TrainState(
             _select(finite, new_params, params),
             _select(finite, new_opt_state, state.opt_state),
             jnp.where(finite, walkers, state.walkers),
             jnp.where(finite, new_width, state.width),
         )
-        stats = {
-            "energy": mean,
-            "variance": variance,
-            "acceptance": acceptance,
-            "width": state.width,
-            "grad_norm": grad_norm,
-            "finite": finite.astype(jnp.float32),
-        }
+        stats = train_stats(*_energy_stats(e), acceptance, state.width, grad_norm, finite)
         return new_state, stats
 
     return step
+
+
+def next_width(width: jax.Array, acceptance: jax.Array, target: float) -> jax.Array:
+    """The adapted Metropolis step width; the old one where no move was made (NaN)."""
+    new_width = adapt_width(width, acceptance, target)
+    return jnp.where(jnp.isfinite(new_width), new_width, width)
+
+
+def finite_step(e: jax.Array, grad_norm: jax.Array, tree: Any) -> jax.Array:
+    """Whether a training step is finite on every device: its local energies, gradient norm
+    and ``tree`` (new parameters, optimizer state, walkers)."""
+    finite = jnp.all(jnp.isfinite(e)) & jnp.isfinite(grad_norm) & _tree_all_finite(tree)
+    return jax.lax.pmin(finite.astype(jnp.int32), AXIS) > 0
+
+
+def train_stats(mean, variance, acceptance, width, grad_norm, finite) -> dict[str, jax.Array]:
+    """A training step's statistics as the log stores them."""
+    return {
+        "energy": mean,
+        "variance": variance,
+        "acceptance": acceptance,
+        "width": width,
+        "grad_norm": grad_norm,
+        "finite": finite.astype(jnp.float32),
+    }
 
 
 def metropolis(

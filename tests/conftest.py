@@ -1,6 +1,16 @@
 import os
+import tempfile
+from pathlib import Path
 
 import jax
+
+# The suite's compiled programs go to a cache of its own in the temporary directory, not
+# into the user's (~/.cache/nnqmc/jax, 2 GiB, least recently used out), which thousands of
+# test programs would flush; it is kept between runs on this machine like pytest's cache.
+if not (os.environ.get("NNQMC_COMPILATION_CACHE") or os.environ.get("JAX_COMPILATION_CACHE_DIR")):
+    os.environ["NNQMC_COMPILATION_CACHE"] = str(
+        Path(tempfile.gettempdir()) / f"nnqmc-test-jax-cache-{os.getuid()}"
+    )
 
 jax.config.update("jax_enable_x64", True)
 # Tests monkeypatch the physics; traced steps stored on disk would not see it

@@ -14,7 +14,7 @@ from test_paulinet import _perturb, _walkers  # noqa: E402
 
 from nnqmc import api  # noqa: E402
 from nnqmc.ansatz import slater_jastrow  # noqa: E402
-from nnqmc.ansatz.embedding import make_embedding  # noqa: E402
+from nnqmc.ansatz.embedding import electron_nuclear_inputs, make_embedding  # noqa: E402
 from nnqmc.ansatz.generalized import (  # noqa: E402
     copy_rotations,
     envelope,
@@ -31,6 +31,7 @@ VARIANTS = {
     "blocks": dict(full_determinant=False),
     "full-copies": dict(full_determinant=True, copies=3),
     "plain": dict(full_determinant=False, envelopes=False, en_vectors=False),
+    "core": dict(full_determinant=False, core_inputs=True),
 }
 
 
@@ -54,6 +55,7 @@ def _two_determinants(scf):
         ("lih", "blocks"),
         ("lih", "plain"),
         ("be_triplet", "full"),
+        ("be_triplet", "core"),
         ("lih_two_dets", "full-copies"),
     ],
 )
@@ -109,6 +111,7 @@ def test_antisymmetry(system, variant, request):
         pytest.param("lih", "full-copies", marks=pytest.mark.ci_slow),
         ("lih", "blocks"),
         ("be_triplet", "full"),
+        ("be_triplet", "core"),
         ("h_atom", "full"),
         pytest.param("lih_two_dets", "full", marks=pytest.mark.ci_slow),
     ],
@@ -225,6 +228,26 @@ def test_embedding_with_en_vectors_translation_invariant_and_equivariant():
             assert np.abs(np.asarray(rotated - x0)).max() > 1e-3
         else:
             np.testing.assert_allclose(rotated, x0, rtol=1e-9, atol=1e-12)
+
+
+def test_core_inputs_resolve_each_nucleus_at_its_own_scale():
+    """The core-scaled inputs of a nucleus with k = Z at distance d are the unscaled ones at
+    Z d: they change across the 1s core (~1/Z), where the unscaled ones are flat."""
+    coords = jnp.asarray([[0.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    scales = np.array([8.0, 1.0])
+    direction = jnp.asarray([0.6, 0.0, 0.8])
+    for d in (0.01, 0.1, 0.5, 2.0):
+        scaled = electron_nuclear_inputs(d * direction, coords, scales).reshape(2, 8)
+        plain_at_zd = electron_nuclear_inputs(8.0 * d * direction, coords[:1]).reshape(4)
+        np.testing.assert_allclose(scaled[0, 4:], plain_at_zd, rtol=1e-12)
+        np.testing.assert_allclose(scaled[:, :4].reshape(-1), electron_nuclear_inputs(
+            d * direction, coords).reshape(-1), rtol=1e-12)  # fmt: skip
+        np.testing.assert_allclose(scaled[1, 4:], scaled[1, :4], rtol=1e-12)  # k = 1
+    # across the oxygen core the scaled log-distance changes by O(1), the unscaled by 1 %
+    inner, outer = (
+        electron_nuclear_inputs(d * direction, coords[:1], scales[:1]) for d in (0.02, 0.1)
+    )
+    assert abs(float(outer[7] - inner[7])) > 0.4 and abs(float(outer[3] - inner[3])) < 0.011
 
 
 @pytest.mark.ci_slow  # 40 s on the 2-core CPU: the default suite stays under 20 minutes

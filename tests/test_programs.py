@@ -163,6 +163,15 @@ def test_the_cache_directory_follows_the_environment(tmp_path):
     assert cache_directory({"JAX_COMPILATION_CACHE_DIR": str(tmp_path)}) is None
 
 
+def test_the_suite_keeps_its_programs_out_of_the_users_cache():
+    """tests/conftest.py points the cache into the temporary directory before nnqmc is
+    imported, so the suite's programs do not flush the user's."""
+    used = jax.config.jax_compilation_cache_dir
+    assert not used or Path(used) != Path.home() / ".cache" / "nnqmc" / "jax"
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        assert (Path(used) if used else None) == cache_directory()
+
+
 def _in_two_processes(tmp_path, body: str, env: dict[str, str]) -> list[dict]:
     """Run the H2 input twice, each in a new process sharing one cache directory: ``body``
     runs it (``config``: its path, ``sys.argv[1]``: the run directory) and prints one JSON

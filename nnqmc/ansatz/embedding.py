@@ -168,19 +168,31 @@ def initial_features(spin: jax.Array, n_up: int, n_down: int, dtype) -> jax.Arra
     return jnp.concatenate([up, down]).astype(dtype)
 
 
-def electron_nuclear_inputs(r_i: jax.Array, coords: jax.Array) -> jax.Array:
+def electron_nuclear_inputs(
+    r_i: jax.Array, coords: jax.Array, scales: np.ndarray | None = None
+) -> jax.Array:
     """Per-electron input features from the vectors to the nuclei, (4 n_atoms,) for one
     electron position ``r_i`` (3,):
 
-        [(r_i - R_I) / sqrt(1 + d_iI^2),  log(1 + d_iI^2)]  for each nucleus I.
+        [(r_i - R_I) / sqrt(1 + d_iI^2),  log(1 + d_iI^2)]  for each nucleus I,
 
-    Both are smooth functions of r_i (only d^2 enters), so they keep the nuclear cusps of
-    the orbitals; the vectors give the embedding directions, which distances alone cannot.
-    They are invariant under joint translations of electrons and nuclei, not under rotations
-    of the electrons about a molecule (the molecule's frame enters)."""
+    and with ``scales`` (n_atoms,) the same again in units of 1/k_I, (8 n_atoms,):
+
+        [k_I (r_i - R_I) / sqrt(1 + k_I^2 d_iI^2),  log(1 + k_I^2 d_iI^2)],
+
+    which vary within the core of a nucleus of charge Z for k_I = Z (1s radius ~ 1/Z) where
+    the unscaled ones are flat. All are smooth functions of r_i (only d^2 enters), so they
+    keep the nuclear cusps of the orbitals; the vectors give the embedding directions, which
+    distances alone cannot. They are invariant under joint translations of electrons and
+    nuclei, not under rotations of the electrons about a molecule (its frame enters)."""
     diff = r_i[None, :] - coords.astype(r_i.dtype)
     d2 = jnp.sum(diff * diff, axis=-1, keepdims=True)
-    return jnp.concatenate([diff / jnp.sqrt(1.0 + d2), jnp.log1p(d2)], axis=-1).reshape(-1)
+    parts = [diff / jnp.sqrt(1.0 + d2), jnp.log1p(d2)]
+    if scales is not None:
+        k = jnp.asarray(scales, r_i.dtype)[:, None]
+        k2d2 = k * k * d2
+        parts += [k * diff / jnp.sqrt(1.0 + k2d2), jnp.log1p(k2d2)]
+    return jnp.concatenate(parts, axis=-1).reshape(-1)
 
 
 def nuclear_weights(head: jax.Array, nuclei: jax.Array) -> jax.Array:
@@ -199,13 +211,15 @@ def make_embedding(
     n_rbf: int = 16,
     cutoff: float = 10.0,
     en_vectors: bool = False,
+    en_scales: np.ndarray | None = None,
     dtype=jnp.float64,
 ) -> tuple[Callable[[jax.Array], Params], Callable[[Params, jax.Array, jax.Array], jax.Array]]:
     """``(init(key) -> params, apply(params, r, coords) -> x)`` with x of shape (n_elec, dim).
 
     ``r``: (n_up + n_down, 3) electrons, first ``n_up`` spin-up; ``coords``: (n_atoms, 3).
     ``en_vectors``: x^0 also gets a learned linear map of
-    :func:`electron_nuclear_inputs` (the generalized ansatz).
+    :func:`electron_nuclear_inputs` (the generalized ansatz), with ``en_scales`` its
+    core-scaled inputs too.
     """
     n = n_up + n_down
     mu_np, sigma_np = radial_basis_parameters(n_rbf, cutoff)
@@ -230,7 +244,8 @@ def make_embedding(
             "layers": [],
         }
         if en_vectors:
-            params["input"] = scaled_normal(next(k), (4 * n_atoms, dim), 4 * n_atoms, dtype)
+            n_in = (4 if en_scales is None else 8) * n_atoms
+            params["input"] = scaled_normal(next(k), (n_in, dim), n_in, dtype)
         for _ in range(layers):
             params["layers"].append(
                 {
@@ -282,7 +297,9 @@ def make_embedding(
 
         x = initial_features(params["spin"], n_up, n_down, dt)
         if "input" in params:
-            inputs = jax.vmap(electron_nuclear_inputs, in_axes=(0, None))(r, coords)
+            inputs = jax.vmap(electron_nuclear_inputs, in_axes=(0, None, None))(
+                r, coords, en_scales
+            )
             x = x + inputs @ params["input"].astype(dt)
 
         for l, layer in enumerate(params["layers"]):

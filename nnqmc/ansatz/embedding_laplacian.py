@@ -112,12 +112,14 @@ def _pair_message(w: jax.Array, w1: jax.Array, lap_w: jax.Array, h: Jet, u: jax.
     return Jet(value, jac, lap)
 
 
-def _input_jet(weights: jax.Array, r: jax.Array, coords: jax.Array, eye: jax.Array) -> Jet:
+def _input_jet(
+    weights: jax.Array, r: jax.Array, coords: jax.Array, eye: jax.Array, scales: np.ndarray | None
+) -> Jet:
     """Jet of ``electron_nuclear_inputs(r_i) @ weights``: it depends on r_i alone, so its
     Jacobian is diagonal in the electrons and three directions per electron suffice."""
 
     def one(r_i):
-        f = lambda y: electron_nuclear_inputs(y, coords)
+        f = lambda y: electron_nuclear_inputs(y, coords, scales)
         basis = jnp.eye(3, dtype=r_i.dtype)
 
         def along(v):
@@ -133,7 +135,12 @@ def _input_jet(weights: jax.Array, r: jax.Array, coords: jax.Array, eye: jax.Arr
 
 
 def make_embedding_laplacian(
-    n_up: int, n_down: int, *, n_rbf: int = 16, cutoff: float = 10.0
+    n_up: int,
+    n_down: int,
+    *,
+    n_rbf: int = 16,
+    cutoff: float = 10.0,
+    en_scales: np.ndarray | None = None,
 ) -> Callable[[Params, jax.Array, jax.Array], Jet]:
     """``jet(params, r, coords) -> Jet`` of the embedding that ``make_embedding`` makes with
     these arguments, for parameters from its ``init`` (which fix width, depth and nuclei)."""
@@ -171,7 +178,7 @@ def make_embedding_laplacian(
         eye = jnp.eye(n, dtype=dt)[:, :, None, None]
         x = Jet(x0, jnp.zeros((n, n, 3, dim), dt), jnp.zeros((n, dim), dt))
         if "input" in params:
-            x = _add(x, _input_jet(params["input"].astype(dt), r, coords, eye))
+            x = _add(x, _input_jet(params["input"].astype(dt), r, coords, eye, en_scales))
 
         for l, layer in enumerate(params["layers"]):
             h = _linear(x, layer["h"])

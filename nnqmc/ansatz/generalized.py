@@ -9,15 +9,9 @@ embedding x_i of :mod:`nnqmc.ansatz.embedding` (with the electron–nucleus vect
 r_i - R_I as extra inputs) feeding J = sum_i MLP_J(x_i) and, per spin of electron i, heads
 for the log-backflow g and the envelope amplitudes a:
 
-- ``full_determinant``: one (n x n) matrix per determinant whose columns are the up
-  orbitals, then the down ones, and whose rows are all electrons. In the blocks where the
-  spins of electron and orbital agree, B = exp(g); elsewhere B = g. At the start (g = 0,
-  a = 0) the matrix is block-diagonal and det M = det M_up det M_down: the HF/CASSCF
-  determinant. Otherwise two spin blocks with B = exp(g), as PauliNet. Off by default:
-  d log det M / d M_ij = (M^-1)_ji, and the inverse of a block-diagonal matrix is
-  block-diagonal, so entries across the spin blocks get exactly zero gradient at the start
-  and stay zero under gradient-based training (measured: the same training curve as two
-  spin blocks). Useful only from parameters that are already off the block-diagonal.
+- ``full_determinant``: one (n x n) matrix per determinant, up then down orbitals as
+  columns, B = exp(g) where the spins of electron and orbital agree, B = g across; at the
+  start block-diagonal (the HF/CASSCF determinant). Otherwise two spin blocks, B = exp(g).
 - ``envelopes``: learned orbital corrections a * e with exponential envelopes per nucleus
 
       e(d) = exp(-Z d + (Z - zeta) d^2 / (1/Z + d)),
@@ -26,10 +20,11 @@ for the log-backflow g and the envelope amplitudes a:
   orbitals and the local energy stays finite there) and decays as exp(-zeta d) beyond
   ~1/Z, with zeta > 0 learned per determinant, orbital and nucleus. At another nucleus
   the envelope is smooth and the cusp holds up to its (small) value there.
-- ``copies``: each HF/CASSCF determinant appears ``copies`` times, copy k with its
-  occupied orbitals mixed by a fixed random rotation U_k (det U_k = +1, U_0 = 1), which
-  leaves the determinant unchanged but gives each copy its own backflow and envelopes to
-  learn; c_p = c_q / copies. The copies are the learned determinants beyond CASSCF.
+- ``copies``: each HF/CASSCF determinant ``copies`` times, copy k with its occupied
+  orbitals mixed by a fixed rotation U_k (det U_k = +1): the same determinant with its own
+  backflow and envelopes to learn; c_p = c_q / copies.
+- ``core_inputs``: the embedding's r_i - R_I inputs also at each nucleus's 1/Z scale
+  (:func:`nnqmc.ansatz.embedding.electron_nuclear_inputs`).
 
 All heads start at zero, so the untrained ansatz is exactly the HF/CASSCF wavefunction
 times exp(gamma) (J = 0, B = 1 on the spin blocks, 0 across, no corrections).
@@ -49,6 +44,7 @@ from .determinants import combine_determinants, log_sum_determinants, slogdet
 from .embedding import activation, init_mlp, make_embedding, mlp
 from .embedding_laplacian import kinetic_jet_from_embedding, make_embedding_laplacian
 from .jastrow import electron_cusp
+from .paulinet import NETWORK_OPTIONS
 from .slater import SlaterPart
 
 Params = Any
@@ -96,6 +92,7 @@ def generalized_from_slater(
     full_determinant: bool = False,
     envelopes: bool = True,
     en_vectors: bool = True,
+    core_inputs: bool = False,
     copies: int = 1,
     ee_cusp: bool = True,
     dtype=jnp.float64,
@@ -130,6 +127,7 @@ def generalized_from_slater(
     cols_down = n if full_determinant else n_down
     per_col = 1 + (n_atoms if envelopes else 0)
     dim = embedding_dim
+    en_scales = np.maximum(charges_np, 1.0) if en_vectors and core_inputs else None
     emb_init, emb_apply = make_embedding(
         n_up,
         n_down,
@@ -139,9 +137,12 @@ def generalized_from_slater(
         n_rbf=n_rbf,
         cutoff=cutoff,
         en_vectors=en_vectors,
+        en_scales=en_scales,
         dtype=dtype,
     )
-    emb_jet = make_embedding_laplacian(n_up, n_down, n_rbf=n_rbf, cutoff=cutoff)
+    emb_jet = make_embedding_laplacian(
+        n_up, n_down, n_rbf=n_rbf, cutoff=cutoff, en_scales=en_scales
+    )
 
     def init(key: jax.Array) -> Params:
         k_emb, k_jas, k_trunk, k_up, k_dn = jax.random.split(key, 5)
@@ -211,27 +212,22 @@ def generalized_from_slater(
         ci = params["ci"] if multi else jnp.asarray(ci0, r.dtype)
         up_cols, dn_cols = slice(0, n_up), slice(n_up, n)
         if full_determinant:
-            top = jnp.concatenate(
+            rows = (("up", r_up, out_up), ("down", r_dn, out_dn))
+            cols = (("up", up_cols), ("down", dn_cols))
+            matrix = jnp.concatenate(
                 [
-                    block(params, r_up, out_up[:, :, up_cols], orbitals(r_up, "up"), up_cols, True),
-                    block(
-                        params, r_up, out_up[:, :, dn_cols], orbitals(r_up, "down"), dn_cols, False
-                    ),
+                    jnp.concatenate(
+                        [
+                            block(params, r_s, out[:, :, c], orbitals(r_s, o), c, s == o)
+                            for o, c in cols
+                        ],
+                        axis=-1,
+                    )
+                    for s, r_s, out in rows
                 ],
-                axis=-1,
+                axis=1,
             )
-            bottom = jnp.concatenate(
-                [
-                    block(
-                        params, r_dn, out_dn[:, :, up_cols], orbitals(r_dn, "up"), up_cols, False
-                    ),
-                    block(
-                        params, r_dn, out_dn[:, :, dn_cols], orbitals(r_dn, "down"), dn_cols, True
-                    ),
-                ],
-                axis=-1,
-            )
-            sign, log = combine_determinants(*slogdet(jnp.concatenate([top, bottom], axis=1)), ci)
+            sign, log = combine_determinants(*slogdet(matrix), ci)
         else:
             m_up = block(params, r_up, out_up, orbitals(r_up, "up"), up_cols, True)
             m_dn = block(params, r_dn, out_dn, orbitals(r_dn, "down"), dn_cols, True)
@@ -257,20 +253,6 @@ def generalized_from_options(
 ) -> Ansatz:
     """:func:`generalized_from_slater` with the sizes and switches of an ``[ansatz]``
     section (:class:`nnqmc.config.AnsatzConfig`)."""
-    return generalized_from_slater(
-        slater,
-        coords,
-        charges,
-        embedding_dim=options.embedding_dim,
-        layers=options.layers,
-        n_rbf=options.n_rbf,
-        cutoff=options.cutoff,
-        jastrow_layers=options.jastrow_layers,
-        backflow_layers=options.backflow_layers,
-        full_determinant=options.full_determinant,
-        envelopes=options.envelopes,
-        en_vectors=options.en_vectors,
-        copies=options.copies,
-        ee_cusp=options.ee_cusp,
-        dtype=dtype,
-    )
+    switches = ("full_determinant", "envelopes", "en_vectors", "core_inputs", "copies", "ee_cusp")
+    chosen = {name: getattr(options, name) for name in NETWORK_OPTIONS + switches}
+    return generalized_from_slater(slater, coords, charges, dtype=dtype, **chosen)

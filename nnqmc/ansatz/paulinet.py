@@ -124,51 +124,28 @@ def paulinet(
     charges: np.ndarray,
     coords: np.ndarray,
     *,
-    embedding_dim: int = 64,
-    layers: int = 3,
-    n_rbf: int = 16,
-    cutoff: float = 10.0,
-    jastrow_layers: int = 3,
-    backflow_layers: int = 3,
-    backflow: str = "exp",
     ee_cusp: bool = True,
     cusp: bool = True,
     dtype=jnp.float64,
+    **net: Any,
 ) -> Ansatz:
-    """PauliNet: HF/CASSCF determinants with neural backflow factors and Jastrow.
+    """PauliNet: HF/CASSCF determinants with neural backflow factors and Jastrow; ``net``:
+    the sizes and backflow form of :func:`make_network`.
 
     ``apply(params, r) -> (sign, log|psi|)`` for one walker ``r`` of shape (n_elec, 3).
     The CI coefficients are trainable when there is more than one determinant.
     """
     slater = slater_part(scf, charges, cusp=cusp, dtype=dtype)
-    return paulinet_from_slater(
-        slater,
-        coords,
-        embedding_dim=embedding_dim,
-        layers=layers,
-        n_rbf=n_rbf,
-        cutoff=cutoff,
-        jastrow_layers=jastrow_layers,
-        backflow_layers=backflow_layers,
-        backflow=backflow,
-        ee_cusp=ee_cusp,
-        dtype=dtype,
-    )
+    return paulinet_from_slater(slater, coords, ee_cusp=ee_cusp, dtype=dtype, **net)
 
 
 def paulinet_from_slater(
     slater: SlaterPart,
     coords: np.ndarray,
     *,
-    embedding_dim: int = 64,
-    layers: int = 3,
-    n_rbf: int = 16,
-    cutoff: float = 10.0,
-    jastrow_layers: int = 3,
-    backflow_layers: int = 3,
-    backflow: str = "exp",
     ee_cusp: bool = True,
     dtype=jnp.float64,
+    **net_options: Any,
 ) -> Ansatz:
     """:func:`paulinet` for any determinant part: HF/CASSCF orbitals or user orbitals.
 
@@ -179,20 +156,7 @@ def paulinet_from_slater(
     n_det = slater.ci.shape[0]
     multi = n_det > 1
     coords_np = positions(coords)
-    net = make_network(
-        n_up,
-        n_down,
-        len(coords_np),
-        n_det,
-        embedding_dim=embedding_dim,
-        layers=layers,
-        n_rbf=n_rbf,
-        cutoff=cutoff,
-        jastrow_layers=jastrow_layers,
-        backflow_layers=backflow_layers,
-        backflow=backflow,
-        dtype=dtype,
-    )
+    net = make_network(n_up, n_down, len(coords_np), n_det, dtype=dtype, **net_options)
 
     def init(key: jax.Array) -> Params:
         params = {"net": net.init(key)}
@@ -224,21 +188,17 @@ def paulinet_from_slater(
     return Ansatz(init, apply, n_up, n_down, kinetic_jet)
 
 
+NETWORK_OPTIONS = (
+    "embedding_dim", "layers", "n_rbf", "cutoff", "jastrow_layers", "backflow_layers"
+)  # fmt: skip
+
+
 def paulinet_from_options(
     slater: SlaterPart, coords: np.ndarray, options: Any, dtype=jnp.float64
 ) -> Ansatz:
     """:func:`paulinet_from_slater` with the sizes and switches of an ``[ansatz]`` section
     (:class:`nnqmc.config.AnsatzConfig`)."""
+    sizes = {name: getattr(options, name) for name in NETWORK_OPTIONS}
     return paulinet_from_slater(
-        slater,
-        coords,
-        embedding_dim=options.embedding_dim,
-        layers=options.layers,
-        n_rbf=options.n_rbf,
-        cutoff=options.cutoff,
-        jastrow_layers=options.jastrow_layers,
-        backflow_layers=options.backflow_layers,
-        backflow=options.backflow,
-        ee_cusp=options.ee_cusp,
-        dtype=dtype,
+        slater, coords, backflow=options.backflow, ee_cusp=options.ee_cusp, dtype=dtype, **sizes
     )

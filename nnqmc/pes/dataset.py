@@ -1,51 +1,6 @@
-"""The HDF5 dataset of a scan: one row per geometry, rewritten atomically after each one.
-
-Schema (atomic units: bohr, hartree, hartree/bohr; missing values are NaN):
-
-=================  ===========================  ============================================
-dataset            shape, type                  meaning
-=================  ===========================  ============================================
-atomic_numbers     (n_atoms,) int64             Z of each atom
-positions          (n, n_atoms, 3) float64      nuclear positions, bohr
-labels             (n, n_labels) float64        scan coordinates (bond length bohr, angle
-                                                degrees, mode/amplitude, frame number)
-energy             (n,) float64                 VMC energy, hartree
-energy_err         (n,) float64                 its standard error (blocking analysis)
-variance           (n,) float64                 variance of the local energy, hartree²
-forces             (n, n_atoms, 3) float64      -dE/dR, hartree/bohr (``scan.forces``)
-forces_err         (n, n_atoms, 3) float64      standard errors of ``forces``
-hf_energy          (n,) float64                 Hartree–Fock energy (PySCF, same basis)
-ccsd_t_energy      (n,) float64                 CCSD(T) energy (``scan.ccsd_t``)
-reference_energy   (n,) float64                 exact energy given in ``scan.reference``
-selection          (n,) int64                   adaptive and thermal scans: the order in which rows
-                                                were chosen (0, 1, ...; -1 never chosen)
-selection_std      (n,) float64                 adaptive and thermal scans: the fitted force
-                                                field's predictive std of the energy there
-                                                when it was chosen, hartree (NaN: initial
-                                                geometries)
-round              (n,) int64                   thermal scans: the round that chose the row
-                                                (0: the initial geometries)
-sampler            (n,) str                     thermal scans: what proposed it, ``initial``,
-                                                ``md`` or ``flow``
-temperature        (n,) float64                 thermal scans: the sampler's temperature, K
-                                                (NaN: initial)
-selection_weight   (n,) float64                 thermal scans: its normalised importance
-                                                weight among the round's candidates times
-                                                their number (1 for MD frames; NaN: initial)
-steps              (n,) int64                   training steps of this geometry
-warm_from          (n,) int64                   row whose parameters started it (-1: cold)
-wall_time          (n,) float64                 seconds of training + evaluation
-status             (n,) str                     pending | running | done | failed
-message            (n,) str                     why a geometry failed ("" otherwise)
-=================  ===========================  ============================================
-
-Attributes: ``name``, ``input_toml`` (the input file's text), ``version`` (nnqmc),
-``schema`` (1), ``units``, ``kind`` (scan kind), ``train`` (``scan.train``, "independent"
-or "shared": a rerun in the same directory must have the same), ``shard`` ("i/n", or "" for a
-whole scan), ``has_forces``, ``has_ccsd_t``. Optional columns (forces, CCSD(T), reference,
-selection, thermal) are absent when not asked for.
-A shard file holds every row of the scan; the rows of other shards stay ``pending``. A thermal
-scan's file grows: each round appends the rows it chose (:func:`append_rows`).
+"""The HDF5 dataset of a scan (``scan.h5``): one row per geometry, rewritten atomically
+after each one; atomic units, missing values NaN. Its columns and attributes are listed in
+docs/pes.md ("The dataset"); optional columns are absent when not asked for.
 """
 
 from __future__ import annotations
@@ -61,9 +16,7 @@ from ..io import attr_value, write_h5_atomic
 
 SCHEMA_VERSION = 1
 UNITS = "positions bohr; energies hartree; forces hartree/bohr; angles degrees"
-STATUSES = ("pending", "running", "done", "failed")
 FLOAT_COLUMNS = ("energy", "energy_err", "variance", "hf_energy", "wall_time")
-INT_COLUMNS = ("steps", "warm_from")
 TEXT_COLUMNS = ("status", "message", "sampler")
 
 
@@ -73,7 +26,7 @@ class DatasetError(ValueError):
 
 @dataclass
 class Dataset:
-    """All columns of a scan dataset in memory (see the module docstring)."""
+    """All columns of a scan dataset in memory (docs/pes.md, "The dataset")."""
 
     atomic_numbers: np.ndarray
     positions: np.ndarray

@@ -1,28 +1,11 @@
-"""Exports of a scan dataset (finished rows only) for force-field trainers, in eV and Å.
+"""Exports of a scan dataset (finished rows only) for force-field trainers, in eV and Å,
+each what one family of trainers reads unchanged; the keys of each format, the trainers'
+commands and how the error bars enter are in docs/forcefields.md:
 
-Each format is what one family of trainers reads unchanged (commands in docs/forcefields.md):
-
-* ``extxyz`` (ASE, NequIP, MACE, GAP): one frame per geometry. The comment line holds
-  ``energy=`` (eV) and the ``forces`` column (eV/Å), which ASE turns into calculator
-  results (``atoms.get_potential_energy()``, ``atoms.get_forces()``); the same labels again
-  as ``REF_energy`` (``atoms.info``) and ``REF_forces`` (``atoms.arrays``), MACE's default
-  keys; the error bars as GAP's per-configuration ``energy_sigma`` (eV) and ``force_sigma``
-  (eV/Å, root mean square over the configuration's components) and its per-component
-  ``force_component_sigma`` column; and MACE's per-configuration loss weights
-  ``config_energy_weight`` and ``config_forces_weight`` (see :func:`inverse_variance_weights`).
-  Also ``energy_err`` (eV, as ``energy_sigma``), ``index`` (the dataset row), ``units``,
-  ``pbc="F F F"`` and a cubic ``Lattice`` 20 Å wider than the molecule (QUIP's reader, hence
-  GAP's, needs a lattice even for molecules; see :func:`box_side`).
-* ``npz`` (sGDML): ``type='d'``, ``name``, ``theory``, ``z`` (n_atoms,), ``R`` (n, n_atoms,
-  3) Å, ``E`` (n, 1) eV, ``F`` (n, n_atoms, 3) eV/Å (if forces were computed),
-  ``r_unit='Ang'``, ``e_unit='eV'``, and ``md5``, the fingerprint exactly as
-  ``sgdml.utils.io.dataset_md5`` computes it, stored as bytes (see :func:`sgdml_md5`); plus
-  ``E_err`` and ``F_err``, which sGDML ignores.
-* ``db`` (SchNetPack): an ASE SQLite database, one row per geometry with a single-point
-  calculator (energy, forces), the data arrays ``energy`` (1,) eV, ``forces`` (n_atoms, 3)
-  eV/Å, ``energy_err``, ``forces_err``, and the key ``index`` (the dataset row); metadata
-  ``_distance_unit='Ang'``, ``_property_unit_dict`` (a unit for every data array) and
-  ``atomrefs={}`` as ``schnetpack.data.ASEAtomsData`` expects. Needs ``ase``.
+* ``extxyz`` (ASE, NequIP, MACE, GAP): energies, forces, MACE's ``REF_*`` keys and loss
+  weights, GAP's sigmas and the lattice QUIP's reader needs (:func:`box_side`);
+* ``npz`` (sGDML): its layout with the fingerprint :func:`sgdml_md5`;
+* ``db`` (SchNetPack): an ASE SQLite database as ``schnetpack.data.ASEAtomsData`` reads it.
 """
 
 from __future__ import annotations
@@ -148,7 +131,7 @@ def box_side(positions: np.ndarray) -> float:
 
 
 def extxyz_text(data: Dataset) -> str:
-    """The finished rows as extended XYZ (eV, Å, eV/Å; keys in the module docstring)."""
+    """The finished rows as extended XYZ (eV, Å, eV/Å; keys in docs/forcefields.md)."""
     lab = labels(data)
     columns = ["species:S:1", "pos:R:3"]
     if lab.forces is not None:

@@ -16,25 +16,12 @@ the derivative of the variational energy has the Pulay term -2 <(E_L - E) d log|
 
     F_I = <F_I^ZV> - 2 (<E_L g_I> - <E_L><g_I>) + F_I^nn.
 
-In a molecular run ``g_I`` is the exact d log|psi|/dR_I at frozen parameters, MO and cusp
-coefficients (:data:`FORCE_TERMS`, the nuclei moved with the orbitals' centres: see
-:func:`nnqmc.run_setup.with_nuclei`), so F is the derivative of the variational energy of
-the frozen wavefunction; translating all nuclei leaves that energy unchanged, so the forces
-sum to zero within their errors. Near a node, d log|psi|/dR and E_L both grow as 1/d, which
-gives (E_L - E) g an infinite variance; following Pathak & Wagner (AIP Adv. 10, 085213
-(2020)) g is multiplied by f(d/eps) = 9x^2 - 15x^4 + 7x^6 (x < 1; 1 beyond) with d =
-1/|grad log|psi|| the distance to the node to first order and eps = :data:`NODE_EPSILON`.
-Without the wavefunction's nuclear dependence (:func:`force_observables` with ``pulay =
-False``), ``g_I`` is approximated by ``Q_I``, exact only at the nuclear cusps.
-
-Effective core potentials (:mod:`nnqmc.ecp`): the potential of an ECP atom, ``-Z_eff/r +
-v_loc(r)`` plus the nonlocal term, is bounded (the local channel's first term is ``Z_eff
-e^{-a r^2}/r``), so its Hellmann–Feynman force needs no zero-variance trick:
-:func:`ecp_force` is ``-d/dR_I`` of that potential per walker, psi held fixed (its own
-nuclei), the nonlocal term ``(V_nl psi)/psi`` differentiated through ``v_l(|r_i - R_I|)``,
-the Legendre angle and the quadrature points ``R_I + |r_i - R_I| Omega_q`` (rotated at
-random, independently of R: the derivative of an unbiased estimate is unbiased). The
-all-electron atoms keep F^ZV; both share the first slot of :data:`FORCE_TERMS`.
+``g_I`` is the exact d log|psi|/dR_I at frozen parameters, MO and cusp coefficients
+(:data:`FORCE_TERMS`), damped near nodes by f(d/eps) = 9x^2 - 15x^4 + 7x^6 (Pathak & Wagner,
+AIP Adv. 10, 085213 (2020); d = 1/|grad log|psi||, eps = :data:`NODE_EPSILON`); with
+``pulay = False`` it is approximated by ``Q_I``. ECP atoms (:func:`ecp_force`) have a bounded
+potential and take its Hellmann–Feynman force directly, the nonlocal term differentiated
+through its quadrature points (docs/ecp.md).
 
 The per-walker quantities are observables of :func:`nnqmc.evaluate`; :func:`forces_from_records`
 combines the per-step averages into the force and its blocking error.

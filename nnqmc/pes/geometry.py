@@ -93,6 +93,16 @@ def random_displacements(
     return np.asarray(coords)[None] + shifts, rms[:, None]
 
 
+def kabsch_rotation(reference: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """The proper rotation R of least squared distance from ``coords`` to ``reference``
+    (both (n_atoms, 3), centred): ``(coords - mean) @ R`` ≈ ``reference - mean`` (Kabsch)."""
+    x = coords - coords.mean(axis=0)
+    y = reference - reference.mean(axis=0)
+    u, _, vt = np.linalg.svd(x.T @ y)
+    d = np.sign(np.linalg.det(u @ vt)) or 1.0
+    return u @ np.diag([1.0, 1.0, d]) @ vt
+
+
 def rigid_motions(coords: np.ndarray, masses: np.ndarray) -> np.ndarray:
     """Orthonormal mass-weighted translations and rotations (rows, length 3 n_atoms); 5 for
     a linear molecule, else 6."""

@@ -337,11 +337,9 @@ def run_scan(
     from and fine-tunes (:mod:`nnqmc.pes.shared_from`).
     """
     from .shared_from import check_scan_options
-    from .thermal_scan import check_thermal_options
 
     if config.scan.kind is None:
         raise api.RunError(f"{config.source or config.name}: scan: missing section [scan]")
-    check_thermal_options(config, shard.whole, shared_from)
     check_scan_options(config, shard.whole, cold, shared_from)
     scan_dir = scan_directory(config, out_dir)
     name = lock_name(shard)

@@ -1,20 +1,15 @@
-"""``[scan] train = "shared"``: one parameter set trained on all geometries of a scan.
+"""``[scan] train = "shared"``: one parameter set trained on all geometries of a scan
+(docs/pes.md, "Shared training").
 
 The shared training lives in the scan directory's ``shared/`` run directory: its
-checkpoint and log (``train.h5``: a row per step with one energy, variance, acceptance and
-step width per trained geometry, and the geometries' indices), and the aligned mean-field
-reference of every geometry (``reference-NNNN.h5``). Each geometry's SCF is solved on its
-own and its occupied orbitals are rotated onto those of the nearest geometry already
-aligned, starting from geometry 0 (:mod:`nnqmc.orbital_alignment`), so
-the shared network sees the same orbital in the same slot. The step itself is
-:mod:`nnqmc.shared_steps`; the loop, checkpoints and resume are :class:`nnqmc.driver.Driver`'s.
-
-Afterwards each geometry gets an ordinary run directory that starts where the shared
-training ended (:func:`hand_off`): its aligned reference, the shared parameters and
-optimizer state, its own walkers and step width, and as its training log the rows of the
-shared steps it took part in. ``nnqmc scan`` then resumes it like any interrupted
-geometry: ``scan.fine_tune_steps`` more training steps on that geometry alone, the
-evaluation, the dataset row.
+checkpoint, its log (``train.h5``, one energy, variance, acceptance and step width per
+trained geometry per step) and each geometry's aligned reference (``reference-NNNN.h5``,
+occupied orbitals rotated onto the nearest geometry already aligned, from geometry 0:
+:mod:`nnqmc.orbital_alignment`). The step is :mod:`nnqmc.shared_steps`; the loop,
+checkpoints and resume are :class:`nnqmc.driver.Driver`'s. Then :func:`hand_off` gives
+each geometry an ordinary run directory starting where the shared training ended (aligned
+reference, shared parameters and optimizer state, its walkers and step width, the shared
+steps it took part in as its log), which ``nnqmc scan`` resumes like any interrupted one.
 """
 
 from __future__ import annotations
@@ -36,7 +31,6 @@ from ..driver import Driver, NanGuard
 from ..errors import RunError
 from ..orbital_alignment import AlignmentError, align_scf
 from ..parallel import (
-    broadcast_from_main,
     device_keys,
     gather_walkers,
     replicate,
@@ -49,7 +43,7 @@ from ..phases.training import (
     initial_parameters,
     train_log_attrs,
 )
-from ..reference_file import input_attrs, read_reference
+from ..reference_file import read_reference, save_reference
 from ..run_setup import (
     STREAM_BURN_IN,
     STREAM_TRAIN,
@@ -60,8 +54,7 @@ from ..run_setup import (
     prepare,
     program_key,
 )
-from ..rundir import Progress, StopCheck, cannot_write, has_checkpoint, on_main
-from ..scf import reference_arrays
+from ..rundir import Progress, StopCheck, cannot_write, has_checkpoint, main_flag, on_main
 from ..shared_steps import SharedState, selection, shared_train_program, stack_geometries
 
 __all__ = ["SHARED_DIR", "SharedResult", "hand_off", "prepare_shared", "train_shared"]
@@ -132,21 +125,6 @@ def _aligned(runs: list[Run], basis: Any) -> list[Any]:
     return scfs
 
 
-def _main_flag(test) -> bool:
-    """``test()`` on process 0 (which alone sees the files), on every process."""
-    return bool(broadcast_from_main(np.array(bool(on_main(test)))))
-
-
-def _write_reference(path: Path, scf: Any, config: Config, **attrs: Any) -> None:
-    """Process 0: ``scf``'s reference arrays in ``path``, with the settings of ``config``
-    it was solved with (:func:`~nnqmc.reference_file.input_attrs`); RunError if it cannot."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        io.save_reference(path, reference_arrays(scf), **input_attrs(config), **attrs)
-    except OSError as err:
-        raise RunError(cannot_write(path, err)) from None
-
-
 def _stored_references(configs: list[Config], stored: list[Path], run_dir: Path) -> list[Any]:
     """The aligned references in ``stored``, built without an SCF (process 0 reads them)."""
     scfs = []
@@ -164,14 +142,12 @@ def prepare_shared(configs: list[Config], run_dir: Path, resume: bool) -> list[R
     there (by process 0)."""
     _check_same_system(configs)
     stored = [_reference_path(run_dir, k) for k in range(len(configs))]
-    if resume and _main_flag(lambda: all(p.is_file() for p in stored)):
+    if resume and main_flag(lambda: all(p.is_file() for p in stored)):
         scfs = _stored_references(configs, stored, run_dir)
     else:
         scfs = _aligned([prepare(c) for c in configs], configs[0].system.basis)
         for path, scf, config in zip(stored, scfs, configs, strict=True):
-            on_main(
-                lambda path=path, scf=scf, c=config: _write_reference(path, scf, c, aligned=True)
-            )
+            on_main(lambda path=path, scf=scf, c=config: save_reference(path, scf, c, aligned=True))
     runs = [prepare(c, s) for c, s in zip(configs, scfs, strict=True)]
     keys = {r.program_key for r in runs}
     if len(keys) != 1:
@@ -388,15 +364,15 @@ def geometry_rows(history: dict[str, np.ndarray], k: int) -> list[dict[str, Any]
     return rows
 
 
-def _handed_off(run_dir: Path, mark: str) -> bool:
-    """Process 0: whether ``run_dir`` holds a run handed off from the shared state
-    ``mark`` (:attr:`SharedResult.mark`, kept in its reference file)."""
+def started_from(run_dir: Path) -> str | None:
+    """Process 0: the shared state ``run_dir``'s run was started from (its reference's
+    attribute ``shared``; None without a checkpoint or that attribute)."""
     if not has_checkpoint(run_dir):
-        return False
+        return None
     try:
-        return io.reference_attrs(run_dir / io.REFERENCE).get("shared") == mark
+        return io.reference_attrs(run_dir / io.REFERENCE).get("shared")
     except io.CheckpointError:
-        return False
+        return None
 
 
 def new_run_directory(run_dir: Path, run: Run, mark: str) -> None:
@@ -407,7 +383,7 @@ def new_run_directory(run_dir: Path, run: Run, mark: str) -> None:
             (run_dir / name).unlink(missing_ok=True)
     except OSError as err:
         raise RunError(cannot_write(run_dir, err)) from None
-    _write_reference(run_dir / io.REFERENCE, run.scf, run.config, aligned=True, shared=mark)
+    save_reference(run_dir / io.REFERENCE, run.scf, run.config, aligned=True, shared=mark)
 
 
 def handed_driver(run: Run, run_dir: Path, lr_scale: float) -> Driver:
@@ -436,7 +412,7 @@ def hand_off(shared: SharedResult, k: int, run: Run, run_dir: Path) -> tuple[int
     rows = geometry_rows(shared.history, k)
     if not rows:
         raise RunError(f"geometry {k} took part in no shared step: raise train.steps")
-    if _main_flag(lambda: _handed_off(run_dir, shared.mark)):
+    if main_flag(lambda: started_from(run_dir) == shared.mark):
         return len(rows), False
     on_main(lambda: new_run_directory(run_dir, run, shared.mark))
     content = {

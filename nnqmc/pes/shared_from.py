@@ -1,23 +1,14 @@
-"""``nnqmc scan FILE --from SHARED_DIR``: new geometries from a trained shared model.
+"""``nnqmc scan FILE --from SHARED_DIR``: new geometries from a trained shared model
+(docs/pes.md, "New geometries from a shared model").
 
-``SHARED_DIR`` is the directory of a shared scan (``[scan] train = "shared"``,
-:mod:`nnqmc.pes.shared`) whose shared training has finished (its geometries were handed
-off). Each geometry of FILE's scan solves its own SCF, and its occupied orbitals are
-rotated (orthogonal Procrustes, :mod:`nnqmc.orbital_alignment`) onto the aligned reference
-of the nearest geometry of the shared scan (``SHARED_DIR/shared/reference-NNNN.h5``), so
-the shared network sees the same orbital in the same slot. Its run directory ``geom-NNNN``
-(under FILE's own ``--out``) then starts as a handed-off geometry does: the aligned
-reference (with the shared state it came from as the attribute ``shared``), and a
-checkpoint at step 0 with the shared parameters, the shared optimizer state and
-learning-rate scale, and the walkers of that nearest shared geometry moved with the nuclei
-and burnt in with the shared parameters. ``nnqmc scan`` resumes it like any interrupted
-geometry: ``scan.fine_tune_steps`` training steps of its own, the evaluation, the row.
-
-The optimizer state is the shared one, not a fresh one: SPRING's step count sets its
-learning rate ``lr / (1 + count / lr_decay_steps)``, so the fine-tuning goes on at the
-decayed rate at which the shared model ended (a fresh optimizer would start at the full,
-cold-start rate and could throw away what the model learnt), and it is what a geometry of
-the shared scan itself fine-tunes with.
+``SHARED_DIR`` is a shared scan (:mod:`nnqmc.pes.shared`) whose shared training has
+finished. Each geometry of FILE's scan solves its own SCF, aligns its occupied orbitals
+(:mod:`nnqmc.orbital_alignment`) onto the nearest shared geometry's reference, and starts
+its run directory as a handed-off geometry does: the aligned reference (attribute
+``shared``), and a checkpoint at step 0 with the shared parameters, the shared optimizer
+state (so fine-tuning goes on at the decayed rate the model ended with) and the nearest
+shared geometry's walkers moved with the nuclei and burnt in. ``nnqmc scan`` resumes it
+like any interrupted geometry: ``scan.fine_tune_steps`` steps, the evaluation, the row.
 """
 
 from __future__ import annotations
@@ -41,17 +32,18 @@ from ..parallel import gather_walkers, replicate, scatter_walkers
 from ..phases.training import _burn_in, initial_parameters, train_log_attrs
 from ..reference_file import read_reference
 from ..run_setup import STREAM_BURN_IN, Run, check_devices, prepare
-from ..rundir import Progress, has_checkpoint, on_main
+from ..rundir import Progress, main_flag, on_main
 from ..scf import with_reference
 from .dataset import Dataset, DatasetError, read_dataset, write_dataset
+from .geometry import kabsch_rotation
 from .shared import (
     SHARED_DIR,
-    _main_flag,
     _reference_path,
     handed_driver,
     neutral_settings,
     new_run_directory,
     program_digest,
+    started_from,
 )
 from .warm import shift_walkers
 
@@ -64,11 +56,13 @@ FROM_SHARED = "from-shared"
 def check_scan_options(config: Config, whole: bool, cold: bool, shared_from: Any) -> None:
     """RunError, one line, for options a scan does not take together."""
     scan = config.scan
-    if scan.kind == "adaptive" and not whole:
+    if scan.kind in ("adaptive", "thermal") and not whole:
         raise RunError(
-            "an adaptive scan chooses each geometry from all finished ones: run it whole "
-            "(no --shard)"
+            f"{'an' if scan.kind == 'adaptive' else 'a'} {scan.kind} scan chooses each geometry "
+            "from all finished ones: run it whole (no --shard)"
         )
+    if scan.kind == "thermal" and shared_from is not None:
+        raise RunError("--from: a thermal scan's geometries are not known before it runs")
     if shared_from is None:
         if scan.train == "shared" and not whole:
             raise RunError(
@@ -93,33 +87,19 @@ MAX_TURN = 15.0
 
 def superposition_angle(reference: np.ndarray, coords: np.ndarray) -> float:
     """The rotation angle (degrees) of the best superposition of ``coords`` onto
-    ``reference`` (both (n_atoms, 3), centred first): Kabsch, H = Xᵀ Y = U S Vᵀ,
-    R = V diag(1, 1, d) Uᵀ with d = sign det(V Uᵀ), angle = arccos((tr R − 1)/2); for a
-    linear molecule the angle between the first-to-last atom vectors."""
+    ``reference``, arccos((tr R − 1)/2) of :func:`~nnqmc.pes.geometry.kabsch_rotation`;
+    for a linear molecule the angle between the first-to-last atom vectors."""
     x = coords - coords.mean(axis=0)
-    y = reference - reference.mean(axis=0)
     if np.linalg.matrix_rank(x, tol=1e-6) <= 1:  # linear: only the axis is defined
-        a, b = x[-1] - x[0], y[-1] - y[0]
+        a, b = x[-1] - x[0], reference[-1] - reference[0]
         cos = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
         return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
-    u, _, vt = np.linalg.svd(x.T @ y)
-    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
-    rotation = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-    return float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0))))
+    trace = np.trace(kabsch_rotation(reference, coords))
+    return float(np.degrees(np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0))))
 
 
 def _symbols(z: np.ndarray) -> str:
     return " ".join(ELEMENTS[int(n) - 1] if 0 < n <= len(ELEMENTS) else f"Z={n}" for n in z)
-
-
-def _mark(run_dir: Path) -> str | None:
-    """The shared state a run directory was started from (None: no checkpoint, or none)."""
-    if not has_checkpoint(run_dir):
-        return None
-    try:
-        return io.reference_attrs(run_dir / io.REFERENCE).get("shared")
-    except io.CheckpointError:
-        return None
 
 
 def _compared(cfg: Config) -> dict[str, str]:
@@ -195,7 +175,7 @@ class SharedModel:
         if found is None:
             raise RunError(f"{where}: holds no shared training ({shared} has no checkpoint)")
         step, tag = found
-        mark = _mark(path / "geom-0000") or ""
+        mark = started_from(path / "geom-0000") or ""
         if mark.rpartition("@")[2] != str(step):
             raise RunError(
                 f"{where}: its shared training has not finished (step {step}); finish it "
@@ -297,7 +277,7 @@ class SharedModel:
         """Make ``run_dir`` geometry ``run``'s run (aligned, :meth:`aligned`) at step 0
         from the shared model (see the module doc), unless it already holds one started
         from this shared state; returns whether it was started now."""
-        if _main_flag(lambda: _mark(run_dir) == self.mark):  # every process the same answer
+        if main_flag(lambda: started_from(run_dir) == self.mark):  # every process the same answer
             return False
         state = self.load(run)
         cfg = run.config
@@ -344,7 +324,7 @@ class SharedModel:
         digest = self.mark.rpartition("@")[0]
         out = []
         for k, run_dir in run_dirs.items():
-            mark = on_main(lambda d=run_dir: _mark(d))
+            mark = on_main(lambda d=run_dir: started_from(d))
             if mark is None or mark == self.mark:
                 continue
             if mark.rpartition("@")[0] != digest:
@@ -392,7 +372,9 @@ def from_shared(
     data.attrs.update(shared_from=str(model.path), shared_model=model.mark)
     write_dataset(dataset_file, data)
     unfinished = [k for k in run_dirs if data.status(k) != "done"]
-    started = [k for k in unfinished if _main_flag(lambda d=run_dirs[k]: _mark(d) == model.mark)]
+    started = [
+        k for k in unfinished if main_flag(lambda d=run_dirs[k]: started_from(d) == model.mark)
+    ]
     runs = {k: prepare(configure(k)) for k in unfinished if k not in started}
     if runs:
         model.check(next(iter(runs.values())))

@@ -1,25 +1,13 @@
 """Thermal scans (``[scan] kind = "thermal"``): QMC labels where a force field's Boltzmann
-distribution needs them.
+distribution needs them (docs/thermal.md).
 
-The dataset starts with the ``initial`` geometries (:func:`.geometry.thermal_initial`),
-run first. Then each round r = 1, 2, ...: a force field is fitted to the finished rows
-(:func:`.adaptive.fit_and_save`, saved as ``forcefield.h5``), ``candidates`` geometries of
-exp(-E_FF/kT) at ``temperature`` are drawn from it by ``method`` (:mod:`nnqmc.thermal`:
-Langevin MD, whose frames are already distributed as p, or a Boltzmann generator, whose
-samples carry normalised importance weights w), and the candidate of largest w·σ² (σ the
-fit's predictive std of the energy; p·σ² with p estimated by the weights, σ² alone for MD)
-is appended to the dataset as a new row, superposed on the input geometry, and run: the
-largest term of Σ w_i σ_i², the estimate of ⟨σ²⟩ over exp(-E_FF/kT); with ``batch`` > 1
-up to that many, each by the variance left given the earlier ones (:func:`pick_batch`),
-appended and saved together, then run. The scan stops
-when ``budget`` rows have run (finished or failed) or the largest √(w n)·σ among a round's
-n candidates is below ``target`` (for MD: the largest σ). Only candidates within the
-flow's box are chosen (:func:`admissible`), by either method.
-
-Each row records its selection order, its round, the sampler (``initial``, ``md`` or
-``flow``), the temperature, σ and w·n at the moment it was chosen. A round's sampler seed
-comes from ``scan.seed`` and the round number, and the fit from the finished rows alone, so
-a killed scan resumes with the same choices: a chosen row not yet finished is run first.
+After the ``initial`` geometries, each round fits a force field to the finished rows, draws
+``candidates`` from exp(-E_FF/kT) by ``method`` (MD, or a flow with importance weights w),
+and appends and runs the candidate of largest w·σ² (σ the fit's predictive std; with
+``batch`` > 1 up to that many, each by the variance left given the earlier ones,
+:func:`pick_batch`), until ``budget`` rows have run or the largest √(w n)·σ is below
+``target``. Seeds come from ``scan.seed`` and the round, the fit from the finished rows
+alone, so a killed scan resumes with the same choices.
 """
 
 from __future__ import annotations
@@ -34,24 +22,13 @@ import numpy as np
 from ..api import RunError
 from .adaptive import Label, fit_and_save, label_count, rows_with, selection_count
 from .dataset import Dataset, append_rows
+from .geometry import kabsch_rotation
 
 if TYPE_CHECKING:
-    from ..config import Config, ScanConfig
+    from ..config import ScanConfig
     from ..thermal.sample import ThermalSample
 
 Log = Callable[[str], None]
-
-
-def check_thermal_options(config: Config, whole: bool, shared_from: Any) -> None:
-    """RunError, one line, for a thermal scan with ``--shard`` or ``--from``."""
-    if config.scan.kind != "thermal":
-        return
-    if not whole:
-        raise RunError(
-            "a thermal scan chooses each geometry from all finished ones: run it whole (no --shard)"
-        )
-    if shared_from is not None:
-        raise RunError("--from: a thermal scan's geometries are not known before it runs")
 
 
 def round_seed(seed: int, number: int) -> int:
@@ -93,14 +70,10 @@ def admissible(positions: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def superposed(reference: np.ndarray, coords: np.ndarray) -> np.ndarray:
-    """``coords`` (n_atoms, 3) moved rigidly onto ``reference``: centroids matched, then the
-    proper rotation of least squared distance (Kabsch); MD frames drift and turn."""
-    x = coords - coords.mean(axis=0)
-    y = reference - reference.mean(axis=0)
-    u, _, vt = np.linalg.svd(x.T @ y)
-    d = np.sign(np.linalg.det(u @ vt)) or 1.0
-    rotation = u @ np.diag([1.0, 1.0, d]) @ vt
-    return x @ rotation + reference.mean(axis=0)
+    """``coords`` (n_atoms, 3) moved rigidly onto ``reference``: centroids matched, then
+    :func:`~nnqmc.pes.geometry.kabsch_rotation`; MD frames drift and turn."""
+    rotation = kabsch_rotation(reference, coords)
+    return (coords - coords.mean(axis=0)) @ rotation + reference.mean(axis=0)
 
 
 def rows_to_run(data: Dataset) -> list[int]:
@@ -255,7 +228,7 @@ def run_thermal(
     log: Log,
     label: Label,
 ) -> None:
-    """Run a thermal scan (the module docstring): rows are run by ``label``, appended rows
+    """Run a thermal scan (docs/thermal.md): rows are run by ``label``, appended rows
     written by ``save``; chosen geometries superposed on ``reference`` (bohr)."""
     while True:
         run_unfinished(data, scan, log, label)
