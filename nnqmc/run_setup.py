@@ -231,6 +231,17 @@ def _basis_digest(basis: Any) -> str:
     return h.hexdigest()
 
 
+def changed_settings(section: Any) -> tuple[tuple[str, Any], ...]:
+    """The settings of a config section that differ from its defaults, as (name, value)
+    pairs: a setting added later with a default leaves the keys of earlier runs alone."""
+    default = type(section)()
+    return tuple(
+        (f.name, value)
+        for f in dataclasses.fields(section)
+        if (value := getattr(section, f.name)) != getattr(default, f.name)
+    )
+
+
 def program_key(config: Config, molecule: Molecule, scf: SCFResult, geometry: Any) -> Hashable:
     """What the compiled steps of a run depend on besides the geometry arrays' values: the
     settings (but not step counts, seeds or the geometry), the atoms, the occupations and
@@ -239,12 +250,12 @@ def program_key(config: Config, molecule: Molecule, scf: SCFResult, geometry: An
     leaves = jax.tree_util.tree_leaves(geometry)
     return (
         cfg.precision,
-        repr(cfg.ansatz),
-        repr(dataclasses.replace(cfg.train, steps=0, seed=0, checkpoint_every=1)),
-        repr(dataclasses.replace(cfg.sampler, burn_in=0, initial_width=1.0)),
+        changed_settings(cfg.ansatz),
+        changed_settings(dataclasses.replace(cfg.train, steps=0, seed=0, checkpoint_every=1)),
+        changed_settings(dataclasses.replace(cfg.sampler, burn_in=0, initial_width=1.0)),
         cfg.eval.decorrelation,
         cfg.eval.dipole,
-        repr(cfg.hamiltonian),
+        changed_settings(cfg.hamiltonian),
         cfg.system.basis_label if cfg.system is not None else None,
         cfg.system.ecp_points if cfg.system is not None else None,
         _basis_digest(scf.basis),

@@ -6,11 +6,15 @@ import jax
 
 # The suite's compiled programs go to a cache of its own in the temporary directory, not
 # into the user's (~/.cache/nnqmc/jax, 2 GiB, least recently used out), which thousands of
-# test programs would flush; it is kept between runs on this machine like pytest's cache.
-if not (os.environ.get("NNQMC_COMPILATION_CACHE") or os.environ.get("JAX_COMPILATION_CACHE_DIR")):
-    os.environ["NNQMC_COMPILATION_CACHE"] = str(
-        Path(tempfile.gettempdir()) / f"nnqmc-test-jax-cache-{os.getuid()}"
-    )
+# test programs would flush; kept between runs on this machine like pytest's cache, in a
+# directory only this user can write (else a fresh one).
+if not {"NNQMC_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR"} & set(os.environ):
+    _cache = Path(tempfile.gettempdir()) / f"nnqmc-test-jax-cache-{os.getuid()}"
+    _cache.mkdir(mode=0o700, exist_ok=True)
+    _stat = _cache.stat()
+    if _stat.st_uid != os.getuid() or _stat.st_mode & 0o022:
+        _cache = Path(tempfile.mkdtemp(prefix="nnqmc-test-jax-cache-"))
+    os.environ["NNQMC_COMPILATION_CACHE"] = str(_cache)
 
 jax.config.update("jax_enable_x64", True)
 # Tests monkeypatch the physics; traced steps stored on disk would not see it

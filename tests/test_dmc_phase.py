@@ -65,7 +65,11 @@ def _run_args(out: Path, *extra: str) -> list[str]:
 def _killed_run(
     out: Path, at: int, action: str, *extra: str, args: list[str] | None = None
 ) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NNQMC_", "SLURM_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NNQMC_", "SLURM_")) or k == "NNQMC_COMPILATION_CACHE"
+    }
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     env["JAX_PLATFORMS"] = "cpu"
     args = _run_args(out, *extra) if args is None else args

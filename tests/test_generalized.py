@@ -18,12 +18,15 @@ from nnqmc.ansatz.embedding import electron_nuclear_inputs, make_embedding  # no
 from nnqmc.ansatz.generalized import (  # noqa: E402
     copy_rotations,
     envelope,
+    generalized_from_options,
     generalized_from_slater,
 )
 from nnqmc.ansatz.jastrow import electron_cusp  # noqa: E402
 from nnqmc.ansatz.slater import slater_part  # noqa: E402
 from nnqmc.config import config_from_dict  # noqa: E402
 from nnqmc.laplacian import kinetic_energy_exact  # noqa: E402
+from nnqmc.molecule import Molecule  # noqa: E402
+from nnqmc.scf import run_hf  # noqa: E402
 
 SMALL = dict(embedding_dim=16, layers=2, n_rbf=8, jastrow_layers=2, backflow_layers=2)
 VARIANTS = {
@@ -55,7 +58,7 @@ def _two_determinants(scf):
         ("lih", "blocks"),
         ("lih", "plain"),
         ("be_triplet", "full"),
-        ("be_triplet", "core"),
+        ("lih", "core"),
         ("lih_two_dets", "full-copies"),
     ],
 )
@@ -111,7 +114,7 @@ def test_antisymmetry(system, variant, request):
         pytest.param("lih", "full-copies", marks=pytest.mark.ci_slow),
         ("lih", "blocks"),
         ("be_triplet", "full"),
-        ("be_triplet", "core"),
+        ("lih", "core"),
         ("h_atom", "full"),
         pytest.param("lih_two_dets", "full", marks=pytest.mark.ci_slow),
     ],
@@ -243,6 +246,19 @@ def test_core_inputs_resolve_each_nucleus_at_its_own_scale():
         np.testing.assert_allclose(scaled[:, :4].reshape(-1), electron_nuclear_inputs(
             d * direction, coords).reshape(-1), rtol=1e-12)  # fmt: skip
         np.testing.assert_allclose(scaled[1, 4:], scaled[1, :4], rtol=1e-12)  # k = 1
+    # the [ansatz] switch reaches the network: eight inputs per nucleus instead of four
+    for core, width in ((False, 4), (True, 8)):
+        options = config_from_dict(
+            {
+                "name": "core",
+                "ansatz": {"kind": "generalized", "core_inputs": core, "embedding_dim": 8},
+            },
+            require_system=False,
+        ).ansatz
+        mol = Molecule(("Li", "H"), [[0.0, 0.0, 0.0], [0.0, 0.0, 3.015]])
+        slater = slater_part(run_hf(mol, "sto-3g"), mol.charges)
+        ansatz = generalized_from_options(slater, mol.coords, mol.charges, options)
+        assert ansatz.init(jax.random.PRNGKey(0))["embedding"]["input"].shape == (2 * width, 8)
     # across the oxygen core the scaled log-distance changes by O(1), the unscaled by 1 %
     inner, outer = (
         electron_nuclear_inputs(d * direction, coords[:1], scales[:1]) for d in (0.02, 0.1)

@@ -87,7 +87,11 @@ KILLER = textwrap.dedent(
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NNQMC_", "SLURM_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NNQMC_", "SLURM_")) or k == "NNQMC_COMPILATION_CACHE"
+    }
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     env["JAX_PLATFORMS"] = "cpu"
     return env

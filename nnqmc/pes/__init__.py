@@ -8,7 +8,7 @@ HDF5 dataset per scan, shards and merging, and exports (extxyz, sGDML npz, ASE d
 
 The scan directory (default ``runs/<name>-scan``) holds ``scan.h5`` (or
 ``scan.shard-i-of-n.h5``), ``pes.png`` and one run directory ``geom-NNNN`` per geometry.
-The dataset schema is in :mod:`nnqmc.pes.dataset`; the force estimator in
+The dataset schema is in docs/pes.md ("The dataset"); the force estimator in
 :mod:`nnqmc.pes.forces`; the geometry generators in :mod:`nnqmc.pes.geometry`; the
 warm-against-cold study in :mod:`nnqmc.pes.study`.
 """
