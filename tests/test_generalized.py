@@ -114,7 +114,7 @@ def test_antisymmetry(system, variant, request):
         pytest.param("lih", "full-copies", marks=pytest.mark.ci_slow),
         ("lih", "blocks"),
         ("be_triplet", "full"),
-        ("lih", "core"),
+        pytest.param("lih", "core", marks=pytest.mark.ci_slow),
         ("h_atom", "full"),
         pytest.param("lih_two_dets", "full", marks=pytest.mark.ci_slow),
     ],
