@@ -344,7 +344,14 @@ def finite_step(e: jax.Array, grad_norm: jax.Array, tree: Any) -> jax.Array:
     return jax.lax.pmin(finite.astype(jnp.int32), AXIS) > 0
 
 
-def train_stats(mean, variance, acceptance, width, grad_norm, finite) -> dict[str, jax.Array]:
+def train_stats(
+    mean: jax.Array,
+    variance: jax.Array,
+    acceptance: jax.Array,
+    width: jax.Array,
+    grad_norm: jax.Array,
+    finite: jax.Array,
+) -> dict[str, jax.Array]:
     """A training step's statistics as the log stores them."""
     return {
         "energy": mean,

@@ -57,9 +57,9 @@ def check_scan_options(config: Config, whole: bool, cold: bool, shared_from: Any
     """RunError, one line, for options a scan does not take together."""
     scan = config.scan
     if scan.kind in ("adaptive", "thermal") and not whole:
+        kind = "an adaptive" if scan.kind == "adaptive" else "a thermal"
         raise RunError(
-            f"{'an' if scan.kind == 'adaptive' else 'a'} {scan.kind} scan chooses each geometry "
-            "from all finished ones: run it whole (no --shard)"
+            f"{kind} scan chooses each geometry from all finished ones: run it whole (no --shard)"
         )
     if scan.kind == "thermal" and shared_from is not None:
         raise RunError("--from: a thermal scan's geometries are not known before it runs")
