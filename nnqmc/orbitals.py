@@ -242,11 +242,11 @@ class CuspParams:
     s_weights: np.ndarray  # (n_atoms, n_s, n_mo)
 
 
-def cusp_radii(centers: np.ndarray, charges: np.ndarray) -> np.ndarray:
-    """``rc_A = min(0.5 / Z_A, 0.4 * min_B |R_A - R_B|)`` (only the first term for atoms)."""
+def cusp_radii(centers: np.ndarray, charges: np.ndarray, radius: float = CUSP_RC_Z) -> np.ndarray:
+    """``rc_A = min(radius / Z_A, 0.4 * min_B |R_A - R_B|)`` (only the first term for atoms)."""
     centers = np.asarray(centers, np.float64).reshape(-1, 3)
     charges = np.asarray(charges, np.float64)
-    rc = CUSP_RC_Z / np.where(charges > 0, charges, 1.0)
+    rc = radius / np.where(charges > 0, charges, 1.0)
     if len(centers) > 1:
         dist = np.linalg.norm(centers[:, None] - centers[None], axis=-1)
         np.fill_diagonal(dist, np.inf)

@@ -138,8 +138,14 @@ def precision_dtype(precision: str) -> Any:
 
 def build_ansatz(config: Config, molecule: Molecule, scf: SCFResult, dtype: Any = None) -> Ansatz:
     """The config's ansatz in ``dtype`` (default: that of ``config.precision``)."""
-    arrays = slater_arrays(scf, molecule.cusp_charges, cusp=config.ansatz.cusp_correction)
+    arrays = reference_orbitals(config, molecule, scf)
     return ansatz_from_arrays(config, molecule, scf, arrays, molecule.coords, dtype)
+
+
+def reference_orbitals(config: Config, molecule: Molecule, scf: SCFResult) -> dict[str, Any]:
+    """The orbital arrays of the reference determinants, cusp-corrected as ``[ansatz]`` says."""
+    a = config.ansatz
+    return slater_arrays(scf, molecule.cusp_charges, a.cusp_correction, a.cusp_radius)
 
 
 def ansatz_from_arrays(
@@ -157,7 +163,9 @@ def ansatz_from_arrays(
     slater = slater_from_arrays(scf, orbitals, dtype)
     kind = config.ansatz.kind
     if kind in ("hf", "jastrow"):
-        return slater_jastrow_from_part(slater, coords, jastrow=kind == "jastrow", dtype=dtype)
+        return slater_jastrow_from_part(
+            slater, coords, kind == "jastrow", dtype, config.ansatz.ee_cusp_range
+        )
     a = config.ansatz
     if kind == "generalized":
         from .ansatz.generalized import generalized_from_options
@@ -176,7 +184,7 @@ def geometry_arrays(
     arrays = {
         "coords": np.asarray(molecule.coords, np.float64).reshape(-1, 3),
         "constant": np.float64(hamiltonian.constant_energy),
-        "orbitals": slater_arrays(scf, molecule.cusp_charges, cusp=config.ansatz.cusp_correction),
+        "orbitals": reference_orbitals(config, molecule, scf),
     }
     if hamiltonian.ecp is not None:
         arrays["ecp"] = hamiltonian.ecp

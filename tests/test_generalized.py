@@ -35,6 +35,7 @@ VARIANTS = {
     "full-copies": dict(full_determinant=True, copies=3),
     "plain": dict(full_determinant=False, envelopes=False, en_vectors=False),
     "core": dict(full_determinant=False, core_inputs=True),
+    "short-cusp": dict(full_determinant=False, ee_cusp_range=0.3),
 }
 
 
@@ -59,6 +60,7 @@ def _two_determinants(scf):
         ("lih", "plain"),
         ("be_triplet", "full"),
         ("lih", "core"),
+        ("lih", "short-cusp"),
         ("lih_two_dets", "full-copies"),
     ],
 )
@@ -76,7 +78,8 @@ def test_untrained_is_the_reference_wavefunction(system, variant, request):
     @jax.jit
     @jax.vmap
     def both(r):
-        gamma = electron_cusp(r, mol.n_up, mol.n_down)
+        length = VARIANTS[variant].get("ee_cusp_range", 1.0)
+        gamma = electron_cusp(r, mol.n_up, mol.n_down, length)
         s_ref, l_ref = ref.apply(ref.init(jax.random.PRNGKey(0)), r)
         s, l = ansatz.apply(params, r)
         return s_ref, l_ref + gamma, s, l
@@ -176,6 +179,23 @@ def test_kato_cusp_of_a_trained_orbital_correction(be_triplet):
     centre = log_at(jnp.zeros(3))
     slope = float(np.mean((np.asarray(values) - float(centre)) / h))
     np.testing.assert_allclose(slope, -4.0, atol=0.05)
+
+
+@pytest.mark.parametrize("length", [1.0, 0.3])
+def test_electron_cusp_has_kato_slopes_at_any_range(length):
+    """d gamma / d r_ij = 1/2 (opposite spins) and 1/4 (same spins) at r_ij = 0, whatever
+    the range; beyond it gamma is flat (its slope falls as (L / r)^2)."""
+
+    def slope(d, n_up, n_down):
+        def gamma(x):
+            r = jnp.array([[0.0, 0.0, 0.0], [x, 0.0, 0.0]])
+            return electron_cusp(r, n_up, n_down, length)
+
+        return float(jax.grad(gamma)(d))
+
+    assert slope(1e-9, 1, 1) == pytest.approx(0.5, abs=1e-8)
+    assert slope(1e-9, 2, 0) == pytest.approx(0.25, abs=1e-8)
+    assert slope(10 * length, 1, 1) == pytest.approx(0.5 / 121, rel=1e-10)
 
 
 def test_copy_rotations_are_proper_rotations():

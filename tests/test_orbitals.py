@@ -210,3 +210,23 @@ def test_eval_mos_matches_pyscf():
         ref,
         atol=1e-10,
     )
+
+
+def test_a_wider_cusp_radius_keeps_kato_and_reaches_farther(hf_systems):
+    """``ansatz.cusp_radius``: rc = min(radius / Z, 0.4 d_min); Kato's cusp still holds, and
+    the corrected orbital differs from the Gaussian one beyond the default radius."""
+    for mol, res, coeff, _, _, plain in hf_systems[1:]:  # H2O
+        rc = orbitals.cusp_radii(mol.coords, mol.charges, 1.0)
+        dist = np.linalg.norm(mol.coords[:, None] - mol.coords[None], axis=-1)
+        np.fill_diagonal(dist, np.inf)
+        np.testing.assert_allclose(rc, np.minimum(1.0 / mol.charges, 0.4 * dist.min(1)))
+        wide = jax.jit(orbitals.build_orbitals(res.basis, coeff, mol.charges, rc=rc))
+        fit = orbitals.fit_cusps(res.basis, coeff, mol.charges, rc=rc)
+        center, z = mol.coords[0], mol.charges[0]
+        phi0 = np.asarray(wide(jnp.asarray(center[None])))[0]
+        ok = fit.mask[0]
+        slope = _mean_slope(wide, center, 1e-4)
+        np.testing.assert_allclose(slope[ok], -z * phi0[ok], rtol=1e-2, atol=1e-6)
+        between = jnp.asarray(center[None] + 0.75 * rc[0] * np.array([[0.6, 0.0, 0.8]]))
+        assert rc[0] * 0.75 > 0.5 / z
+        assert np.abs(np.asarray(wide(between)) - np.asarray(plain(between))).max() > 1e-6

@@ -59,10 +59,15 @@ def slater_jastrow(
 
 
 def slater_jastrow_from_part(
-    slater: SlaterPart, coords: np.ndarray, jastrow: bool = True, dtype=jnp.float64
+    slater: SlaterPart,
+    coords: np.ndarray,
+    jastrow: bool = True,
+    dtype=jnp.float64,
+    ee_cusp_range: float = 1.0,
 ) -> Ansatz:
     """:func:`slater_jastrow` for any determinant part (HF orbitals or user orbitals);
-    ``coords`` (n_atoms, 3), possibly empty, are the centres of the e–n Jastrow terms."""
+    ``coords`` (n_atoms, 3), possibly empty, are the centres of the e–n Jastrow terms;
+    ``ee_cusp_range`` that of gamma (:func:`~nnqmc.ansatz.jastrow.electron_cusp`)."""
     n_up, n_down = slater.n_up, slater.n_down
     coords = positions(coords)
     coords_j = jnp.asarray(coords, dtype)
@@ -82,7 +87,7 @@ def slater_jastrow_from_part(
         ci = params["ci"] if multi else jnp.asarray(slater.ci, r.dtype)
         sign, log = log_sum_determinants(up, down, ci)
         if jastrow:
-            log = log + electron_cusp(r, n_up, n_down)
+            log = log + electron_cusp(r, n_up, n_down, ee_cusp_range)
             log = log + simple_jastrow(params["jastrow"], r, coords_j, n_up, n_down)
         return sign, log
 

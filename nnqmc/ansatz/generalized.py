@@ -95,6 +95,7 @@ def generalized_from_slater(
     core_inputs: bool = False,
     copies: int = 1,
     ee_cusp: bool = True,
+    ee_cusp_range: float = 1.0,
     dtype=jnp.float64,
 ) -> Ansatz:
     """The generalized ansatz on a determinant part (see the module docstring).
@@ -234,7 +235,7 @@ def generalized_from_slater(
             sign, log = log_sum_determinants(m_up, m_dn, ci)
         log = log + jastrow
         if ee_cusp:
-            log = log + electron_cusp(r, n_up, n_down)
+            log = log + electron_cusp(r, n_up, n_down, ee_cusp_range)
         return sign, log
 
     def apply(params: Params, r: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -253,6 +254,9 @@ def generalized_from_options(
 ) -> Ansatz:
     """:func:`generalized_from_slater` with the sizes and switches of an ``[ansatz]``
     section (:class:`nnqmc.config.AnsatzConfig`)."""
-    switches = ("full_determinant", "envelopes", "en_vectors", "core_inputs", "copies", "ee_cusp")
+    switches = (
+        "full_determinant", "envelopes", "en_vectors", "core_inputs", "copies", "ee_cusp",
+        "ee_cusp_range",
+    )  # fmt: skip
     chosen = {name: getattr(options, name) for name in NETWORK_OPTIONS + switches}
     return generalized_from_slater(slater, coords, charges, dtype=dtype, **chosen)

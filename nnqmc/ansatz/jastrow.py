@@ -26,14 +26,16 @@ def _pair_distances(r: jax.Array, i: np.ndarray, j: np.ndarray) -> jax.Array:
     return jnp.sqrt(jnp.sum(d * d, axis=-1))
 
 
-def electron_cusp(r: jax.Array, n_up: int, n_down: int, alpha: float = 1.0) -> jax.Array:
-    """The fixed e–e cusp factor gamma(r) (log of the multiplicative factor)."""
+def electron_cusp(r: jax.Array, n_up: int, n_down: int, length: float = 1.0) -> jax.Array:
+    """The fixed e–e cusp factor gamma(r) = -sum_pairs c L / (1 + r_ij / L) (the log of the
+    factor): slope c = 1/2 (opposite spins) or 1/4 (same spins) at r_ij = 0, flat beyond
+    the range ``length`` L."""
     i, j, same = pair_spin_masks(n_up, n_down)
     if i.size == 0:
         return jnp.zeros((), r.dtype)
     c = jnp.where(same, 0.25, 0.5).astype(r.dtype)
     d = _pair_distances(r, i, j)
-    return jnp.sum(-c / (alpha * (1.0 + alpha * d)))
+    return jnp.sum(-c * length / (1.0 + d / length))
 
 
 def gaussian_widths(n: int) -> np.ndarray:

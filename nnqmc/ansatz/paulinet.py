@@ -144,6 +144,7 @@ def paulinet_from_slater(
     coords: np.ndarray,
     *,
     ee_cusp: bool = True,
+    ee_cusp_range: float = 1.0,
     dtype=jnp.float64,
     **net_options: Any,
 ) -> Ansatz:
@@ -172,7 +173,7 @@ def paulinet_from_slater(
         sign, log = log_sum_determinants(up * f_up, down * f_down, ci)
         log = log + jastrow
         if ee_cusp:
-            log = log + electron_cusp(r, n_up, n_down)
+            log = log + electron_cusp(r, n_up, n_down, ee_cusp_range)
         return sign, log
 
     def apply(params: Params, r: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -200,5 +201,11 @@ def paulinet_from_options(
     (:class:`nnqmc.config.AnsatzConfig`)."""
     sizes = {name: getattr(options, name) for name in NETWORK_OPTIONS}
     return paulinet_from_slater(
-        slater, coords, backflow=options.backflow, ee_cusp=options.ee_cusp, dtype=dtype, **sizes
+        slater,
+        coords,
+        backflow=options.backflow,
+        ee_cusp=options.ee_cusp,
+        ee_cusp_range=options.ee_cusp_range,
+        dtype=dtype,
+        **sizes,
     )

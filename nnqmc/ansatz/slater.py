@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..orbitals import ao_tables, orbital_arrays, orbitals_from_arrays
+from ..orbitals import CUSP_RC_Z, ao_tables, cusp_radii, orbital_arrays, orbitals_from_arrays
 from ..scf import SCFResult
 
 
@@ -39,14 +39,20 @@ def _used_columns(occ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return used, remap
 
 
-def slater_arrays(scf: SCFResult, charges: np.ndarray, cusp: bool = True) -> dict[str, Any]:
+def slater_arrays(
+    scf: SCFResult, charges: np.ndarray, cusp: bool = True, cusp_radius: float = CUSP_RC_Z
+) -> dict[str, Any]:
     """The geometry-dependent constants of the determinant part (NumPy): per spin, the
-    orbitals' :func:`~nnqmc.orbitals.orbital_arrays` for the occupied columns."""
+    orbitals' :func:`~nnqmc.orbitals.orbital_arrays` for the occupied columns, their nuclear
+    cusps corrected within ``cusp_radius / Z`` of each nucleus
+    (:func:`~nnqmc.orbitals.cusp_radii`)."""
     used_up, _ = _used_columns(scf.occ_up)
     used_down, _ = _used_columns(scf.occ_down)
-    arrays = {"up": orbital_arrays(scf.basis, scf.mo_up[:, used_up], charges, cusp)}
+    rc = cusp_radii(scf.basis.centers, charges, cusp_radius)
+    arrays = {"up": orbital_arrays(scf.basis, scf.mo_up[:, used_up], charges, cusp, rc=rc)}
     if used_down.size:
-        arrays["down"] = orbital_arrays(scf.basis, scf.mo_down[:, used_down], charges, cusp)
+        mo_down = scf.mo_down[:, used_down]
+        arrays["down"] = orbital_arrays(scf.basis, mo_down, charges, cusp, rc=rc)
     return arrays
 
 
