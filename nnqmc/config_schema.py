@@ -36,6 +36,8 @@ from .config_checks import (
     at_least_two,
     at_most,
     bounded_charge,
+    cusp_radius,
+    cusp_range,
     half_open_unit,
     non_empty,
     non_empty_name,
@@ -110,10 +112,10 @@ class AnsatzConfig:
     kind: str = _f("paulinet", choices=ANSATZ_KINDS)  # "hf" = bare determinants
     cusp_correction: bool = True  # nuclear cusp of the HF orbitals
     # ... corrected within cusp_radius / Z of each nucleus (nnqmc.orbitals.cusp_radii)
-    cusp_radius: float = _f(0.5, check=positive, most=5.0)
+    cusp_radius: float = _f(0.5, check=cusp_radius)
     ee_cusp: bool = True  # the fixed electron-electron cusp factor gamma
     # gamma's range in bohr: -c r_c / (1 + r / r_c) per pair (docs/generalized.md)
-    ee_cusp_range: float = _f(1.0, check=positive, most=100.0)
+    ee_cusp_range: float = _f(1.0, check=cusp_range)
     embedding_dim: int = _f(32, check=positive, most=MAX_WIDTH)
     layers: int = _f(3, check=non_negative, most=MAX_LAYERS)
     n_rbf: int = _f(16, check=positive, most=MAX_WIDTH)

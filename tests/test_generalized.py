@@ -198,6 +198,44 @@ def test_electron_cusp_has_kato_slopes_at_any_range(length):
     assert slope(10 * length, 1, 1) == pytest.approx(0.5 / 121, rel=1e-10)
 
 
+@pytest.mark.parametrize("kind", ["jastrow", "paulinet", "generalized"])
+def test_every_kind_takes_the_cusp_range_from_its_config(kind):
+    """``ansatz.ee_cusp_range`` reaches the untrained ansatz of every kind built from a
+    config, and of the Python API's ``ansatz_from_orbitals``: log psi changes by exactly
+    gamma(L) - gamma(1)."""
+    from nnqmc.ansatz.custom import ansatz_from_orbitals
+    from nnqmc.config import AnsatzConfig
+
+    system = {"atoms": "H 0 0 0\nH 0 0 1.4", "unit": "bohr", "basis": "sto-3g"}
+    small = {"embedding_dim": 8, "layers": 1, "n_rbf": 4}
+
+    def built(length):
+        ansatz = {"kind": kind, "ee_cusp_range": length} | small
+        run = api.prepare(config_from_dict({"name": "h2", "system": system, "ansatz": ansatz}))
+        return run.ansatz
+
+    r = jnp.array([[0.1, 0.2, -0.3], [0.0, -0.1, 1.2]])
+    expected = float(electron_cusp(r, 1, 1, 0.3) - electron_cusp(r, 1, 1, 1.0))
+    short, default = built(0.3), built(1.0)
+    key = jax.random.PRNGKey(0)
+    got = short.log_psi(short.init(key), r) - default.log_psi(default.init(key), r)
+    assert abs(expected) > 0.05
+    assert float(got) == pytest.approx(expected, abs=1e-10)
+
+    def orbital(x):
+        return jnp.exp(-jnp.linalg.norm(x, axis=-1, keepdims=True))
+
+    custom = {
+        length: ansatz_from_orbitals(orbital, 1, 1, kind=kind,
+                                     coords=np.zeros((1, 3)), charges=np.ones(1),
+                                     options=AnsatzConfig(kind=kind, ee_cusp_range=length, **small))
+        for length in (0.3, 1.0)
+    }  # fmt: skip
+    p_short, p_long = (custom[x].init(key) for x in (0.3, 1.0))
+    got = custom[0.3].log_psi(p_short, r) - custom[1.0].log_psi(p_long, r)
+    assert float(got) == pytest.approx(expected, abs=1e-10)
+
+
 def test_copy_rotations_are_proper_rotations():
     rots = copy_rotations(4, 3)
     np.testing.assert_allclose(rots[0], np.eye(4))

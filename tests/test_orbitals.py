@@ -8,6 +8,7 @@ import pytest  # noqa: E402
 from pyscf import gto  # noqa: E402
 
 from nnqmc import orbitals, scf  # noqa: E402
+from nnqmc.ansatz.slater import slater_arrays  # noqa: E402
 from nnqmc.molecule import Molecule  # noqa: E402
 
 DIRECTIONS = np.concatenate([np.eye(3), -np.eye(3)])
@@ -220,6 +221,8 @@ def test_a_wider_cusp_radius_keeps_kato_and_reaches_farther(hf_systems):
         dist = np.linalg.norm(mol.coords[:, None] - mol.coords[None], axis=-1)
         np.fill_diagonal(dist, np.inf)
         np.testing.assert_allclose(rc, np.minimum(1.0 / mol.charges, 0.4 * dist.min(1)))
+        arrays = slater_arrays(res, mol.charges, cusp_radius=1.0)
+        np.testing.assert_array_equal(arrays["up"]["rc"], rc)
         wide = jax.jit(orbitals.build_orbitals(res.basis, coeff, mol.charges, rc=rc))
         fit = orbitals.fit_cusps(res.basis, coeff, mol.charges, rc=rc)
         center, z = mol.coords[0], mol.charges[0]

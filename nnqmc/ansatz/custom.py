@@ -83,7 +83,8 @@ def ansatz_from_orbitals(
     slater = orbital_slater_part(orbitals, n_up, n_down, orbitals_down, dtype)
     coords = np.zeros((0, 3)) if coords is None else np.asarray(coords, np.float64)
     if kind in ("hf", "jastrow"):
-        return slater_jastrow_from_part(slater, coords, jastrow=kind == "jastrow", dtype=dtype)
+        jastrow = kind == "jastrow"
+        return slater_jastrow_from_part(slater, coords, jastrow, dtype, options.ee_cusp_range)
     if kind == "generalized":
         if len(coords) and charges is None:
             raise ValueError("kind 'generalized' with nuclei needs their charges")

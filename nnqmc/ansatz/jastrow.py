@@ -1,7 +1,8 @@
 """Jastrow factors: the fixed electron–electron cusp gamma and a simple trainable J.
 
-gamma(r) = sum_{i<j} -c_ij / (alpha (1 + alpha r_ij)),  c = 1/2 (opposite spins), 1/4 (same),
-which has d gamma / d r_ij = c_ij at r_ij = 0 (Kato's cusp) and vanishes at large r_ij.
+gamma(r) = sum_{i<j} -c_ij L / (1 + r_ij / L),  c = 1/2 (opposite spins), 1/4 (same),
+which has d gamma / d r_ij = c_ij at r_ij = 0 (Kato's cusp) for every range L and is flat
+beyond it.
 """
 
 from __future__ import annotations
