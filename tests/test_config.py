@@ -439,8 +439,9 @@ def test_shipped_system_loads(path):
     # shipped inputs use the default network sizes; only the kind of ansatz, the
     # determinant space and the backflow (it moves the nodes: li2_hf_nodes fixes them to
     # the RHF determinant's) may be chosen; a scan may shrink the network (a dataset's
-    # cost is per geometry: h2_scan_dense, docs/pes.md)
-    allowed = {"kind", "cas", "determinants", "backflow"}
+    # cost is per geometry: h2_scan_dense, docs/pes.md); the nuclear-cusp radius is the
+    # reference orbitals', not the network's (h2o: docs/generalized.md)
+    allowed = {"kind", "cas", "determinants", "backflow", "cusp_radius"}
     if "scan" in config.data:
         allowed |= {"embedding_dim", "layers", "n_rbf"}
     assert set(config.data.get("ansatz", {})) <= allowed
