@@ -114,7 +114,7 @@ class AnsatzConfig:
     # ... corrected within cusp_radius / Z of each nucleus (nnqmc.orbitals.cusp_radii)
     cusp_radius: float = _f(0.5, check=cusp_radius)
     ee_cusp: bool = True  # the fixed electron-electron cusp factor gamma
-    # gamma's range in bohr: -c r_c / (1 + r / r_c) per pair (docs/generalized.md)
+    # gamma's range L in bohr: -c L / (1 + r_ij / L) per pair (docs/generalized.md)
     ee_cusp_range: float = _f(1.0, check=cusp_range)
     embedding_dim: int = _f(32, check=positive, most=MAX_WIDTH)
     layers: int = _f(3, check=non_negative, most=MAX_LAYERS)
