@@ -107,17 +107,23 @@ def half_open_unit(v: Any) -> str | None:
     return None if 0 <= v < 1 else f"must satisfy 0 <= value < 1, got {shown(v)}"
 
 
-def cusp_radius(v: Any) -> str | None:
-    """The nuclear-cusp radius in units of 1/Z: below 0.1 the fit is singular, beyond 1.5
-    it reaches the 2s node of first-row atoms (docs/generalized.md)."""
-    return (
-        None if 0.1 <= v <= 1.5 else f"must lie between 0.1 and 1.5 (units of 1/Z), got {shown(v)}"
-    )
+def between(low: float, high: float, unit: str) -> Check:
+    """The rule ``low <= value <= high`` for a quantity measured in ``unit``."""
+
+    def check(v: Any) -> str | None:
+        return (
+            None
+            if low <= v <= high
+            else f"must lie between {low} and {high} {unit}, got {shown(v)}"
+        )
+
+    return check
 
 
-def cusp_range(v: Any) -> str | None:
-    """The range of the e-e cusp factor in bohr."""
-    return None if 0.01 <= v <= 100 else f"must lie between 0.01 and 100 bohr, got {shown(v)}"
+# below 0.1/Z the cusp fit is singular, beyond 1.5/Z it reaches the 2s node of first-row
+# atoms (docs/generalized.md)
+cusp_radius = between(0.1, 1.5, "(units of 1/Z)")
+cusp_range = between(0.01, 100, "bohr")
 
 
 def non_empty(v: Any) -> str | None:
