@@ -5,10 +5,15 @@ without solving the SCF again (:func:`read_reference`).
 The file also records, as the attribute ``scf_inputs`` (:func:`input_attrs`), every setting
 the SCF was solved with (:func:`scf_inputs`): a run continued with an input edited since
 (another field, active space, ECP, ...) is refused instead of going on silently with
-orbitals and an HF energy of the old input. Files written before that skip the check."""
+orbitals and an HF energy of the old input. It records as well, as ``ansatz_inputs``
+(:func:`ansatz_inputs`), the ansatz settings the parameters were trained with: a resume
+with another cusp radius, electron-electron cusp or network is refused too, where it would
+otherwise continue from parameters of another wavefunction. Files written before either
+record skip its check."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -23,10 +28,21 @@ from .pseudopotentials import ECPError
 from .rundir import cannot_write
 from .scf import SCFResult, reference_arrays, stored_scf
 
-__all__ = ["SCF_INPUTS", "input_attrs", "read_reference", "save_reference", "scf_inputs"]
+__all__ = [
+    "ANSATZ_INPUTS",
+    "SCF_INPUTS",
+    "ansatz_inputs",
+    "input_attrs",
+    "read_reference",
+    "save_reference",
+    "scf_inputs",
+]
 
 SCF_INPUTS = "scf_inputs"
 """The attribute of a reference file that holds :func:`scf_inputs` (JSON)."""
+
+ANSATZ_INPUTS = "ansatz_inputs"
+"""The attribute of a reference file that holds :func:`ansatz_inputs` (JSON)."""
 
 GEOMETRY_TOLERANCE = 1e-8  # bohr: nuclear positions that differ by less are the same
 
@@ -60,9 +76,28 @@ def scf_inputs(config: Config) -> dict[str, str]:
     return inputs
 
 
+def ansatz_inputs(config: Config) -> dict[str, str]:
+    """Every ``[ansatz]`` setting of ``config`` besides those in :func:`scf_inputs`, by
+    key, each as JSON: what builds the wavefunction on the reference (the nuclear and
+    electron-electron cusps, the network, the determinant form)."""
+    return {
+        f"ansatz.{name}": json.dumps(value, default=_plain)
+        for name, value in dataclasses.asdict(config.ansatz).items()
+        if name not in ("cas", "determinants")
+    }
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar or array set through the API as the JSON value it stands for."""
+    return np.asarray(value).tolist()
+
+
 def input_attrs(config: Config) -> dict[str, str]:
     """The attributes of ``config``'s reference file that :func:`read_reference` checks."""
-    return {SCF_INPUTS: json.dumps(scf_inputs(config), sort_keys=True)}
+    return {
+        SCF_INPUTS: json.dumps(scf_inputs(config), sort_keys=True),
+        ANSATZ_INPUTS: json.dumps(ansatz_inputs(config), sort_keys=True),
+    }
 
 
 def save_reference(path: Path, scf: SCFResult, config: Config, **attrs: Any) -> None:
@@ -95,28 +130,49 @@ def changed_input(stored: dict[str, str], config: Config) -> str | None:
     return None
 
 
-def _check_inputs(config: Config, path: Path, attrs: dict[str, Any]) -> None:
-    """RunError, one line, where ``config`` differs from the input ``path`` was solved with
-    in a setting the SCF depends on; nothing for a file without that record."""
-    text = attrs.get(SCF_INPUTS)
+def _record(path: Path, attrs: dict[str, Any], name: str) -> dict[str, str] | None:
+    text = attrs.get(name)
     if text is None:
-        return
+        return None
     try:
-        stored = dict(json.loads(text))
+        return dict(json.loads(text))
     except (TypeError, ValueError):
-        raise RunError(f"{path}: unreadable {SCF_INPUTS} attribute") from None
-    key = changed_input(stored, config)
-    if key is None:
+        raise RunError(f"{path}: unreadable {name} attribute") from None
+
+
+def _check_inputs(config: Config, path: Path, attrs: dict[str, Any], same_ansatz: bool) -> None:
+    """RunError, one line, where ``config`` differs from the input ``path`` was solved with
+    in a setting the SCF depends on, or from the ansatz its parameters were trained with;
+    nothing for a file without that record."""
+    stored = _record(path, attrs, SCF_INPUTS)
+    key = None if stored is None else changed_input(stored, config)
+    if key is not None:
+        if key == "system.atoms":
+            what = "atoms or nuclear positions"
+        else:
+            theirs, ours = stored.get(key, "unset"), scf_inputs(config).get(key, "unset")
+            what = f"{key} ({theirs} there, {ours} here)"
+        raise RunError(
+            f"{path}: its mean-field reference was solved with another {what}; a changed "
+            "input needs a new run (--force, or another --out)"
+        )
+    if same_ansatz:
+        _check_ansatz(config, path, _record(path, attrs, ANSATZ_INPUTS))
+
+
+def _check_ansatz(config: Config, path: Path, stored: dict[str, str] | None) -> None:
+    """RunError, one line, for the first ansatz setting (of those both sides record) that
+    differs from the one ``path``'s parameters were trained with."""
+    if stored is None:
         return
-    if key == "system.atoms":
-        what = "atoms or nuclear positions"
-    else:
-        theirs, ours = stored.get(key, "unset"), scf_inputs(config).get(key, "unset")
-        what = f"{key} ({theirs} there, {ours} here)"
-    raise RunError(
-        f"{path}: its mean-field reference was solved with another {what}; a changed "
-        "input needs a new run (--force, or another --out)"
-    )
+    ours = ansatz_inputs(config)
+    for key in sorted(stored.keys() & ours.keys()):
+        if json.loads(stored[key]) != json.loads(ours[key]):
+            raise RunError(
+                f"{path}: its parameters were trained with another {key} ({stored[key]} "
+                f"there, {ours[key]} here); a changed ansatz needs a new run (--force, or "
+                "another --out)"
+            )
 
 
 def _template(config: Config, n_det: int, n_ao: int, n_mo: int) -> dict[str, np.ndarray]:
@@ -138,17 +194,20 @@ def _scf(config: Config, arrays: dict[str, np.ndarray]) -> SCFResult:
     return stored_scf(system.molecule, system.basis, arrays, config.ansatz.cas)
 
 
-def read_reference(config: Config, path: Path) -> tuple[SCFResult, bool] | None:
+def read_reference(
+    config: Config, path: Path, *, same_ansatz: bool = True
+) -> tuple[SCFResult, bool] | None:
     """The reference in ``path`` as an SCFResult of ``config``'s system, and whether its
     occupied orbitals were aligned across geometries (``scan.train = 'shared'``); None
-    where there is no such file. Process 0 reads it and sends it to all; RunError (one
+    where there is no such file. ``same_ansatz=False``: another ansatz may read it (a warm
+    start from its run, not a resume). Process 0 reads it and sends it to all; RunError (one
     line, on every process) if it is unreadable, not a reference of this system, or was
     solved with other settings than ``config``'s (:func:`scf_inputs`)."""
     scf, error, aligned = None, "", False
     if is_main_process() and path.is_file():
         try:
             attrs = io.reference_attrs(path)
-            _check_inputs(config, path, attrs)
+            _check_inputs(config, path, attrs, same_ansatz)
             scf = _scf(config, io.load_reference(path))
             aligned = bool(attrs.get("aligned", False))
         except io.CheckpointError as err:

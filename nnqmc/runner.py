@@ -246,13 +246,14 @@ def run(
     return result
 
 
-def prepare_stored(config: Config, run_dir: str | Path) -> Run:
+def prepare_stored(config: Config, run_dir: str | Path, *, same_ansatz: bool = True) -> Run:
     """The prepared run on the mean-field reference stored in ``run_dir`` (what its
     parameters were trained on), built without an SCF; for a directory written before
-    references were stored, a fresh SCF with a warning."""
+    references were stored, a fresh SCF with a warning. ``same_ansatz=False``: ``config``
+    may have another ansatz than the run in ``run_dir`` (a warm start from it)."""
     if config.system is None:
         return prepare(config)  # its one-line error
-    stored = read_reference(config, Path(run_dir) / io.REFERENCE)
+    stored = read_reference(config, Path(run_dir) / io.REFERENCE, same_ansatz=same_ansatz)
     if stored is None:
         _warn_no_reference(run_dir)
         return prepare(config)

@@ -642,6 +642,35 @@ def test_an_input_edited_since_the_reference_was_solved_is_refused(reference, tm
     assert (run / io.RESULT).read_bytes() == before[io.RESULT]
 
 
+def test_a_resume_with_another_ansatz_is_refused(reference, tmp_path, capsys):
+    """reference.h5 records the ansatz its parameters were trained with: a resume with
+    another nuclear-cusp radius or electron-electron cusp range (same parameter shapes,
+    another wavefunction) or without the cusp correction is refused in one line naming the
+    setting, the directory left as it was, and so is an evaluation of a config.toml edited
+    so; a warm start (``same_ansatz=False``) and a file without the record read it."""
+    from nnqmc import reference_file
+
+    run = _copy(reference, tmp_path)
+    before = {name: (run / name).read_bytes() for name in (io.CONFIG_COPY, io.RESULT)}
+    for setting, key in [
+        ("ansatz.cusp_radius=1.0", "ansatz.cusp_radius (0.5 there, 1.0 here)"),
+        ("ansatz.ee_cusp_range=0.5", "ansatz.ee_cusp_range"),
+        ("ansatz.cusp_correction=false", "ansatz.cusp_correction"),
+    ]:
+        assert main([*_run_args(run, "--resume"), setting]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"trained with another {key}" in err and "a new run" in err, err
+        assert {name: (run / name).read_bytes() for name in before} == before
+    config = load_config(reference / io.CONFIG_COPY)
+    assert reference_file.read_reference(config, run / io.REFERENCE) is not None
+    other = dataclasses.replace(config, ansatz=dataclasses.replace(config.ansatz, cusp_radius=1.0))
+    attrs = io.reference_attrs(run / io.REFERENCE)
+    del attrs[reference_file.ANSATZ_INPUTS]
+    io.save_reference(run / io.REFERENCE, io.load_reference(run / io.REFERENCE), **attrs)
+    assert reference_file.read_reference(other, run / io.REFERENCE) is not None
+
+
 def test_a_reference_without_its_inputs_is_read_as_before(reference, tmp_path):
     """A reference.h5 written before the inputs were recorded (no ``scf_inputs``
     attribute) is read without the check; with the record, another input is refused."""

@@ -140,7 +140,8 @@ def _warm_start(
             if neighbour is not None:
                 old_run = neighbour.run
             else:
-                old_run = api.prepare_stored(geometry_config(config, old, source, 1), source_dir)
+                old_config = geometry_config(config, old, source, 1)
+                old_run = api.prepare_stored(old_config, source_dir, same_ansatz=False)
             old_fresh = old_run.ansatz.init(key)
         walkers = shift_walkers(np.asarray(walkers, np.float64), old, new)
         return transfer_parameters(params, fresh, old_fresh), walkers
