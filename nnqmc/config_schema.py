@@ -59,6 +59,7 @@ PRECISIONS = ("float32", "mixed", "float64")
 PROPOSALS = ("uniform", "nucleus")
 UNITS = ("bohr", "angstrom")
 SCAN_TRAINING = ("independent", "shared")
+SHARED_KERNELS = ("joint", "per_geometry")  # SPRING's kernel in a shared step
 SCAN_KINDS = ("bond", "angle", "grid", "normal_modes", "random", "xyz", "adaptive", "thermal")
 THERMAL_METHODS = ("md", "flow")  # the samplers of nnqmc.thermal
 DEFAULT_BASIS = "cc-pvdz"
@@ -266,6 +267,9 @@ class ScanConfig:
     # from a trained shared model; refused at run time without --from)
     train: str = _f("independent", choices=SCAN_TRAINING)
     geometries_per_step: int | None = _f(None, check=positive, most=MAX_GEOMETRIES)
+    # SPRING's kernel in a shared step: over all rows ("joint"), or one per geometry and
+    # the mean of their directions ("per_geometry", G times cheaper; docs/pes.md)
+    shared_kernel: str = _f("joint", choices=SHARED_KERNELS)
     fine_tune_steps: int = _f(0, check=non_negative, most=MAX_STEPS)
 
 
@@ -296,7 +300,11 @@ SCAN_KIND_KEYS = {
 THERMAL_MD_KEYS = ("equilibration", "stride")  # thermal: method = "md" only
 THERMAL_FLOW_KEYS = ("flow_steps",)  # thermal: method = "flow" only
 SCAN_COMMON = ("kind", "steps", "forces", "zero_bias", "ccsd_t", "reference", "train")
-SCAN_SHARED_KEYS = ("geometries_per_step", "fine_tune_steps")  # train = "shared" (or --from)
+SCAN_SHARED_KEYS = (
+    "geometries_per_step",
+    "shared_kernel",
+    "fine_tune_steps",
+)  # train = "shared" (or --from)
 
 
 @dataclass(frozen=True, kw_only=True)

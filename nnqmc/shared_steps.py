@@ -7,7 +7,10 @@ local energies, clipped around its own median, and the Jacobian of log|psi| of i
 walkers, all from the per-geometry physics vmapped over the geometry axis inside one
 pmapped program. Energies and Jacobian rows are centred per geometry (over the walkers
 of that geometry on all devices) and the rows of all geometries are stacked into ONE
-SPRING update (:func:`nnqmc.optimize.spring_step`).
+SPRING update (:func:`nnqmc.optimize.spring_step`): with the joint kernel over all rows
+(``scan.shared_kernel = "joint"``), or with one kernel per geometry and the mean of their
+directions (``"per_geometry"``, :func:`nnqmc.optimize.per_group_direction`), G times
+cheaper to form for G geometries.
 
 Why per-geometry centring: the energy gradient of geometry ``g`` is
 ``2 <(E_L - E_g)(O - <O>_g)>_g`` with its own mean energy ``E_g``; centring around the mean
@@ -28,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .config_schema import SHARED_KERNELS
 from .optimize import (
     AXIS,
     cast_floats,
@@ -103,17 +107,19 @@ def stacked_rows(
     blocks: Sequence[jax.Array], e_clipped: jax.Array
 ) -> tuple[list[jax.Array], jax.Array]:
     """Jacobian column blocks (each (S, W_local, P_b)) and clipped energies (S, W_local)
-    centred per geometry, then the rows of all geometries of all devices stacked:
-    ``([(S * W, P_b), ...], (S * W,))``, as :func:`nnqmc.optimize.spring_direction` takes
-    them (its own centring over all rows then changes nothing)."""
-    rows = [centre_per_geometry(b).reshape(-1, b.shape[-1]) for b in blocks]
-    e = centre_per_geometry(e_clipped).reshape(-1)
-    return [gather_devices(b) for b in rows], gather_devices(e)
+    centred per geometry, then the rows of all geometries of all devices stacked, each
+    geometry's W rows (of all devices) together: ``([(S * W, P_b), ...], (S * W,))``, as
+    :func:`nnqmc.optimize.spring_direction` takes them (its own centring over all rows
+    then changes nothing) and :func:`nnqmc.optimize.per_group_direction` groups them."""
+    rows = [gather_devices(centre_per_geometry(b), axis=1) for b in blocks]
+    e = gather_devices(centre_per_geometry(e_clipped), axis=1)
+    return [b.reshape(-1, b.shape[-1]) for b in rows], e.reshape(-1)
 
 
-def _shared_step(run: Run) -> Callable[..., tuple[SharedState, dict[str, jax.Array]]]:
+def _shared_step(run: Run, kernel: str) -> Callable[..., tuple[SharedState, dict[str, jax.Array]]]:
     """One device's shared step ``(geometries, state, key, lr_scale, index) -> (state,
-    stats)``; ``index``: the geometries (rows of the stacked arrays) this step trains."""
+    stats)``; ``index``: the geometries (rows of the stacked arrays) this step trains;
+    ``kernel``: ``"joint"`` or ``"per_geometry"`` (see the module's docstring)."""
     cfg = run.config
     physics_of = run.physics
     gradient_dtype = run.gradient_dtype if cfg.precision == "mixed" else None
@@ -148,8 +154,9 @@ def _shared_step(run: Run) -> Callable[..., tuple[SharedState, dict[str, jax.Arr
             params, chosen, state.walkers[index], state.width[index], keys
         )
         rows, e_rows = stacked_rows(blocks, clip_per_geometry(e, clip_width))
+        groups = index.shape[0] if kernel == "per_geometry" else 1
         new_params, new_opt_state, grad_norm = spring_step(
-            params, state.opt_state, rows, e_rows, *settings
+            params, state.opt_state, rows, e_rows, *settings, groups=groups
         )
         new_params = _scale_update(new_params, params, lr_scale)
         finite = finite_step(e, grad_norm, (new_params, new_opt_state, walkers))
@@ -167,16 +174,19 @@ def _shared_step(run: Run) -> Callable[..., tuple[SharedState, dict[str, jax.Arr
 
 
 def shared_train_program(
-    run: Run, geometries: Any
+    run: Run, geometries: Any, kernel: str = "joint"
 ) -> Callable[..., tuple[SharedState, dict[str, jax.Array]]]:
     """``step(state, keys, lr_scale, index) -> (state, stats)`` pmapped over the devices:
     the shared step of ``run``'s settings and physics (any geometry of the scan, all of
-    the same program key) on the stacked ``geometries`` (:func:`stack_geometries`). The
+    the same program key) on the stacked ``geometries`` (:func:`stack_geometries`), with
+    SPRING's ``kernel`` (``"joint"`` or ``"per_geometry"``, see the module's docstring). The
     stats hold one value per trained geometry (``energy``, ``variance``, ``acceptance``,
     ``width``) or one for the step (``grad_norm``, ``finite``)."""
     if run.config.train.optimizer != "spring":
         raise ValueError('a shared training needs train.optimizer = "spring"')
-    pmapped = jax.pmap(_shared_step(run), axis_name=AXIS, in_axes=(None, 0, 0, None, None))
+    if kernel not in SHARED_KERNELS:
+        raise ValueError(f"unknown shared kernel {kernel!r}")
+    pmapped = jax.pmap(_shared_step(run, kernel), axis_name=AXIS, in_axes=(None, 0, 0, None, None))
     arrays = jax.tree_util.tree_map(jnp.asarray, geometries)
 
     def run_step(state: SharedState, keys: jax.Array, lr_scale: float, index: np.ndarray):

@@ -19,7 +19,7 @@ from nnqmc.cli import main
 from nnqmc.config import ConfigError, load_config
 from nnqmc.errors import Interrupted, RunError
 from nnqmc.molecule import Molecule
-from nnqmc.optimize import AXIS, spring_direction
+from nnqmc.optimize import AXIS, per_group_direction, spring_direction
 from nnqmc.orbital_alignment import AlignmentError, align_scf, mo_overlap, procrustes
 from nnqmc.pes import read_dataset
 from nnqmc.pes.shared import _columns, geometry_rows, hand_off, prepare_shared, train_shared
@@ -178,6 +178,37 @@ def test_a_constant_added_to_one_geometrys_jacobian_rows_leaves_the_update():
     assert not np.allclose(naive, naive_s, rtol=1e-3)
 
 
+def test_the_per_geometry_kernel_is_the_mean_of_each_geometrys_own_spring_direction():
+    """``scan.shared_kernel = "per_geometry"``: one SPRING kernel per geometry and the
+    mean of the directions, each the one that geometry alone would take (with the shared
+    momentum); -grad E the joint one's; blind to a constant added to one geometry's
+    energies or Jacobian rows; with one geometry the joint direction; and not the joint
+    direction for several (the cross-geometry blocks are dropped)."""
+    rng = np.random.default_rng(3)
+    blocks = jnp.asarray(rng.standard_normal((3, 16, 40)) + 1.0)
+    e = jnp.asarray(rng.standard_normal((3, 16)) + np.array([[-1.1], [-1.0], [-0.9]]))
+    previous = jnp.asarray(rng.standard_normal(40))
+
+    def direction(blocks, e, groups):
+        def inner(blocks, e, previous):
+            rows, e_rows = stacked_rows([blocks], e)
+            return per_group_direction(rows, e_rows, previous, 1e-3, 0.5, groups)
+
+        delta, grad = jax.pmap(inner, axis_name=AXIS)(blocks[None], e[None], previous[None])
+        return np.asarray(delta[0]), np.asarray(grad[0])
+
+    delta, grad = direction(blocks, e, 3)
+    own = [spring_direction([blocks[g]], e[g], previous, 1e-3, 0.5) for g in range(3)]
+    assert np.allclose(delta, np.mean([d for d, _ in own], axis=0), rtol=1e-10, atol=1e-12)
+    joint_delta, joint_grad = direction(blocks, e, 1)
+    assert np.allclose(grad, joint_grad, rtol=1e-10, atol=1e-12)
+    assert not np.allclose(delta, joint_delta, rtol=1e-2)
+    shifted = direction(blocks.at[1].add(2.0), e.at[2].add(0.7), 3)
+    assert np.allclose(shifted[0], delta, rtol=1e-10, atol=1e-12)
+    one = direction(blocks[:1], e[:1], 1)
+    assert np.allclose(one[0], own[0][0], rtol=1e-10, atol=1e-12)
+
+
 def test_local_energies_are_clipped_per_geometry():
     """A geometry 100 Ha above the others keeps its own spread: clipped around its own
     median, exactly as it would be alone, not pinned to the others' window."""
@@ -249,6 +280,8 @@ def test_shared_training_resumes_bit_identically(tmp_path):
     again = prepare_shared(configs, cut, resume=True)
     with pytest.raises(RunError, match="other scan.geometries_per_step; rerun with"):
         train_shared(again, cut, per_step=2, resume=True)
+    with pytest.raises(RunError, match="other scan.shared_kernel; rerun with"):
+        train_shared(again, cut, per_step=1, resume=True, kernel="per_geometry")
     reseeded = _runs(tmp_path, THREE, "train.steps=4", "train.seed=7")
     with pytest.raises(RunError, match=r"other train.seed; rerun"):
         train_shared(prepare_shared(reseeded, cut, resume=True), cut, per_step=1, resume=True)
@@ -274,6 +307,30 @@ def test_shared_training_resumes_bit_identically(tmp_path):
     assert np.array_equal(saved["walkers"], whole.walkers[0])
     later = dataclasses.replace(handed, mark=handed.mark + "0")  # a later shared state
     assert hand_off(later, 0, runs[0], geom) == (2, True)
+
+
+def test_the_shared_kernel_reaches_the_step(tmp_path):
+    """One shared step over three geometries with each kernel: the same walkers and
+    energies before the update, the same -grad E (its norm in the log), other parameters
+    after it; each training's mark tells them apart."""
+    configs = _runs(tmp_path, THREE, "train.steps=1")
+    ends = {}
+    for kernel in ("joint", "per_geometry"):
+        out = tmp_path / kernel
+        runs = prepare_shared(configs, out, resume=False)
+        ends[kernel] = train_shared(runs, out, per_step=3, kernel=kernel)
+    joint, own = ends["joint"], ends["per_geometry"]
+    assert np.array_equal(joint.history["energy"], own.history["energy"])
+    assert joint.history["grad_norm"] == pytest.approx(own.history["grad_norm"], rel=1e-8)
+    differ = [
+        not np.allclose(a, b, rtol=1e-6)
+        for a, b in zip(
+            jax.tree_util.tree_leaves(joint.params),
+            jax.tree_util.tree_leaves(own.params),
+            strict=True,
+        )
+    ]
+    assert any(differ) and joint.mark != own.mark
 
 
 def test_a_shared_scan_writes_the_dataset_and_each_geometry_its_run(tmp_path, capsys):
@@ -373,6 +430,14 @@ BAD = {
         "scan.geometries_per_step: only used with",
     ),
     "unknown_training": (SHARED.replace('"shared"', '"joint"'), "scan.train"),
+    "kernel_alone": (
+        SHARED.replace('train = "shared"\n', 'shared_kernel = "per_geometry"\n'),
+        "scan.shared_kernel: only used with",
+    ),
+    "unknown_kernel": (
+        SHARED.replace('train = "shared"\n', 'train = "shared"\nshared_kernel = "block"\n'),
+        "scan.shared_kernel",
+    ),
 }
 
 

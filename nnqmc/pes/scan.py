@@ -426,9 +426,14 @@ def _run_shared(
     shared_dir = scan_dir / SHARED_DIR
     resume = any((shared_dir / n).exists() for n in (io.CHECKPOINT, io.PREVIOUS_CHECKPOINT))
     runs = prepare_shared(configs, shared_dir, resume)
-    log(f"shared training: {steps} steps of {min(per_step, data.n)} of {data.n} geometries")
+    log(
+        f"shared training: {steps} steps of {min(per_step, data.n)} of {data.n} geometries "
+        f"({scan.shared_kernel} kernel)"
+    )
     with api.stop_on_signals() as stop:
-        shared = train_shared(runs, shared_dir, per_step, resume, progress, stop)
+        shared = train_shared(
+            runs, shared_dir, per_step, resume, progress, stop, scan.shared_kernel
+        )
     handed = [hand_off(shared, k, runs[k], geometry_dir(scan_dir, k)) for k in range(data.n)]
     stale = [k for k, (_, anew) in enumerate(handed) if anew and data.status(k) == "done"]
     if stale:  # finished from an earlier end of the shared training (train.steps raised)

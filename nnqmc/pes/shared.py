@@ -159,6 +159,7 @@ def prepare_shared(configs: list[Config], run_dir: Path, resume: bool) -> list[R
 _FINGERPRINT = {
     "program": "settings (ansatz, training, sampler, Hamiltonian, basis, precision)",
     "geometries_per_step": "scan.geometries_per_step",
+    "kernel": "scan.shared_kernel",
     "seed": "train.seed",
     "walkers": "train.walkers",
     "positions": "geometries",
@@ -185,14 +186,15 @@ def program_digest(run: Run) -> str:
     return hashlib.sha256(repr(key).encode()).hexdigest()[:16]
 
 
-def fingerprint(runs: list[Run], per_step: int) -> dict[str, Any]:
+def fingerprint(runs: list[Run], per_step: int, kernel: str = "joint") -> dict[str, Any]:
     """What shapes the shared model besides the number of steps: the program key (settings
     without step counts and seed, atoms, basis, occupations), ``geometries_per_step``, the
     seed, the walkers and the geometries; the tag of the shared training's checkpoints.
 
     Left out, as a single point's training lets them change on resume: the learning rate
     (lowered after rejected steps, as the guard's message suggests), ``max_bad_steps``,
-    ``local_energy_chunk`` and the evaluation's settings."""
+    ``local_energy_chunk`` and the evaluation's settings. The SPRING ``kernel`` enters only
+    where it is not the joint one, so trainings started before it was a choice resume."""
     cfg = runs[0].config
     positions = np.stack([np.asarray(r.molecule.coords, np.float64) for r in runs])
     digest = lambda b: hashlib.sha256(b).hexdigest()[:16]  # noqa: E731
@@ -202,7 +204,7 @@ def fingerprint(runs: list[Run], per_step: int) -> dict[str, Any]:
         "seed": int(cfg.train.seed),
         "walkers": int(cfg.train.walkers),
         "positions": digest(positions.tobytes()),
-    }
+    } | ({} if kernel == "joint" else {"kernel": kernel})
 
 
 def _columns(per_step: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -271,15 +273,17 @@ def train_shared(
     resume: bool = False,
     progress: Progress | None = None,
     stop: StopCheck | None = None,
+    kernel: str = "joint",
 ) -> SharedResult:
     """Train one parameter set on all ``runs`` (aligned, :func:`prepare_shared`) for
-    ``train.steps`` steps of ``per_step`` geometries each, checkpointed in ``run_dir``."""
+    ``train.steps`` steps of ``per_step`` geometries each, checkpointed in ``run_dir``;
+    ``kernel``: SPRING's, ``"joint"`` or ``"per_geometry"`` (:mod:`nnqmc.shared_steps`)."""
     first = runs[0]
     cfg = first.config
     n_devices = check_devices(cfg.train.walkers)
     key, params, _, opt_state = initial_parameters(first)
     n_geom, n_elec = len(runs), first.ansatz.n_up + first.ansatz.n_down
-    tag = fingerprint(runs, per_step)
+    tag = fingerprint(runs, per_step, kernel)
     drive = _driver(first, run_dir, tag)
     like = {
         "params": params,
@@ -299,7 +303,8 @@ def train_shared(
         width = replicate(jnp.asarray(saved["width"], first.dtype), n_devices)
     else:
         walkers, width = _start(runs, params, key, n_devices, progress)
-    program = shared_train_program(first, stack_geometries([r.geometry for r in runs]))
+    geometries = stack_geometries([r.geometry for r in runs])
+    program = shared_train_program(first, geometries, kernel)
     train_key = jax.random.fold_in(key, STREAM_TRAIN)
     guard = drive.guard
 
