@@ -253,18 +253,21 @@ def per_group_direction(
     momentum: float,
     groups: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """SPRING's direction with its kernel kept block-diagonal over ``groups`` equal,
-    consecutive groups of rows (a shared training's geometries): the mean of the groups'
-    own directions (:func:`spring_direction` of each group's n = N / G rows),
+    """SPRING's direction from one kernel per group of rows (``groups`` equal, consecutive
+    groups: a shared training's geometries) and the mean of the groups' own directions
+    (:func:`spring_direction` of each group's n = N / G rows, centred and scaled over them),
 
         delta = (1/G) sum_g [O_bar_g^T (O_bar_g O_bar_g^T + damping I)^{-1}
-                             (eps_g - mu O_bar_g previous)] + mu previous,
+                             (eps_g - mu O_bar_g previous)] + mu previous.
 
-    with O_bar_g and eps_g centred and scaled over the group's rows. The G kernels of
-    n x n cost N^2 P / G to form and N^3 / G^2 to solve, against N^2 P and N^3 for the
-    joint one; the cross-group blocks the joint kernel keeps are dropped. ``-grad E`` is
-    the mean of the groups' (the joint one's, for groups of equal size). With one group it
-    is :func:`spring_direction`."""
+    Where the groups ask the same of the parameters this is the joint step; where they ask
+    different things each moves by about 1/G of its own step (the joint kernel, with its
+    cross-group blocks, solves for all rows at once; keeping only its diagonal blocks
+    would be the sum, G times this where the groups agree). The G kernels cost N^2 P / G
+    to form, against N^2 P for the joint one; under ``vmap`` each group's solve also runs
+    its eigendecomposition fallback (n^3 each). ``-grad E`` is the mean of the groups'
+    (the joint one's, for groups of equal size). With one group it is
+    :func:`spring_direction`."""
     if groups == 1:
         return spring_direction(blocks, e, previous, damping, momentum)
     split = lambda x: x.reshape(groups, -1, *x.shape[1:])  # noqa: E731

@@ -662,9 +662,21 @@ def test_a_resume_with_another_ansatz_is_refused(reference, tmp_path, capsys):
         assert len(err.splitlines()) == 1, err
         assert f"trained with another {key}" in err and "a new run" in err, err
         assert {name: (run / name).read_bytes() for name in before} == before
+    edited = before[io.CONFIG_COPY].decode().replace("[ansatz]", "[ansatz]\ncusp_radius = 1.0")
+    assert edited != before[io.CONFIG_COPY].decode()
+    (run / io.CONFIG_COPY).write_text(edited)
+    assert main(["eval", str(run), "--steps", str(EVAL_STEPS + 2)]) == 2
+    assert "trained with another ansatz.cusp_radius" in capsys.readouterr().err
+    assert (run / io.RESULT).read_bytes() == before[io.RESULT]
     config = load_config(reference / io.CONFIG_COPY)
     assert reference_file.read_reference(config, run / io.REFERENCE) is not None
-    other = dataclasses.replace(config, ansatz=dataclasses.replace(config.ansatz, cusp_radius=1.0))
+    radius = np.float32(1.0)  # as the API may be given it
+    other = dataclasses.replace(
+        config, ansatz=dataclasses.replace(config.ansatz, cusp_radius=radius)
+    )
+    with pytest.raises(api.RunError, match="trained with another ansatz.cusp_radius "):
+        reference_file.read_reference(other, run / io.REFERENCE)
+    assert reference_file.read_reference(other, run / io.REFERENCE, same_ansatz=False)
     attrs = io.reference_attrs(run / io.REFERENCE)
     del attrs[reference_file.ANSATZ_INPUTS]
     io.save_reference(run / io.REFERENCE, io.load_reference(run / io.REFERENCE), **attrs)

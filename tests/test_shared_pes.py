@@ -312,7 +312,8 @@ def test_shared_training_resumes_bit_identically(tmp_path):
 def test_the_shared_kernel_reaches_the_step(tmp_path):
     """One shared step over three geometries with each kernel: the same walkers and
     energies before the update, the same -grad E (its norm in the log), other parameters
-    after it; each training's mark tells them apart."""
+    after it; each training's mark tells them apart, and the default (joint) kernel does
+    not resume a per-geometry training."""
     configs = _runs(tmp_path, THREE, "train.steps=1")
     ends = {}
     for kernel in ("joint", "per_geometry"):
@@ -331,6 +332,9 @@ def test_the_shared_kernel_reaches_the_step(tmp_path):
         )
     ]
     assert any(differ) and joint.mark != own.mark
+    back = prepare_shared(configs, tmp_path / "per_geometry", resume=True)
+    with pytest.raises(RunError, match="other scan.shared_kernel; rerun with"):
+        train_shared(back, tmp_path / "per_geometry", per_step=3, resume=True)
 
 
 def test_a_shared_scan_writes_the_dataset_and_each_geometry_its_run(tmp_path, capsys):

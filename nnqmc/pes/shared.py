@@ -236,7 +236,9 @@ def _same_training(run_dir: Path, tag: dict[str, Any]):
     with another :func:`fingerprint` (its log's rows would not fit, nor its model)."""
 
     def accept(saved: dict[str, Any]) -> bool:
-        differ = [_FINGERPRINT[n] for n in tag if saved["tag"].get(n) != tag[n]]
+        theirs = {"kernel": "joint"} | dict(saved["tag"])
+        ours = {"kernel": "joint"} | tag
+        differ = [_FINGERPRINT[n] for n in _FINGERPRINT if theirs.get(n) != ours.get(n)]
         if differ:
             raise RunError(
                 f"{run_dir} holds a shared training with other {', '.join(differ)}; rerun "
