@@ -344,8 +344,8 @@ def spring_step(
     """One SPRING update (see :func:`spring`) from the Jacobian column blocks and clipped
     local energies of ALL walkers (as :func:`spring_direction` takes them): ``(params,
     state, ||grad E||)``. The blocks' dtype is the one the direction is computed in.
-    ``groups > 1``: the kernel kept block-diagonal over that many equal, consecutive
-    groups of rows (:func:`per_group_direction`)."""
+    ``groups > 1``: one kernel per group of that many equal, consecutive groups of rows
+    and the mean of their directions (:func:`per_group_direction`)."""
     flat, unravel = ravel_pytree(params)
     dtype = blocks[0].dtype
     previous = state.direction.astype(dtype)
